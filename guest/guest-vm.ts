@@ -1,0 +1,165 @@
+/**
+ * One guest VM on its worker thread: guest memory manager, SMMUv3 driver, one workload per device,
+ * and the main loop that sleeps on the VM's doorbell when there is nothing to do.
+ */
+import type { DeviceContext, GuestBoot, GuestControl, GuestStats } from '../shared/control.ts';
+import type { Doorbell } from '../shared/doorbell.ts';
+import { GuestMemory } from '../shared/guest-memory.ts';
+import type { Logger } from '../shared/logger.ts';
+import { RingConsumer, RingProducer } from '../shared/ring.ts';
+import { channelBells, channelLayout } from '../shared/vm-channel.ts';
+import { AddressSpaces } from './mm/address-spaces.ts';
+import { DemandPager } from './mm/demand-pager.ts';
+import { PageAllocator } from './mm/page-allocator.ts';
+import { Smmuv3Driver } from './smmuv3-driver.ts';
+import { createWorkload, type DeviceQueues, type Workload } from './workloads/workload.ts';
+
+/** Busy iterations between visits to the event loop, so the control plane is never starved. */
+const YIELD_EVERY = 64;
+/** Longest sleep on the doorbell before the loop looks around anyway. */
+const SLEEP_MS = 1000;
+
+export function emptyStats(): GuestStats {
+  return {
+    pageRequests: 0,
+    groupsAnswered: 0,
+    responses: { success: 0, invalid: 0, failure: 0 },
+    stopMarkers: 0,
+    overflowsAcknowledged: 0,
+    partialGroupsDropped: 0,
+    pagesMapped: 0,
+    dmaSubmitted: 0,
+    dmaCompleted: 0,
+    dmaFailed: 0,
+    workloadDone: false,
+    wakeups: 0,
+  };
+}
+
+export class GuestVm implements GuestControl {
+  private readonly counters = emptyStats();
+  private readonly memory: GuestMemory;
+  private readonly spaces: AddressSpaces;
+  private readonly pager: DemandPager;
+  private readonly driver: Smmuv3Driver;
+  private readonly cmdq: RingProducer;
+  private readonly priq: RingConsumer;
+  private readonly bell: Doorbell;
+  private readonly devices: DeviceQueues[];
+  private readonly workloads: Workload[];
+  private running = false;
+  private loop: Promise<void> | undefined;
+
+  constructor(
+    private readonly config: GuestBoot,
+    private readonly log: Logger,
+  ) {
+    this.memory = new GuestMemory(config.memory);
+    const pages = new PageAllocator(this.memory);
+    this.spaces = new AddressSpaces(this.memory, pages);
+    this.pager = new DemandPager(this.memory, pages, this.spaces);
+    const layout = channelLayout(config.channelConfig);
+    const bells = channelBells(config.channel, layout);
+    this.bell = bells.guest;
+    this.priq = new RingConsumer(config.channel, layout.priq.offset, layout.priq.geometry);
+    this.cmdq = new RingProducer(config.channel, layout.cmdq.offset, layout.cmdq.geometry, bells.host);
+    this.driver = new Smmuv3Driver(this.priq, this.cmdq, this.pager, this.counters);
+    this.devices = config.devices.map((device, index) => ({
+      index,
+      streamId: device.streamId,
+      pasid: device.pasids[0] ?? 0,
+      submit: new RingProducer(
+        config.channel,
+        layout.dma[index].submit.offset,
+        layout.dma[index].submit.geometry,
+        bells.host,
+      ),
+      complete: new RingConsumer(
+        config.channel,
+        layout.dma[index].complete.offset,
+        layout.dma[index].complete.geometry,
+      ),
+    }));
+    this.workloads = this.devices.map((device) =>
+      createWorkload(config.workload, device, this.pager, this.counters),
+    );
+  }
+
+  boot(): DeviceContext[] {
+    this.memory.touch();
+    // CD 0 is the RID's own address space (requests without a PASID).
+    return this.config.devices.map((device) =>
+      this.spaces.installDevice(device.streamId, [0, ...device.pasids]),
+    );
+  }
+
+  start(): void {
+    if (this.running) return;
+    for (const workload of this.workloads) workload.start();
+    this.running = true;
+    this.loop = this.run().catch((error: unknown) => {
+      this.log.fatal({ err: error }, 'guest main loop failed');
+      throw error;
+    });
+    this.log.debug({ workload: this.config.workload.kind }, 'guest started');
+  }
+
+  async stop(graceMs: number): Promise<GuestStats> {
+    for (const workload of this.workloads) workload.quiesce();
+    const deadline = performance.now() + graceMs;
+    while (this.running && this.workloads.some((w) => w.inFlight > 0) && performance.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    this.running = false;
+    this.bell.ring();
+    await this.loop;
+    return this.snapshot();
+  }
+
+  stats(): GuestStats {
+    return this.snapshot();
+  }
+
+  private snapshot(): GuestStats {
+    this.counters.pagesMapped = this.pager.pagesMapped;
+    this.counters.workloadDone = this.workloads.every((w) => w.done);
+    return structuredClone(this.counters);
+  }
+
+  private pollAll(): number {
+    let work = this.driver.poll();
+    for (const workload of this.workloads) work += workload.poll();
+    return work;
+  }
+
+  private pending(): boolean {
+    if (!this.priq.empty()) return true;
+    return this.devices.some((device) => !device.complete.empty());
+  }
+
+  private async run(): Promise<void> {
+    const spinNs = this.config.spinNs;
+    let busy = 0;
+    while (this.running) {
+      if (this.pollAll() > 0) {
+        if (++busy % YIELD_EVERY === 0) await new Promise(setImmediate);
+        continue;
+      }
+      if (this.driver.blockedOnCommandQueue) {
+        const seen = this.cmdq.armSpaceWait();
+        if (seen >= 0) await this.cmdq.spaceBell.waitAsync(seen, SLEEP_MS);
+        continue;
+      }
+      // Sleep protocol: read the sequence, spin briefly, arm, re-check, then wait on that sequence.
+      const seen = this.bell.sequence();
+      if (this.bell.spin(seen, spinNs)) continue;
+      this.bell.arm();
+      if (this.pending() || !this.running) {
+        this.bell.disarm();
+        continue;
+      }
+      this.counters.wakeups++;
+      await this.bell.waitAsync(seen, SLEEP_MS);
+    }
+  }
+}

@@ -1,0 +1,101 @@
+/**
+ * The guest's SMMUv3 driver, PRI side: drains the PRI queue, pages in what each request asks for,
+ * and answers each page-request group once with CMD_PRI_RESP on the command queue.
+ *
+ * Ordering rules it keeps (fault-queues.md 1.5-1.7):
+ * - A group is answered after its Last entry; until then its members are partial.
+ * - Stop markers need no response.
+ * - After the producer reports an overflow, the driver processes every entry up to PROD, drops the
+ *   partial groups whose Last may have been lost (the SMMU auto-answered those), and only then
+ *   acknowledges the overflow.
+ * - One CONS store per drained batch and one PROD store per batch of commands.
+ */
+import type { GuestStats } from '../shared/control.ts';
+import {
+  encodePriResp,
+  newPriRespCommand,
+  PRI_RESP_INVALID,
+  PRI_RESP_SUCCESS,
+} from '../shared/records/cmdq-entry.ts';
+import { decodePriqEntry, isStopMarker, newPriqEntry } from '../shared/records/priq-entry.ts';
+import type { RingConsumer, RingProducer } from '../shared/ring.ts';
+import { type DemandPager, PAGE_IN_OK } from './mm/demand-pager.ts';
+
+/** PASID used for requests without one (SSV=0): the RID's own address space. */
+const RID_PASID = 0;
+
+export class Smmuv3Driver {
+  /** True when the last poll stopped because the command queue was full. */
+  blockedOnCommandQueue = false;
+
+  private readonly entry = newPriqEntry();
+  private readonly command = newPriRespCommand();
+  /** Partial groups by (StreamID, PRGIndex): the worst page-in outcome so far. */
+  private readonly partial = new Map<number, number>();
+
+  constructor(
+    private readonly priq: RingConsumer,
+    private readonly cmdq: RingProducer,
+    private readonly pager: DemandPager,
+    private readonly stats: GuestStats,
+  ) {}
+
+  /** Drain the PRI queue once; returns the number of entries consumed. */
+  poll(): number {
+    this.blockedOnCommandQueue = false;
+    let consumed = 0;
+    for (let ready = this.priq.poll(); ready > 0; ready = this.priq.poll()) {
+      let done = 0;
+      while (done < ready) {
+        const at = this.priq.at(done);
+        decodePriqEntry(this.priq.words, at, this.entry);
+        if (this.entry.last && !isStopMarker(this.entry) && this.cmdq.claim() < 0) {
+          this.blockedOnCommandQueue = true;
+          break;
+        }
+        this.handle();
+        done++;
+      }
+      this.priq.release(done);
+      consumed += done;
+      if (this.blockedOnCommandQueue) break;
+    }
+    this.cmdq.publish();
+    if (!this.blockedOnCommandQueue && this.priq.overflowPending() && this.priq.empty()) {
+      // Every entry up to PROD is processed: partials whose Last was discarded are gone for good.
+      this.stats.partialGroupsDropped += this.partial.size;
+      this.partial.clear();
+      this.priq.acknowledgeOverflow();
+      this.stats.overflowsAcknowledged++;
+    }
+    return consumed;
+  }
+
+  private handle(): void {
+    const e = this.entry;
+    if (isStopMarker(e)) {
+      this.stats.stopMarkers++;
+      return;
+    }
+    this.stats.pageRequests++;
+    const key = e.streamId * 512 + e.prgIndex;
+    const outcome = this.pager.pageIn(e.ssv ? e.substreamId : RID_PASID, e.address);
+    const worst = Math.max(outcome, this.partial.get(key) ?? PAGE_IN_OK);
+    if (!e.last) {
+      this.partial.set(key, worst);
+      return;
+    }
+    this.partial.delete(key);
+    const c = this.command;
+    c.streamId = e.streamId;
+    c.ssv = e.ssv;
+    c.substreamId = e.substreamId;
+    c.prgIndex = e.prgIndex;
+    c.resp = worst === PAGE_IN_OK ? PRI_RESP_SUCCESS : PRI_RESP_INVALID;
+    encodePriResp(this.cmdq.words, this.cmdq.claim(), c);
+    this.cmdq.commit();
+    this.stats.groupsAnswered++;
+    if (c.resp === PRI_RESP_SUCCESS) this.stats.responses.success++;
+    else this.stats.responses.invalid++;
+  }
+}

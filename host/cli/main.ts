@@ -1,0 +1,96 @@
+/**
+ * ioasid-sandbox: the command-line interface.
+ * Exit codes: 0 run completed and invariants hold; 1 internal error; 2 bad input; 3 an invariant
+ * was violated.
+ */
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { makeLogger } from '../../shared/logger.ts';
+import type { RunReport } from '../vmm/report.ts';
+import { runTopology } from '../vmm/sandbox.ts';
+import { loadTopology, TopologyError } from '../vmm/topology.ts';
+
+export const EXIT_OK = 0;
+export const EXIT_INTERNAL = 1;
+export const EXIT_BAD_INPUT = 2;
+export const EXIT_INVARIANT = 3;
+
+function integer(name: string, min: number, max: number) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!/^\d+$/.test(value) || n < min || n > max) {
+      throw new InvalidArgumentError(`${name} must be an integer in ${min}..${max}`);
+    }
+    return n;
+  };
+}
+
+function summary(r: RunReport): string {
+  const lines = [
+    `topology ${r.topology} (routing ${r.routing}) ran ${r.durationMs} ms`,
+    ...r.vms.map(
+      (vm) =>
+        `  ${vm.name}: ${vm.faultsDelivered} faults delivered, responses ${vm.responses.success} success / ${vm.responses.invalid} invalid / ${vm.responses.failure} failure, ${vm.dmaOps} DMA ops${vm.crashed ? `, CRASHED (${vm.crashReason})` : ''}`,
+    ),
+    `faults: ${r.faults.raised} raised, ${r.faults.delivered} delivered, ${r.faults.responded} answered by guests, ${r.faults.autoResponded} answered automatically, ${r.faults.dropped} dropped, ${r.faults.lost} lost`,
+    `dma: ${r.dma.ops} ops, ${r.dma.completed} completed, ${r.dma.failed} failed, ${r.dma.bytesVerified} bytes verified`,
+    `fault round trip: p50 ${r.latencyUs.p50} us, p99 ${r.latencyUs.p99} us, max ${r.latencyUs.max} us (${r.latencyUs.count} faults)`,
+    r.invariants.ok
+      ? 'invariants: ok'
+      : `invariants: VIOLATED\n${r.invariants.violations.map((v) => `  ${v.rule}${v.vm ? ` [${v.vm}]` : ''}: ${v.detail}`).join('\n')}`,
+  ];
+  return `${lines.join('\n')}\n`;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let exitCode = EXIT_OK;
+  const program = new Command()
+    .name('ioasid-sandbox')
+    .description('Multi-VM sandbox for the I/O-page-fault path of virtualised IOMMUs')
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  program
+    .command('run')
+    .description('launch a topology, run its workloads, and report what happened')
+    .argument('<topology>', 'topology file (YAML), e.g. configs/default.yaml')
+    .option(
+      '--duration <ms>',
+      'longest the workloads may run (ends earlier when all are done)',
+      integer('--duration', 1, 86_400_000),
+    )
+    .option('--seed <n>', 'derive every workload seed from this seed', integer('--seed', 0, 0xffff_ffff))
+    .option('--json', 'print exactly one JSON object on stdout')
+    .action(async (file: string, opts: { duration?: number; seed?: number; json?: boolean }) => {
+      const topology = loadTopology(file);
+      const report = await runTopology(topology, {
+        durationMs: opts.duration,
+        seed: opts.seed,
+        log: makeLogger({ side: 'host' }),
+      });
+      process.stdout.write(opts.json ? `${JSON.stringify(report)}\n` : summary(report));
+      exitCode = report.invariants.ok ? EXIT_OK : EXIT_INVARIANT;
+    });
+
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return exitCode;
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      // --help and --version end here too, with exit code 0.
+      return error.exitCode === 0 ? EXIT_OK : EXIT_BAD_INPUT;
+    }
+    if (error instanceof TopologyError) {
+      process.stderr.write(`ioasid-sandbox: bad topology: ${error.message}\n`);
+      return EXIT_BAD_INPUT;
+    }
+    process.stderr.write(`ioasid-sandbox: internal error: ${(error as Error).stack ?? error}\n`);
+    return EXIT_INTERNAL;
+  }
+}
+
+if (
+  import.meta.url === new URL(process.argv[1] ?? '', 'file://').href ||
+  process.env.IOASID_SANDBOX_BIN === '1'
+) {
+  process.exitCode = await main(process.argv.slice(2));
+}

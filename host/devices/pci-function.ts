@@ -1,0 +1,364 @@
+/**
+ * A DMA-capable PCIe function with ATS/PRI: it takes descriptors from its work queue, moves the
+ * bytes between guest memory and its own buffer through the IOMMU's translation, and recovers from
+ * stage-1 translation faults with page requests (one request per group, Last set).
+ *
+ * Each in-flight descriptor is an "op" in fixed arrays (no per-record allocation). An op is
+ * FREE, READY (to run or retry), WAITING_PRG (its page request is outstanding), WAITING_CREDIT (no
+ * credit or PRG index free) or COMPLETING (its completion waits for room in the completion queue).
+ * A PRG response never runs the op inside the response call: it marks it READY, and the next
+ * `service()` retries, so a response storm cannot recurse.
+ */
+import { PAGE_SIZE, PAGE_WORDS } from '../../shared/guest-memory.ts';
+import {
+  DMA_FLAG_VERIFY,
+  DMA_OP_READ,
+  DMA_STATUS_BAD_DESCRIPTOR,
+  DMA_STATUS_FAULT,
+  DMA_STATUS_OK,
+  DMA_STATUS_PAGE_INVALID,
+  decodeDmaDescriptor,
+  encodeDmaCompletion,
+  newDmaDescriptor,
+} from '../../shared/records/dma-descriptor.ts';
+import { F_ACCESS, F_PERMISSION, F_TRANSLATION } from '../../shared/records/event-types.ts';
+import type { RingConsumer, RingProducer } from '../../shared/ring.ts';
+import type { Iommu } from '../iommu/iommu.ts';
+import { newPageRequest, PRG_FAILURE, PRG_SUCCESS, type PriEndpoint } from '../iommu/page-request.ts';
+import { ACCESS_READ, newWalkResult } from '../iommu/stage1-walker.ts';
+import { PriCapability } from './pri-capability.ts';
+
+/** Longest transfer one descriptor may ask for. */
+export const MAX_DMA_LENGTH = 1 << 20;
+const PASID_LIMIT = 1 << 20;
+const KNOWN_FLAGS = DMA_FLAG_VERIFY;
+
+const FREE = 0;
+const READY = 1;
+const WAITING_PRG = 2;
+const WAITING_CREDIT = 3;
+const COMPLETING = 4;
+
+/** What the sandbox watches a device do; the device itself judges nothing. */
+export interface DmaObserver {
+  /** `words[at..at+count)` were just read from guest memory for (pasid, va) of this device. */
+  dmaRead(device: PciFunction, pasid: number, va: number, words: Int32Array, at: number, count: number): void;
+  /** A page fault was resolved: from the page request to the retry's successful translation. */
+  faultResolved(device: PciFunction, ms: number): void;
+  /** A translation fault the device could not recover with PRI. */
+  unrecoverableFault(
+    device: PciFunction,
+    pasid: number,
+    va: number,
+    eventType: number,
+    stage2: boolean,
+  ): void;
+}
+
+export interface PciFunctionOptions {
+  name: string;
+  streamId: number;
+  pri: boolean;
+  /** Outstanding Page Request Allocation. */
+  priCredits: number;
+}
+
+export interface PciFunctionStats {
+  ops: number;
+  completed: number;
+  failed: number;
+  badDescriptors: number;
+  pageRequests: number;
+  retries: number;
+  completionStalls: number;
+  unrecoverableFaults: number;
+}
+
+export class PciFunction implements PriEndpoint {
+  readonly name: string;
+  readonly streamId: number;
+  readonly pri: PriCapability;
+  readonly hasPri: boolean;
+  readonly stats: PciFunctionStats = {
+    ops: 0,
+    completed: 0,
+    failed: 0,
+    badDescriptors: 0,
+    pageRequests: 0,
+    retries: 0,
+    completionStalls: 0,
+    unrecoverableFaults: 0,
+  };
+
+  private readonly capacity: number;
+  private readonly opState: Uint8Array;
+  private readonly opTag: Int32Array;
+  private readonly opPasid: Int32Array;
+  private readonly opVa: Float64Array;
+  private readonly opLength: Int32Array;
+  private readonly opDone: Int32Array;
+  private readonly opStatus: Int32Array;
+  private readonly opVerify: Uint8Array;
+  private readonly opFaultedAt: Float64Array;
+  private readonly freeOps: Int32Array;
+  private freeCount: number;
+  /** FIFO of op numbers (READY, WAITING_CREDIT or COMPLETING), scanned each service. */
+  private readonly runQueue: Int32Array;
+  private runHead = 0;
+  private runCount = 0;
+  private readonly prgOp = new Int32Array(512).fill(-1);
+  private readonly staging = new Int32Array(PAGE_WORDS);
+  private readonly stagingBytes = new Uint8Array(this.staging.buffer);
+  private readonly descriptor = newDmaDescriptor();
+  private readonly request = newPageRequest();
+  private readonly walk = newWalkResult();
+
+  constructor(
+    options: PciFunctionOptions,
+    private readonly iommu: Iommu,
+    private readonly submit: RingConsumer,
+    private readonly complete: RingProducer,
+    private readonly observer: DmaObserver,
+    /** Wake whoever calls `service()`: a response made an op runnable. */
+    private readonly wake: () => void,
+  ) {
+    this.name = options.name;
+    this.streamId = options.streamId;
+    this.hasPri = options.pri;
+    this.pri = new PriCapability(options.priCredits);
+    this.pri.enabled = options.pri;
+    // One op per completion slot: a completion can always be written once the guest reaps.
+    this.capacity = complete.size;
+    this.opState = new Uint8Array(this.capacity);
+    this.opTag = new Int32Array(this.capacity);
+    this.opPasid = new Int32Array(this.capacity);
+    this.opVa = new Float64Array(this.capacity);
+    this.opLength = new Int32Array(this.capacity);
+    this.opDone = new Int32Array(this.capacity);
+    this.opStatus = new Int32Array(this.capacity);
+    this.opVerify = new Uint8Array(this.capacity);
+    this.opFaultedAt = new Float64Array(this.capacity);
+    this.freeOps = new Int32Array(this.capacity);
+    for (let i = 0; i < this.capacity; i++) this.freeOps[i] = this.capacity - 1 - i;
+    this.freeCount = this.capacity;
+    this.runQueue = new Int32Array(this.capacity);
+  }
+
+  /** Descriptors taken from the work queue and not completed yet. */
+  get inFlight(): number {
+    return this.capacity - this.freeCount;
+  }
+
+  /** A queued op can make progress now, without a new descriptor or response. */
+  get hasWork(): boolean {
+    for (let n = 0; n < this.runCount; n++) {
+      const state = this.opState[this.runQueue[(this.runHead + n) % this.capacity]];
+      if (state === READY) return true;
+      if (state === WAITING_CREDIT && this.pri.canRequest()) return true;
+      if (state === COMPLETING && this.complete.claim() >= 0) return true;
+    }
+    return false;
+  }
+
+  /** Run what can run, take new descriptors, publish completions. Returns records handled. */
+  service(): number {
+    let work = this.runQueued();
+    work += this.accept();
+    this.complete.publish();
+    return work;
+  }
+
+  prgResponse(_pasid: number, _ssv: boolean, prgIndex: number, code: number): void {
+    if (!this.pri.complete(prgIndex, code === PRG_FAILURE)) return;
+    const op = this.prgOp[prgIndex];
+    this.prgOp[prgIndex] = -1;
+    if (op >= 0 && this.opState[op] === WAITING_PRG) {
+      if (code === PRG_SUCCESS) {
+        this.stats.retries++;
+        this.enqueue(op, READY);
+      } else {
+        this.finish(op, code === PRG_FAILURE ? DMA_STATUS_FAULT : DMA_STATUS_PAGE_INVALID);
+      }
+    }
+    // A retry is ready, a completion is written, or a credit came back for a waiting op.
+    this.wake();
+  }
+
+  private enqueue(op: number, state: number): void {
+    this.opState[op] = state;
+    this.runQueue[(this.runHead + this.runCount) % this.capacity] = op;
+    this.runCount++;
+  }
+
+  /** One pass over the queued ops, in order; those that still cannot move are queued again. */
+  private runQueued(): number {
+    let moved = 0;
+    for (let n = this.runCount; n > 0; n--) {
+      const op = this.runQueue[this.runHead];
+      this.runHead = (this.runHead + 1) % this.capacity;
+      this.runCount--;
+      const state = this.opState[op];
+      if (state === COMPLETING) {
+        if (this.writeCompletion(op)) moved++;
+        else this.enqueue(op, COMPLETING);
+      } else if (state === WAITING_CREDIT && !this.pri.canRequest()) {
+        this.enqueue(op, WAITING_CREDIT);
+      } else {
+        this.run(op);
+        moved++;
+      }
+    }
+    return moved;
+  }
+
+  private accept(): number {
+    let accepted = 0;
+    const ring = this.submit;
+    const d = this.descriptor;
+    for (let ready = ring.poll(); ready > 0 && this.freeCount > 0; ready = ring.poll()) {
+      const take = Math.min(ready, this.freeCount);
+      for (let i = 0; i < take; i++) {
+        const at = ring.at(i);
+        decodeDmaDescriptor(ring.words, at, d);
+        const op = this.freeOps[--this.freeCount];
+        this.stats.ops++;
+        this.opTag[op] = d.tag;
+        this.opPasid[op] = d.pasid;
+        this.opVa[op] = d.va;
+        this.opLength[op] = d.length;
+        this.opDone[op] = 0;
+        this.opVerify[op] = (d.flags & DMA_FLAG_VERIFY) !== 0 ? 1 : 0;
+        this.opFaultedAt[op] = 0;
+        if (!validDescriptor(ring.words, at, d.opcode, d.length, d.pasid, d.flags)) {
+          this.stats.badDescriptors++;
+          this.finish(op, DMA_STATUS_BAD_DESCRIPTOR);
+        } else {
+          this.run(op);
+        }
+      }
+      ring.release(take);
+      accepted += take;
+    }
+    return accepted;
+  }
+
+  /** Move bytes until the op completes, faults, or has to wait. */
+  private run(op: number): void {
+    const pasid = this.opPasid[op];
+    const length = this.opLength[op];
+    const walk = this.walk;
+    this.opState[op] = READY;
+    while (this.opDone[op] < length) {
+      const va = this.opVa[op] + this.opDone[op];
+      if (!this.iommu.translate(this.streamId, pasid, va, ACCESS_READ, walk)) {
+        if (walk.stage2 || !recoverable(walk.fault) || !this.pri.usable) {
+          this.stats.unrecoverableFaults++;
+          this.observer.unrecoverableFault(this, pasid, va, walk.fault, walk.stage2);
+          this.finish(op, DMA_STATUS_FAULT);
+          return;
+        }
+        if (!this.pri.canRequest()) {
+          this.enqueue(op, WAITING_CREDIT);
+          return;
+        }
+        this.requestPage(op, pasid, va);
+        return;
+      }
+      if (this.opFaultedAt[op] !== 0) {
+        this.observer.faultResolved(this, performance.now() - this.opFaultedAt[op]);
+        this.opFaultedAt[op] = 0;
+      }
+      const chunk = Math.min(length - this.opDone[op], PAGE_SIZE - (va % PAGE_SIZE));
+      this.readChunk(op, pasid, va, walk.gpa, chunk);
+      this.opDone[op] += chunk;
+    }
+    this.finish(op, DMA_STATUS_OK);
+  }
+
+  private requestPage(op: number, pasid: number, va: number): void {
+    const prgIndex = this.pri.allocate();
+    this.prgOp[prgIndex] = op;
+    this.opState[op] = WAITING_PRG;
+    this.opFaultedAt[op] = performance.now();
+    this.stats.pageRequests++;
+    const r = this.request;
+    r.streamId = this.streamId;
+    r.pasid = pasid;
+    r.ssv = pasid !== 0;
+    r.address = va - (va % PAGE_SIZE);
+    r.prgIndex = prgIndex;
+    r.read = true;
+    r.write = false;
+    r.last = true;
+    // May answer at once (no handler: INVALID); prgResponse only re-queues, so this is safe.
+    this.iommu.pageRequest(r);
+  }
+
+  private readChunk(op: number, pasid: number, va: number, gpa: number, bytes: number): void {
+    const memory = this.iommu.memoryOf(this.streamId);
+    if (!memory) return;
+    const staging = this.staging;
+    if (gpa % 4 === 0 && bytes % 4 === 0) {
+      const words = memory.words;
+      const base = gpa >>> 2;
+      const count = bytes >>> 2;
+      for (let i = 0; i < count; i++) staging[i] = words[base + i];
+      if (this.opVerify[op] !== 0) this.observer.dmaRead(this, pasid, va, staging, 0, count);
+    } else {
+      // Unaligned transfers move bytes but are not pattern-checked (the pattern is per word).
+      const source = memory.bytes;
+      const target = this.stagingBytes;
+      for (let i = 0; i < bytes; i++) target[i] = source[gpa + i];
+    }
+  }
+
+  private finish(op: number, status: number): void {
+    this.opStatus[op] = status;
+    if (!this.writeCompletion(op)) {
+      this.stats.completionStalls++;
+      this.enqueue(op, COMPLETING);
+    }
+  }
+
+  private writeCompletion(op: number): boolean {
+    const at = this.complete.claim();
+    if (at < 0) return false;
+    const status = this.opStatus[op];
+    encodeDmaCompletion(
+      this.complete.words,
+      at,
+      this.opTag[op],
+      status,
+      status === DMA_STATUS_OK ? this.opLength[op] : this.opDone[op],
+    );
+    this.complete.commit();
+    if (status === DMA_STATUS_OK) this.stats.completed++;
+    else this.stats.failed++;
+    this.opState[op] = FREE;
+    this.freeOps[this.freeCount++] = op;
+    return true;
+  }
+}
+
+function recoverable(eventType: number): boolean {
+  return eventType === F_TRANSLATION || eventType === F_ACCESS || eventType === F_PERMISSION;
+}
+
+function validDescriptor(
+  words: Int32Array,
+  at: number,
+  opcode: number,
+  length: number,
+  pasid: number,
+  flags: number,
+): boolean {
+  return (
+    opcode === DMA_OP_READ &&
+    length > 0 &&
+    length <= MAX_DMA_LENGTH &&
+    pasid >= 0 &&
+    pasid < PASID_LIMIT &&
+    (flags & ~KNOWN_FLAGS) === 0 &&
+    words[at + 7] === 0
+  );
+}

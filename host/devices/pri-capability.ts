@@ -1,0 +1,74 @@
+/**
+ * A PCIe function's PRI capability (fault-queues.md 3): the Outstanding Page Request Allocation
+ * (credits), 9-bit PRG indices, and the status bits a response can latch.
+ * - A request holds one credit until its group's response arrives.
+ * - Success: the pages should be resident, the function retries.
+ * - Invalid Request: the access fails; PRI stays enabled.
+ * - Response Failure: latches Status.RF and stops page requests until PRI is reset.
+ * - A response whose PRG index matches no outstanding group is ignored and latches Status.UPRGI.
+ */
+export const PRG_INDICES = 512;
+
+export class PriCapability {
+  enabled = true;
+  /** Status.RF: a Response Failure arrived; no page requests until reset. */
+  responseFailure = false;
+  /** Status.UPRGI: a response named a PRG index with no outstanding group. */
+  unexpectedPrgIndex = false;
+  unexpectedResponses = 0;
+  outstanding = 0;
+
+  private readonly inUse = new Uint8Array(PRG_INDICES);
+  private cursor = 0;
+
+  /** @param allocation Outstanding Page Request Allocation written by software (credits). */
+  constructor(public allocation: number) {}
+
+  /** Page requests may be sent at all (enabled and not stopped by a Response Failure). */
+  get usable(): boolean {
+    return this.enabled && !this.responseFailure;
+  }
+
+  /** A credit and a free PRG index are available for a one-request group. */
+  canRequest(): boolean {
+    return this.usable && this.outstanding < this.allocation && this.outstanding < PRG_INDICES;
+  }
+
+  /** Take a credit and a PRG index (call only after `canRequest()`). */
+  allocate(): number {
+    for (let n = 0; n < PRG_INDICES; n++) {
+      const index = (this.cursor + n) & (PRG_INDICES - 1);
+      if (this.inUse[index] === 0) {
+        this.inUse[index] = 1;
+        this.cursor = (index + 1) & (PRG_INDICES - 1);
+        this.outstanding++;
+        return index;
+      }
+    }
+    throw new Error('PRI: no free PRG index although canRequest() said so');
+  }
+
+  /**
+   * A PRG response arrived. Returns false (and latches UPRGI) when no group with this index is
+   * outstanding; otherwise frees the index and its credit and applies the code's latch.
+   */
+  complete(prgIndex: number, responseFailure: boolean): boolean {
+    if (prgIndex < 0 || prgIndex >= PRG_INDICES || this.inUse[prgIndex] === 0) {
+      this.unexpectedPrgIndex = true;
+      this.unexpectedResponses++;
+      return false;
+    }
+    this.inUse[prgIndex] = 0;
+    this.outstanding--;
+    if (responseFailure) this.responseFailure = true;
+    return true;
+  }
+
+  /** Reset the capability (Control.Reset): clears the latches. Outstanding groups are forgotten. */
+  reset(): void {
+    this.inUse.fill(0);
+    this.outstanding = 0;
+    this.responseFailure = false;
+    this.unexpectedPrgIndex = false;
+  }
+}

@@ -1,0 +1,34 @@
+/** Fault round-trip latency, kept in an HDR histogram (nanosecond resolution, 3 digits). */
+import * as hdr from 'hdr-histogram-js';
+
+export interface LatencySummary {
+  p50: number;
+  p99: number;
+  max: number;
+  count: number;
+}
+
+export class LatencyHistogram {
+  private readonly histogram = hdr.build({
+    lowestDiscernibleValue: 1,
+    highestTrackableValue: 3_600_000_000_000,
+    numberOfSignificantValueDigits: 3,
+  });
+
+  recordMs(ms: number): void {
+    this.histogram.recordValue(Math.max(1, Math.round(ms * 1e6)));
+  }
+
+  /** Microseconds, to 0.1 us. */
+  summary(): LatencySummary {
+    const h = this.histogram;
+    const us = (ns: number) => Math.round(ns / 100) / 10;
+    if (h.totalCount === 0) return { p50: 0, p99: 0, max: 0, count: 0 };
+    return {
+      p50: us(h.getValueAtPercentile(50)),
+      p99: us(h.getValueAtPercentile(99)),
+      max: us(h.maxValue),
+      count: h.totalCount,
+    };
+  }
+}

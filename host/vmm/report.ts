@@ -1,0 +1,41 @@
+/**
+ * The result of `ioasid-sandbox run`, printed as one JSON object with --json. Fields are a contract:
+ * later versions add fields and never remove or rename one.
+ */
+import type { Violation } from './invariants.ts';
+
+export interface VmReport {
+  name: string;
+  faultsDelivered: number;
+  responses: { success: number; invalid: number; failure: number };
+  dmaOps: number;
+  crashed: boolean;
+  crashReason?: string;
+  pageRequests: number;
+  pagesMapped: number;
+  dmaCompleted: number;
+  dmaFailed: number;
+  dropped: number;
+  unknownResponses: number;
+  illegalCommands: number;
+  workloadDone: boolean;
+}
+
+export interface RunReport {
+  topology: string;
+  routing: 'ioasid-owner' | 'device-owner';
+  seed: number | null;
+  durationMs: number;
+  vms: VmReport[];
+  faults: {
+    raised: number;
+    delivered: number;
+    responded: number;
+    autoResponded: number;
+    dropped: number;
+    lost: number;
+  };
+  dma: { ops: number; completed: number; failed: number; bytesVerified: number; unrecoverableFaults: number };
+  latencyUs: { p50: number; p99: number; max: number; count: number };
+  invariants: { ok: boolean; violations: Violation[]; counts: Record<string, number> };
+}

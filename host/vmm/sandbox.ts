@@ -1,0 +1,154 @@
+/**
+ * Launch a topology, run its workloads, take it down, and say what happened. The host owns one
+ * physical IOMMU; each VM gets its own guest RAM, channel, worker thread, fault queue and devices.
+ */
+import { type Logger, makeLogger } from '../../shared/logger.ts';
+import { Iommu } from '../iommu/iommu.ts';
+import { DmaOracle } from './dma-oracle.ts';
+import { InvariantChecker } from './invariants.ts';
+import { LatencyHistogram } from './latency.ts';
+import type { RunReport } from './report.ts';
+import type { Topology } from './topology.ts';
+import { Vm } from './vm.ts';
+
+export interface RunOptions {
+  /** Longest the workloads may run, in ms; the run ends earlier when every workload is done. */
+  durationMs?: number;
+  /** Replaces every workload's seed with one derived from this and the VM's index. */
+  seed?: number;
+  /** How long stopping guests may take to finish in-flight DMA. */
+  graceMs?: number;
+  log?: Logger;
+}
+
+export const DEFAULT_DURATION_MS = 30_000;
+const POLL_MS = 10;
+const DEFAULT_GRACE_MS = 2_000;
+
+/** Physical StreamIDs: VM i's devices start at (i + 1) << 8. */
+function firstStreamId(vmIndex: number): number {
+  return (vmIndex + 1) << 8;
+}
+
+export function vmSeed(runSeed: number | undefined, configured: number, vmIndex: number): number {
+  if (runSeed === undefined) return configured;
+  return (Math.imul(runSeed ^ 0x5bd1e995, 0x9e3779b1) + vmIndex * 0x632be5ab) >>> 0;
+}
+
+export async function runTopology(topology: Topology, options: RunOptions = {}): Promise<RunReport> {
+  const log = options.log ?? makeLogger({ side: 'host' });
+  const durationMs = options.durationMs ?? DEFAULT_DURATION_MS;
+  const iommu = new Iommu();
+  const invariants = new InvariantChecker();
+  const latency = new LatencyHistogram();
+  const oracle = new DmaOracle(invariants, latency);
+  const owners = new Map<number, string>();
+  const ownerOf = (streamId: number, pasid: number) => owners.get(streamId * 0x10_0000 + pasid);
+
+  const vms = topology.vms.map(
+    (config, index) =>
+      new Vm(config, index, {
+        iommu,
+        invariants,
+        observer: oracle,
+        ownerOf,
+        firstStreamId: firstStreamId(index),
+        spinNs: topology.spinNs,
+        seed: vmSeed(options.seed, config.workload.seed, index),
+        log,
+      }),
+  );
+  // Every PASID of a device (and its RID, PASID 0) belongs to the VM the device is assigned to.
+  for (const vm of vms) {
+    const seed = vmSeed(options.seed, vm.config.workload.seed, vm.index);
+    vm.devices.forEach((device, i) => {
+      oracle.watch(device, { vm: vm.name, seed });
+      for (const pasid of [0, ...vm.config.devices[i].pasids])
+        owners.set(device.streamId * 0x10_0000 + pasid, vm.name);
+    });
+  }
+  const byName = new Map(vms.map((vm) => [vm.name, vm]));
+  for (const vm of vms) {
+    vm.devices.forEach((device, i) => {
+      iommu.bindEndpoint(device.streamId, device);
+      for (const pasid of [0, ...vm.config.devices[i].pasids]) {
+        // The routing question of design.md: the address space's owner, or the device's owner.
+        const target =
+          topology.routing === 'ioasid-owner' ? byName.get(ownerOf(device.streamId, pasid) ?? '') : vm;
+        iommu.setFaultHandler(device.streamId, pasid, target?.faults);
+      }
+    });
+  }
+
+  const started = performance.now();
+  try {
+    for (const vm of vms) vm.launch();
+    await Promise.all(vms.map((vm) => vm.boot()));
+    await Promise.all(vms.map((vm) => vm.start()));
+    log.info({ topology: topology.name, vms: vms.length }, 'topology running');
+    const deadline = started + durationMs;
+    while (performance.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      const stats = await Promise.all(vms.map((vm) => vm.stats().catch(() => undefined)));
+      if (stats.every((s, i) => vms[i].crashed || s?.workloadDone)) break;
+    }
+    await Promise.all(vms.map((vm) => vm.stop(options.graceMs ?? DEFAULT_GRACE_MS)));
+  } finally {
+    await Promise.all(vms.map((vm) => vm.shutdown()));
+  }
+  const elapsed = performance.now() - started;
+
+  const lost = iommu.iopf.pending;
+  if (lost > 0) {
+    invariants.violation({
+      rule: 'group-lost',
+      detail: `${lost} page-request group(s) ended the run unanswered`,
+    });
+  }
+  const sum = (f: (vm: Vm) => number) => vms.reduce((n, vm) => n + f(vm), 0);
+  const sumDevices = (f: (d: Vm['devices'][number]) => number) =>
+    sum((vm) => vm.devices.reduce((n, d) => n + f(d), 0));
+  return {
+    topology: topology.name,
+    routing: topology.routing,
+    seed: options.seed ?? null,
+    durationMs: Math.round(elapsed),
+    vms: vms.map((vm) => ({
+      name: vm.name,
+      faultsDelivered: vm.vsmmu.stats.delivered,
+      responses: { ...vm.vsmmu.stats.responses },
+      dmaOps: vm.devices.reduce((n, d) => n + d.stats.ops, 0),
+      crashed: vm.crashed,
+      ...(vm.crashReason ? { crashReason: vm.crashReason } : {}),
+      pageRequests: vm.devices.reduce((n, d) => n + d.stats.pageRequests, 0),
+      pagesMapped: vm.guestStats?.pagesMapped ?? 0,
+      dmaCompleted: vm.devices.reduce((n, d) => n + d.stats.completed, 0),
+      dmaFailed: vm.devices.reduce((n, d) => n + d.stats.failed, 0),
+      dropped: vm.vsmmu.stats.dropped,
+      unknownResponses: vm.vsmmu.stats.unknownResponses,
+      illegalCommands: vm.vsmmu.stats.illegalCommands,
+      workloadDone: vm.guestStats?.workloadDone ?? false,
+    })),
+    faults: {
+      raised: iommu.iopf.stats.groups,
+      delivered: sum((vm) => vm.vsmmu.stats.delivered),
+      responded: sum((vm) => vm.faults.stats.responded),
+      autoResponded: sum((vm) => vm.faults.stats.autoResponded) + iommu.iopf.stats.answeredWithoutHandler,
+      dropped: sum((vm) => vm.vsmmu.stats.dropped),
+      lost,
+    },
+    dma: {
+      ops: sumDevices((d) => d.stats.ops),
+      completed: sumDevices((d) => d.stats.completed),
+      failed: sumDevices((d) => d.stats.failed),
+      bytesVerified: oracle.bytesVerified,
+      unrecoverableFaults: oracle.unrecoverableFaults,
+    },
+    latencyUs: latency.summary(),
+    invariants: {
+      ok: invariants.ok,
+      violations: invariants.violations,
+      counts: Object.fromEntries(invariants.counts),
+    },
+  };
+}

@@ -1,0 +1,180 @@
+/**
+ * Topology files: YAML, validated with zod. Every error names the YAML path of the bad field (and
+ * its line), says what was expected, and maps to exit code 2 in the CLI.
+ */
+import { readFileSync } from 'node:fs';
+import { isNode, LineCounter, parseDocument } from 'yaml';
+import { z } from 'zod';
+
+const name = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$/, 'expected a name of 1-32 letters, digits, "_", "." or "-"');
+
+const log2 = (min: number, max: number) => z.number().int().min(min).max(max);
+
+export const DeviceSchema = z
+  .object({
+    name,
+    pri: z.boolean().describe('PRI-capable: recovers stage-1 faults with page requests'),
+    pasids: z
+      .array(z.number().int().min(1).max(255))
+      .max(16)
+      .default([])
+      .refine((p) => new Set(p).size === p.length, 'expected distinct PASIDs')
+      .describe('PASIDs the device uses (1..255); PASID 0 is the RID itself'),
+    priCredits: z
+      .number()
+      .int()
+      .min(1)
+      .max(512)
+      .default(32)
+      .describe('Outstanding Page Request Allocation written to the PRI capability'),
+  })
+  .strict();
+
+export const WorkloadSchema = z
+  .object({
+    kind: z.enum(['sva-stream', 'idle']),
+    pages: z
+      .number()
+      .int()
+      .min(1)
+      .max(1 << 20)
+      .default(256),
+    seed: z.number().int().min(0).max(0xffff_ffff).default(1),
+    queueDepth: z.number().int().min(1).max(512).default(16),
+  })
+  .strict();
+
+export const QueuesSchema = z
+  .object({
+    priqLog2: log2(1, 19).default(8).describe('guest PRI queue: 2^n entries'),
+    cmdqLog2: log2(1, 19).default(8).describe('guest command queue: 2^n entries'),
+    dmaQueueLog2: log2(1, 12).default(6).describe('per-device DMA descriptor and completion queues'),
+  })
+  .strict();
+
+export const VmSchema = z
+  .object({
+    name,
+    memoryMiB: z.number().int().min(1).max(4096),
+    viommu: z.enum(['smmuv3']).describe('guest vIOMMU flavour'),
+    devices: z.array(DeviceSchema).min(1).max(4),
+    workload: WorkloadSchema,
+    queues: QueuesSchema.default({ priqLog2: 8, cmdqLog2: 8, dmaQueueLog2: 6 }),
+  })
+  .strict()
+  .superRefine((vm, ctx) => {
+    const names = vm.devices.map((d) => d.name);
+    names.forEach((n, i) => {
+      if (names.indexOf(n) !== i)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['devices', i, 'name'],
+          message: `duplicate device name "${n}"`,
+        });
+    });
+    if (vm.workload.kind === 'sva-stream') {
+      // Buffer pages plus up to four table pages per 512 data pages, per device, must fit in RAM.
+      const needed = vm.devices.length * (vm.workload.pages + 4 * Math.ceil(vm.workload.pages / 512) + 8);
+      const available = vm.memoryMiB * 256 - 16;
+      if (needed > available) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['workload', 'pages'],
+          message: `expected at most ${Math.floor(available / vm.devices.length) - 8} pages per device in ${vm.memoryMiB} MiB of guest RAM`,
+        });
+      }
+    }
+  });
+
+export const TopologySchema = z
+  .object({
+    name,
+    routing: z.enum(['ioasid-owner', 'device-owner']).default('ioasid-owner'),
+    vms: z.array(VmSchema).min(1).max(64),
+    spinNs: z
+      .number()
+      .int()
+      .min(0)
+      .max(1_000_000)
+      .default(20_000)
+      .describe('how long a guest spins on its doorbell before sleeping'),
+  })
+  .strict()
+  .superRefine((t, ctx) => {
+    const names = t.vms.map((vm) => vm.name);
+    names.forEach((n, i) => {
+      if (names.indexOf(n) !== i)
+        ctx.addIssue({ code: 'custom', path: ['vms', i, 'name'], message: `duplicate VM name "${n}"` });
+    });
+  });
+
+export type Topology = z.infer<typeof TopologySchema>;
+export type VmConfig = Topology['vms'][number];
+export type DeviceConfig = VmConfig['devices'][number];
+
+export class TopologyError extends Error {
+  override readonly name = 'TopologyError';
+
+  constructor(
+    readonly file: string,
+    readonly yamlPath: string,
+    readonly line: number | undefined,
+    readonly reason: string,
+  ) {
+    super(`${file}${line === undefined ? '' : `:${line}`}: ${yamlPath || '(top level)'}: ${reason}`);
+  }
+}
+
+/** `vms[0].devices[1].pasids` from zod's path. */
+export function formatPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const key of path) {
+    out += typeof key === 'number' ? `[${key}]` : `${out ? '.' : ''}${String(key)}`;
+  }
+  return out;
+}
+
+export function parseTopology(text: string, file = '<topology>'): Topology {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false });
+  if (doc.errors.length > 0) {
+    const error = doc.errors[0];
+    const line = error.linePos?.[0].line ?? lines.linePos(error.pos[0]).line;
+    throw new TopologyError(file, '', line, `not valid YAML: ${error.message.split('\n')[0]}`);
+  }
+  const result = TopologySchema.safeParse(doc.toJS());
+  if (result.success) return result.data;
+  const issue = result.error.issues[0];
+  const path = issue.path as (string | number)[];
+  let line: number | undefined;
+  for (let depth = path.length; depth >= 0 && line === undefined; depth--) {
+    const node = doc.getIn(path.slice(0, depth), true);
+    if (isNode(node) && node.range) line = lines.linePos(node.range[0]).line;
+  }
+  let reason = issue.message;
+  if (issue.code === 'unrecognized_keys')
+    reason = `unknown key(s) ${issue.keys.map((k) => `"${k}"`).join(', ')}`;
+  throw new TopologyError(file, formatPath(path), line, reason);
+}
+
+export function loadTopology(file: string): Topology {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new TopologyError(
+      file,
+      '',
+      undefined,
+      `cannot read the file (${(error as NodeJS.ErrnoException).code ?? error})`,
+    );
+  }
+  return parseTopology(text, file);
+}
+
+/** The topology format as JSON Schema, for editors (configs/topology.schema.json). */
+export function topologyJsonSchema(): unknown {
+  return z.toJSONSchema(TopologySchema, { io: 'input' });
+}

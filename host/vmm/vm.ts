@@ -1,0 +1,279 @@
+/**
+ * The host's side of one VM: its guest RAM and data-plane channel (SharedArrayBuffers shared with
+ * this VM only), its worker thread and comlink control plane, its vSMMU model, fault queue and
+ * devices, and the host service loop that sleeps on the VM's host doorbell.
+ */
+import type { Worker } from 'node:worker_threads';
+import * as Comlink from 'comlink';
+import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
+import type { DeviceContext, GuestBoot, GuestControl, GuestStats } from '../../shared/control.ts';
+import type { Doorbell } from '../../shared/doorbell.ts';
+import { GuestMemory } from '../../shared/guest-memory.ts';
+import type { Logger } from '../../shared/logger.ts';
+import { RingConsumer, RingProducer } from '../../shared/ring.ts';
+import { type ChannelLayout, channelBells, channelLayout } from '../../shared/vm-channel.ts';
+import { sibling, spawnWorker } from '../../shared/worker-spawn.ts';
+import { type DmaObserver, PciFunction } from '../devices/pci-function.ts';
+import type { Iommu } from '../iommu/iommu.ts';
+import { FaultQueue } from '../iommufd/fault-queue.ts';
+import type { InvariantChecker } from './invariants.ts';
+import type { VmConfig } from './topology.ts';
+import { Vsmmu } from './vsmmu.ts';
+
+const GUEST_ENTRY = sibling('../../guest/worker', import.meta.url);
+/** Longest the host loop sleeps before looking around anyway. */
+const HOST_SLEEP_MS = 100;
+/** Busy passes between visits to the event loop, so other VMs and the control plane get a turn. */
+const YIELD_EVERY = 32;
+/** A control-plane call that takes longer than this means the guest is hung. */
+const CONTROL_TIMEOUT_MS = 10_000;
+
+export interface VmWiring {
+  iommu: Iommu;
+  invariants: InvariantChecker;
+  observer: DmaObserver;
+  /** The VM that owns the address space of (physical StreamID, PASID). */
+  ownerOf(streamId: number, pasid: number): string | undefined;
+  /** Physical StreamID of this VM's first device; the rest follow. */
+  firstStreamId: number;
+  spinNs: number;
+  seed: number;
+  log: Logger;
+}
+
+export class Vm {
+  readonly name: string;
+  readonly memory: GuestMemory;
+  readonly devices: PciFunction[];
+  readonly faults: FaultQueue;
+  readonly vsmmu: Vsmmu;
+  crashed = false;
+  crashReason: string | undefined;
+  guestStats: GuestStats | undefined;
+
+  private readonly channel: SharedArrayBuffer;
+  private readonly layout: ChannelLayout;
+  private readonly hostBell: Doorbell;
+  private readonly cmdq: RingConsumer;
+  private readonly submitQueues: RingConsumer[];
+  private readonly log: Logger;
+  private worker: Worker | undefined;
+  private control: Comlink.Remote<GuestControl> | undefined;
+  private exited: Promise<never> | undefined;
+  private serving = false;
+  /** The host is ending the worker on purpose: its exit is not a crash. */
+  private terminating = false;
+  private serveLoop: Promise<void> | undefined;
+
+  constructor(
+    readonly config: VmConfig,
+    readonly index: number,
+    private readonly wiring: VmWiring,
+  ) {
+    this.name = config.name;
+    this.log = wiring.log.child({ vm: config.name });
+    this.memory = GuestMemory.allocate(config.memoryMiB);
+    const channelConfig = { ...config.queues, devices: config.devices.length };
+    this.layout = channelLayout(channelConfig);
+    this.channel = new SharedArrayBuffer(this.layout.bytes);
+    const bells = channelBells(this.channel, this.layout);
+    this.hostBell = bells.host;
+    const { priq, cmdq, dma } = this.layout;
+    this.cmdq = new RingConsumer(this.channel, cmdq.offset, cmdq.geometry);
+    const priqProducer = new RingProducer(this.channel, priq.offset, priq.geometry, bells.guest);
+    this.submitQueues = dma.map((q) => new RingConsumer(this.channel, q.submit.offset, q.submit.geometry));
+    this.devices = config.devices.map(
+      (device, i) =>
+        new PciFunction(
+          {
+            name: `${config.name}/${device.name}`,
+            streamId: wiring.firstStreamId + i,
+            pri: device.pri,
+            priCredits: device.priCredits,
+          },
+          wiring.iommu,
+          this.submitQueues[i],
+          new RingProducer(this.channel, dma[i].complete.offset, dma[i].complete.geometry, bells.guest),
+          wiring.observer,
+          () => this.hostBell.ring(),
+        ),
+    );
+    const first = wiring.firstStreamId;
+    const count = config.devices.length;
+    this.faults = new FaultQueue(wiring.iommu.iopf, (cookie, group) => this.vsmmu.deliver(cookie, group));
+    this.vsmmu = new Vsmmu(
+      config.name,
+      priqProducer,
+      this.cmdq,
+      { devices: count, virtualOf: (sid) => (sid >= first && sid < first + count ? sid - first : -1) },
+      this.faults,
+      wiring.invariants,
+      wiring.ownerOf,
+    );
+  }
+
+  /** Spawn the guest's worker thread and connect the control plane. */
+  launch(): void {
+    const boot: GuestBoot = {
+      name: this.name,
+      index: this.index,
+      memory: this.memory.buffer,
+      channel: this.channel,
+      channelConfig: { ...this.config.queues, devices: this.config.devices.length },
+      devices: this.config.devices.map((d, i) => ({
+        name: d.name,
+        streamId: i,
+        pasids: d.pasids,
+        pri: d.pri,
+      })),
+      workload: { ...this.config.workload, seed: this.wiring.seed },
+      spinNs: this.wiring.spinNs,
+    };
+    const worker = spawnWorker(GUEST_ENTRY, { workerData: boot });
+    this.worker = worker;
+    this.control = Comlink.wrap<GuestControl>(nodeEndpoint(worker));
+    this.exited = new Promise<never>((_, reject) => {
+      worker.once('error', (error) => {
+        this.markCrashed(`uncaught exception in the guest: ${error.message}`);
+        reject(error);
+      });
+      worker.once('exit', (code) => {
+        if (!this.terminating) this.markCrashed(`guest worker exited with code ${code}`);
+        reject(new Error(`guest ${this.name} exited with code ${code}`));
+      });
+    });
+    this.exited.catch(() => {});
+  }
+
+  /** Let the guest build its tables, then install its streams in the IOMMU. */
+  async boot(): Promise<void> {
+    const contexts = await this.call((c) => c.boot());
+    if (contexts.length !== this.devices.length) {
+      throw new Error(
+        `guest ${this.name} booted ${contexts.length} devices, expected ${this.devices.length}`,
+      );
+    }
+    contexts.forEach((ctx: DeviceContext, i) => {
+      const valid =
+        Number.isInteger(ctx.cdTableGpa) &&
+        this.memory.contains(ctx.cdTableGpa, 16) &&
+        ctx.cdLog2 >= 0 &&
+        ctx.cdLog2 <= 20;
+      if (!valid) throw new Error(`guest ${this.name} reported a bad CD table for device ${i}`);
+      this.wiring.iommu.installStream(this.devices[i].streamId, {
+        memory: this.memory,
+        cdTableGpa: ctx.cdTableGpa,
+        cdLog2: ctx.cdLog2,
+      });
+    });
+  }
+
+  async start(): Promise<void> {
+    this.serving = true;
+    this.serveLoop = this.serve();
+    await this.call((c) => c.start());
+  }
+
+  async stats(): Promise<GuestStats | undefined> {
+    if (this.crashed) return this.guestStats;
+    this.guestStats = await this.call((c) => c.stats());
+    return this.guestStats;
+  }
+
+  /** Ask the guest to finish in-flight work and stop; keeps serving it meanwhile. */
+  async stop(graceMs: number): Promise<void> {
+    if (!this.crashed) {
+      try {
+        this.guestStats = await this.call((c) => c.stop(graceMs));
+      } catch (error) {
+        this.markCrashed(`guest did not stop: ${(error as Error).message}`);
+      }
+    }
+  }
+
+  /** Stop serving, answer what is still pending, end the worker, remove the streams. */
+  async shutdown(): Promise<void> {
+    this.serving = false;
+    this.hostBell.ring();
+    await this.serveLoop;
+    this.pump();
+    this.faults.abortAll();
+    this.vsmmu.forgetDelivered();
+    for (const device of this.devices) device.service();
+    this.control?.[Comlink.releaseProxy]();
+    this.terminating = true;
+    await this.worker?.terminate();
+    for (const device of this.devices) this.wiring.iommu.removeStream(device.streamId);
+  }
+
+  private markCrashed(reason: string): void {
+    if (this.crashed) return;
+    this.crashed = true;
+    this.crashReason = reason;
+    this.log.error({ reason }, 'guest crashed');
+    // Everything pending for this guest is answered INVALID; its devices fail their in-flight work.
+    this.faults.abortAll();
+    this.vsmmu.forgetDelivered();
+    this.hostBell.ring();
+  }
+
+  private async call<T>(fn: (control: Comlink.Remote<GuestControl>) => Promise<T>): Promise<T> {
+    if (!this.control || !this.exited) throw new Error(`guest ${this.name} is not launched`);
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`guest ${this.name} did not answer in ${CONTROL_TIMEOUT_MS} ms`)),
+        CONTROL_TIMEOUT_MS,
+      );
+    });
+    try {
+      return await Promise.race([fn(this.control), this.exited, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** One pass over everything the guest may have produced. Returns records handled. */
+  private pump(): number {
+    let work = this.vsmmu.serviceCommands();
+    for (const device of this.devices) work += device.service();
+    return work;
+  }
+
+  private hasWork(): boolean {
+    if (!this.cmdq.empty()) return true;
+    for (let i = 0; i < this.devices.length; i++) {
+      if (this.devices[i].hasWork || !this.submitQueues[i].empty()) return true;
+    }
+    return false;
+  }
+
+  private async serve(): Promise<void> {
+    let busy = 0;
+    while (this.serving) {
+      const seen = this.hostBell.sequence();
+      let work = 0;
+      try {
+        work = this.pump();
+      } catch (error) {
+        this.wiring.invariants.violation({
+          rule: 'host-exception',
+          vm: this.name,
+          detail: (error as Error).stack ?? String(error),
+        });
+        this.log.error({ err: error }, 'host service loop threw');
+      }
+      if (work > 0) {
+        if (++busy % YIELD_EVERY === 0) await new Promise(setImmediate);
+        continue;
+      }
+      this.hostBell.arm();
+      if (this.hasWork()) {
+        this.hostBell.disarm();
+        await new Promise(setImmediate);
+        continue;
+      }
+      await this.hostBell.waitAsync(seen, HOST_SLEEP_MS);
+    }
+  }
+}

@@ -1,0 +1,71 @@
+/**
+ * The control plane between the host and a guest: what the host hands a VM at spawn (workerData)
+ * and the comlink API the guest exposes. Control only: faults, responses, commands and DMA never
+ * travel here (they use the rings of vm-channel.ts).
+ */
+import type { ChannelConfig } from './vm-channel.ts';
+
+export type WorkloadKind = 'sva-stream' | 'idle';
+
+export interface WorkloadConfig {
+  kind: WorkloadKind;
+  /** Buffer size in 4 KiB pages (sva-stream). */
+  pages: number;
+  seed: number;
+  /** Descriptors a device may have outstanding at once. */
+  queueDepth: number;
+}
+
+export interface GuestDeviceConfig {
+  name: string;
+  /** The StreamID the guest sees (its vSID); the host maps it to the physical one. */
+  streamId: number;
+  pasids: number[];
+  pri: boolean;
+}
+
+/** workerData of a guest worker. */
+export interface GuestBoot {
+  name: string;
+  index: number;
+  memory: SharedArrayBuffer;
+  channel: SharedArrayBuffer;
+  channelConfig: ChannelConfig;
+  devices: GuestDeviceConfig[];
+  workload: WorkloadConfig;
+  /** Spin this long on the doorbell before sleeping (0: sleep at once). */
+  spinNs: number;
+}
+
+/** What the guest's vIOMMU driver installed for one device (the vSTE's view of it). */
+export interface DeviceContext {
+  streamId: number;
+  cdTableGpa: number;
+  /** The CD table holds 2^cdLog2 entries, one per PASID. */
+  cdLog2: number;
+}
+
+export interface GuestStats {
+  pageRequests: number;
+  groupsAnswered: number;
+  responses: { success: number; invalid: number; failure: number };
+  stopMarkers: number;
+  overflowsAcknowledged: number;
+  partialGroupsDropped: number;
+  pagesMapped: number;
+  dmaSubmitted: number;
+  dmaCompleted: number;
+  dmaFailed: number;
+  workloadDone: boolean;
+  wakeups: number;
+}
+
+export interface GuestControl {
+  /** Set up the guest's side of its devices: CD tables and empty stage-1 tables per PASID. */
+  boot(): DeviceContext[];
+  /** Start the workload. */
+  start(): void;
+  /** Stop submitting work, let in-flight DMA finish for up to `graceMs`, then stop the driver. */
+  stop(graceMs: number): Promise<GuestStats>;
+  stats(): GuestStats;
+}

@@ -1,0 +1,64 @@
+/**
+ * SMMUv3 command queue entry (16 bytes, 4 words), the guest-to-host direction of a vSMMU.
+ * Opcodes and fields from SMMU spec 4.x / fault-queues.md 1.4-1.5:
+ *   CMD_PRI_RESP 0x41: dword0 [7:0] op, [11] SSV, [31:12] SSID, [63:32] SID;
+ *                      dword1 [8:0] PRGIndex, [13:12] Resp (0 Failure, 1 InvalidRequest, 2 Success)
+ *   CMD_SYNC     0x46: dword0 [7:0] op
+ * Only these two are decoded so far; the host model counts any other opcode as an illegal command.
+ */
+export const CMDQ_ENTRY_WORDS = 4;
+
+export const CMD_PRI_RESP = 0x41;
+export const CMD_SYNC = 0x46;
+
+/** CMD_PRI_RESP Resp field. Linux names them DENY, FAIL, SUCC. */
+export const PRI_RESP_FAILURE = 0;
+export const PRI_RESP_INVALID = 1;
+export const PRI_RESP_SUCCESS = 2;
+
+const SSV = 1 << 11;
+const SSID_SHIFT = 12;
+const SSID_MASK = 0xf_ffff;
+const PRG_INDEX_MASK = 0x1ff;
+const RESP_SHIFT = 12;
+
+export interface PriRespCommand {
+  streamId: number;
+  ssv: boolean;
+  substreamId: number;
+  prgIndex: number;
+  /** PRI_RESP_FAILURE | PRI_RESP_INVALID | PRI_RESP_SUCCESS; 3 is an illegal encoding. */
+  resp: number;
+}
+
+export function newPriRespCommand(): PriRespCommand {
+  return { streamId: 0, ssv: false, substreamId: 0, prgIndex: 0, resp: 0 };
+}
+
+export function commandOpcode(words: Int32Array, at: number): number {
+  return words[at] & 0xff;
+}
+
+export function encodePriResp(words: Int32Array, at: number, c: PriRespCommand): void {
+  words[at] = CMD_PRI_RESP | (c.ssv ? SSV : 0) | ((c.substreamId & SSID_MASK) << SSID_SHIFT);
+  words[at + 1] = c.streamId;
+  words[at + 2] = (c.prgIndex & PRG_INDEX_MASK) | ((c.resp & 3) << RESP_SHIFT);
+  words[at + 3] = 0;
+}
+
+export function decodePriResp(words: Int32Array, at: number, out: PriRespCommand): PriRespCommand {
+  const w0 = words[at];
+  out.ssv = (w0 & SSV) !== 0;
+  out.substreamId = (w0 >>> SSID_SHIFT) & SSID_MASK;
+  out.streamId = words[at + 1] >>> 0;
+  out.prgIndex = words[at + 2] & PRG_INDEX_MASK;
+  out.resp = (words[at + 2] >>> RESP_SHIFT) & 3;
+  return out;
+}
+
+export function encodeSync(words: Int32Array, at: number): void {
+  words[at] = CMD_SYNC;
+  words[at + 1] = 0;
+  words[at + 2] = 0;
+  words[at + 3] = 0;
+}

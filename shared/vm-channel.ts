@@ -1,0 +1,68 @@
+/**
+ * The data plane between the host and one VM: a single SharedArrayBuffer, shared with that VM only,
+ * holding two doorbells and every ring of the VM. Both sides compute the same layout from the same
+ * `ChannelConfig`; the host never reads geometry back from shared memory.
+ *
+ *   guest doorbell   the VM's interrupt line: rung by the host's producers (PRI queue, completions)
+ *   host doorbell    rung by the guest's producers (command queue, DMA descriptor queues)
+ *   PRI queue        host -> guest, SMMUv3 PRIQ entries
+ *   command queue    guest -> host, SMMUv3 commands (CMD_PRI_RESP, CMD_SYNC)
+ *   per device: DMA descriptor queue (guest -> host) and completion queue (host -> guest)
+ */
+import { DOORBELL_BYTES, Doorbell } from './doorbell.ts';
+import { CMDQ_ENTRY_WORDS } from './records/cmdq-entry.ts';
+import { DMA_COMPLETION_WORDS, DMA_DESCRIPTOR_WORDS } from './records/dma-descriptor.ts';
+import { PRIQ_ENTRY_WORDS } from './records/priq-entry.ts';
+import { type RingGeometry, ringBytes } from './ring.ts';
+
+export interface ChannelConfig {
+  priqLog2: number;
+  cmdqLog2: number;
+  dmaQueueLog2: number;
+  devices: number;
+}
+
+export interface RingPlace {
+  offset: number;
+  geometry: RingGeometry;
+}
+
+export interface ChannelLayout {
+  bytes: number;
+  guestBell: number;
+  hostBell: number;
+  priq: RingPlace;
+  cmdq: RingPlace;
+  dma: { submit: RingPlace; complete: RingPlace }[];
+}
+
+export function channelLayout(config: ChannelConfig): ChannelLayout {
+  let offset = 0;
+  const place = (geometry: RingGeometry): RingPlace => {
+    const at = offset;
+    offset += ringBytes(geometry);
+    offset = Math.ceil(offset / 64) * 64;
+    return { offset: at, geometry };
+  };
+  const guestBell = offset;
+  offset += DOORBELL_BYTES;
+  const hostBell = offset;
+  offset += DOORBELL_BYTES;
+  const priq = place({ log2Size: config.priqLog2, recordWords: PRIQ_ENTRY_WORDS });
+  const cmdq = place({ log2Size: config.cmdqLog2, recordWords: CMDQ_ENTRY_WORDS });
+  const dma = [];
+  for (let i = 0; i < config.devices; i++) {
+    const submit = place({ log2Size: config.dmaQueueLog2, recordWords: DMA_DESCRIPTOR_WORDS });
+    const complete = place({ log2Size: config.dmaQueueLog2, recordWords: DMA_COMPLETION_WORDS });
+    dma.push({ submit, complete });
+  }
+  return { bytes: offset, guestBell, hostBell, priq, cmdq, dma };
+}
+
+/** The two interrupt lines of a channel. */
+export function channelBells(
+  buffer: SharedArrayBuffer,
+  layout: ChannelLayout,
+): { guest: Doorbell; host: Doorbell } {
+  return { guest: new Doorbell(buffer, layout.guestBell), host: new Doorbell(buffer, layout.hostBell) };
+}
