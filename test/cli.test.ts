@@ -1,0 +1,152 @@
+// The CLI as users and scripts run it: real processes, real files, exit codes and stdout checked.
+import { type SpawnSyncReturns, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, test } from 'vitest';
+
+const env = { ...process.env, LOG_LEVEL: 'silent' };
+const tmp = mkdtempSync(join(tmpdir(), 'ioasid-cli-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+function cli(...args: string[]): SpawnSyncReturns<string> {
+  return spawnSync(process.execPath, ['bin/ioasid-sandbox.mjs', ...args], {
+    encoding: 'utf8',
+    env,
+    timeout: 60_000,
+  });
+}
+
+function expectRunReport(stdout: string) {
+  const lines = stdout.trim().split('\n');
+  expect(lines).toHaveLength(1);
+  const r = JSON.parse(lines[0]);
+  expect(r).toMatchObject({
+    topology: expect.any(String),
+    routing: expect.stringMatching(/^(ioasid-owner|device-owner)$/),
+    durationMs: expect.any(Number),
+    faults: {
+      raised: expect.any(Number),
+      delivered: expect.any(Number),
+      responded: expect.any(Number),
+      autoResponded: expect.any(Number),
+      dropped: expect.any(Number),
+      lost: expect.any(Number),
+    },
+    dma: {
+      ops: expect.any(Number),
+      completed: expect.any(Number),
+      failed: expect.any(Number),
+      bytesVerified: expect.any(Number),
+    },
+    latencyUs: { p50: expect.any(Number), p99: expect.any(Number), max: expect.any(Number) },
+    invariants: { ok: expect.any(Boolean), violations: expect.any(Array) },
+  });
+  for (const vm of r.vms) {
+    expect(vm).toMatchObject({
+      name: expect.any(String),
+      faultsDelivered: expect.any(Number),
+      responses: { success: expect.any(Number), invalid: expect.any(Number), failure: expect.any(Number) },
+      dmaOps: expect.any(Number),
+      crashed: expect.any(Boolean),
+    });
+  }
+  return r;
+}
+
+describe('ioasid-sandbox run', () => {
+  test('--json prints exactly one JSON object and exits 0 on the default topology', () => {
+    const p = cli('run', 'configs/default.yaml', '--json');
+    expect(p.stderr).toBe('');
+    expect(p.status).toBe(0);
+    const r = expectRunReport(p.stdout);
+    expect(r.faults.delivered).toBeGreaterThan(0);
+    expect(r.faults.lost).toBe(0);
+    expect(r.dma.bytesVerified).toBeGreaterThan(0);
+    expect(r.invariants.ok).toBe(true);
+  });
+
+  test('without --json it prints a human summary naming each VM', () => {
+    const p = cli('run', 'configs/default.yaml', '--seed', '7');
+    expect(p.status).toBe(0);
+    expect(p.stdout).toMatch(/vm0: 256 faults delivered/);
+    expect(p.stdout).toMatch(/vm1: 256 faults delivered/);
+    expect(p.stdout).toMatch(/0 lost/);
+    expect(p.stdout).toMatch(/invariants: ok/);
+  });
+
+  test('a field of the wrong type exits 2 and names the field path', () => {
+    const file = join(tmp, 'wrong-type.yaml');
+    writeFileSync(
+      file,
+      'name: t\nvms:\n  - name: vm0\n    memoryMiB: "64"\n    viommu: smmuv3\n    devices: []\n    workload: { kind: idle }\n',
+    );
+    const p = cli('run', file, '--json');
+    expect(p.status).toBe(2);
+    expect(p.stdout).toBe('');
+    expect(p.stderr).toContain(
+      `${file}:4: vms[0].memoryMiB: Invalid input: expected number, received string`,
+    );
+  });
+
+  test('a missing topology file exits 2', () => {
+    const p = cli('run', join(tmp, 'nope.yaml'));
+    expect(p.status).toBe(2);
+    expect(p.stderr).toMatch(/cannot read the file/);
+  });
+
+  test('bad flags exit 2 with a message', () => {
+    const p = cli('run', 'configs/default.yaml', '--duration', 'soon');
+    expect(p.status).toBe(2);
+    expect(p.stderr).toMatch(/--duration must be an integer/);
+    expect(cli('fly').status).toBe(2);
+  });
+
+  test('--help exits 0', () => {
+    const p = cli('run', '--help');
+    expect(p.status).toBe(0);
+    expect(p.stdout).toMatch(/--duration <ms>/);
+  });
+});
+
+describe('packaging', () => {
+  test('a script in the repo imports the library entry by package name under tsx', () => {
+    const p = spawnSync(process.execPath, ['--import', 'tsx', 'test/fixtures/library-user.ts'], {
+      encoding: 'utf8',
+      env,
+    });
+    expect(p.stderr).toBe('');
+    expect(p.status).toBe(0);
+    expect(JSON.parse(p.stdout)).toEqual({ vms: 1, errno: 'EINVAL' });
+  });
+
+  test('the compiled build runs the default topology, guest workers included', () => {
+    // The output must sit inside the repo so that node_modules resolves from it.
+    const build = spawnSync(
+      process.execPath,
+      ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json', '--outDir', '.build-test'],
+      {
+        encoding: 'utf8',
+      },
+    );
+    expect(build.stdout + build.stderr).toBe('');
+    expect(build.status).toBe(0);
+    try {
+      const p = spawnSync(
+        process.execPath,
+        ['.build-test/host/cli/main.js', 'run', 'configs/default.yaml', '--json'],
+        {
+          encoding: 'utf8',
+          env,
+          timeout: 60_000,
+        },
+      );
+      expect(p.status).toBe(0);
+      const r = expectRunReport(p.stdout);
+      expect(r.faults.lost).toBe(0);
+      expect(r.dma.bytesVerified).toBe(2 * 256 * 4096);
+    } finally {
+      rmSync('.build-test', { recursive: true, force: true });
+    }
+  });
+});
