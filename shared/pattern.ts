@@ -23,6 +23,7 @@ export function pageKey(seed: number, pageVa: number): number {
   return mix32(seed ^ mix32((pfn >>> 0) ^ Math.imul(Math.floor(pfn / 2 ** 32), GOLDEN)));
 }
 
+/** Word `wordInPage` of the page whose key is `key`. */
 export function patternWord(key: number, wordInPage: number): number {
   return key ^ Math.imul(wordInPage + 1, GOLDEN);
 }
@@ -30,7 +31,7 @@ export function patternWord(key: number, wordInPage: number): number {
 /** Fill one page of guest RAM (word offset `pageWord`) with the pattern for `pageVa`. */
 export function fillPage(words: Int32Array, pageWord: number, seed: number, pageVa: number): void {
   const key = pageKey(seed, pageVa);
-  for (let i = 0; i < PAGE_WORDS; i++) words[pageWord + i] = key ^ Math.imul(i + 1, GOLDEN);
+  for (let i = 0; i < PAGE_WORDS; i++) words[pageWord + i] = patternWord(key, i);
 }
 
 /**
@@ -47,7 +48,7 @@ export function verifyWords(
 ): number {
   const key = pageKey(seed, pageVa);
   for (let i = 0; i < count; i++) {
-    if (words[at + i] !== (key ^ Math.imul(firstWord + i + 1, GOLDEN))) return i;
+    if (words[at + i] !== patternWord(key, firstWord + i)) return i;
   }
   return -1;
 }

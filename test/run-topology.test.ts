@@ -22,6 +22,7 @@ describe('running a topology', () => {
       expect(vm.responses).toEqual({ success: 256, invalid: 0, failure: 0 });
       expect(vm.pagesMapped).toBe(256);
       expect(vm.dmaFailed).toBe(0);
+      expect(vm.overflowsAcknowledged).toBe(0);
     }
     expect(r.faults).toEqual({
       raised: 512,
@@ -49,6 +50,7 @@ describe('running a topology', () => {
     const r = await runTopology(topology);
     expect(r.invariants.ok).toBe(true);
     expect(r.faults.dropped).toBeGreaterThan(0);
+    expect(r.vms[0].overflowsAcknowledged).toBeGreaterThan(0);
     expect(r.faults.autoResponded).toBeGreaterThan(0);
     expect(r.faults.lost).toBe(0);
     // Every group was answered once: by the guest or by the overflow rule.

@@ -19,6 +19,8 @@ export interface VmReport {
   unknownResponses: number;
   illegalCommands: number;
   workloadDone: boolean;
+  /** PRI-queue overflows the guest's driver acknowledged. */
+  overflowsAcknowledged: number;
 }
 
 export interface RunReport {

@@ -60,9 +60,8 @@ export async function runTopology(topology: Topology, options: RunOptions = {}):
   );
   // Every PASID of a device (and its RID, PASID 0) belongs to the VM the device is assigned to.
   for (const vm of vms) {
-    const seed = vmSeed(options.seed, vm.config.workload.seed, vm.index);
     vm.devices.forEach((device, i) => {
-      oracle.watch(device, { vm: vm.name, seed });
+      oracle.watch(device, { vm: vm.name, seed: vm.seed });
       for (const pasid of [0, ...vm.config.devices[i].pasids])
         owners.set(device.streamId * 0x10_0000 + pasid, vm.name);
     });
@@ -128,6 +127,7 @@ export async function runTopology(topology: Topology, options: RunOptions = {}):
       unknownResponses: vm.vsmmu.stats.unknownResponses,
       illegalCommands: vm.vsmmu.stats.illegalCommands,
       workloadDone: vm.guestStats?.workloadDone ?? false,
+      overflowsAcknowledged: vm.guestStats?.overflowsAcknowledged ?? 0,
     })),
     faults: {
       raised: iommu.iopf.stats.groups,

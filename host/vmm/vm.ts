@@ -11,7 +11,7 @@ import type { Doorbell } from '../../shared/doorbell.ts';
 import { GuestMemory } from '../../shared/guest-memory.ts';
 import type { Logger } from '../../shared/logger.ts';
 import { RingConsumer, RingProducer } from '../../shared/ring.ts';
-import { type ChannelLayout, channelBells, channelLayout } from '../../shared/vm-channel.ts';
+import { type ChannelConfig, channelBells, channelLayout } from '../../shared/vm-channel.ts';
 import { sibling, spawnWorker } from '../../shared/worker-spawn.ts';
 import { type DmaObserver, PciFunction } from '../devices/pci-function.ts';
 import type { Iommu } from '../iommu/iommu.ts';
@@ -47,12 +47,14 @@ export class Vm {
   readonly devices: PciFunction[];
   readonly faults: FaultQueue;
   readonly vsmmu: Vsmmu;
+  /** Pattern seed of this VM's workload. */
+  readonly seed: number;
   crashed = false;
   crashReason: string | undefined;
   guestStats: GuestStats | undefined;
 
   private readonly channel: SharedArrayBuffer;
-  private readonly layout: ChannelLayout;
+  private readonly channelConfig: ChannelConfig;
   private readonly hostBell: Doorbell;
   private readonly cmdq: RingConsumer;
   private readonly submitQueues: RingConsumer[];
@@ -72,13 +74,14 @@ export class Vm {
   ) {
     this.name = config.name;
     this.log = wiring.log.child({ vm: config.name });
+    this.seed = wiring.seed;
     this.memory = GuestMemory.allocate(config.memoryMiB);
-    const channelConfig = { ...config.queues, devices: config.devices.length };
-    this.layout = channelLayout(channelConfig);
-    this.channel = new SharedArrayBuffer(this.layout.bytes);
-    const bells = channelBells(this.channel, this.layout);
+    this.channelConfig = { ...config.queues, devices: config.devices.length };
+    const layout = channelLayout(this.channelConfig);
+    this.channel = new SharedArrayBuffer(layout.bytes);
+    const bells = channelBells(this.channel, layout);
     this.hostBell = bells.host;
-    const { priq, cmdq, dma } = this.layout;
+    const { priq, cmdq, dma } = layout;
     this.cmdq = new RingConsumer(this.channel, cmdq.offset, cmdq.geometry);
     const priqProducer = new RingProducer(this.channel, priq.offset, priq.geometry, bells.guest);
     this.submitQueues = dma.map((q) => new RingConsumer(this.channel, q.submit.offset, q.submit.geometry));
@@ -119,14 +122,14 @@ export class Vm {
       index: this.index,
       memory: this.memory.buffer,
       channel: this.channel,
-      channelConfig: { ...this.config.queues, devices: this.config.devices.length },
+      channelConfig: this.channelConfig,
       devices: this.config.devices.map((d, i) => ({
         name: d.name,
         streamId: i,
         pasids: d.pasids,
         pri: d.pri,
       })),
-      workload: { ...this.config.workload, seed: this.wiring.seed },
+      workload: { ...this.config.workload, seed: this.seed },
       spinNs: this.wiring.spinNs,
     };
     const worker = spawnWorker(GUEST_ENTRY, { workerData: boot });
@@ -196,7 +199,7 @@ export class Vm {
     this.serving = false;
     this.hostBell.ring();
     await this.serveLoop;
-    this.pump();
+    this.pumpGuarded();
     this.faults.abortAll();
     this.vsmmu.forgetDelivered();
     for (const device of this.devices) device.service();
@@ -240,6 +243,21 @@ export class Vm {
     return work;
   }
 
+  /** `pump()`, with any exception counted as the `host-exception` violation instead of thrown. */
+  private pumpGuarded(): number {
+    try {
+      return this.pump();
+    } catch (error) {
+      this.wiring.invariants.violation({
+        rule: 'host-exception',
+        vm: this.name,
+        detail: (error as Error).stack ?? String(error),
+      });
+      this.log.error({ err: error }, 'host service loop threw');
+      return 0;
+    }
+  }
+
   private hasWork(): boolean {
     if (!this.cmdq.empty()) return true;
     for (let i = 0; i < this.devices.length; i++) {
@@ -252,17 +270,7 @@ export class Vm {
     let busy = 0;
     while (this.serving) {
       const seen = this.hostBell.sequence();
-      let work = 0;
-      try {
-        work = this.pump();
-      } catch (error) {
-        this.wiring.invariants.violation({
-          rule: 'host-exception',
-          vm: this.name,
-          detail: (error as Error).stack ?? String(error),
-        });
-        this.log.error({ err: error }, 'host service loop threw');
-      }
+      const work = this.pumpGuarded();
       if (work > 0) {
         if (++busy % YIELD_EVERY === 0) await new Promise(setImmediate);
         continue;
