@@ -15,6 +15,9 @@ export class IopfGroup {
   pasid = 0;
   ssv = false;
   prgIndex = 0;
+  /** Set by the handler that takes the group: the registry's DEVICE id and attachment. */
+  devId = 0;
+  attachment: object = NO_ATTACHMENT;
   /** Page addresses of the group's requests, Last one last. */
   readonly addresses = new Float64Array(MAX_GROUP_REQUESTS);
   /** Access flags per request: bit 0 read, 1 write, 2 exec, 3 privileged. */
@@ -22,7 +25,24 @@ export class IopfGroup {
   count = 0;
   answered = true;
   raisedAt = 0;
+
+  constructor(private readonly queue: IopfQueue) {}
+
+  get pasidValid(): boolean {
+    return this.ssv;
+  }
+
+  get grpid(): number {
+    return this.prgIndex;
+  }
+
+  /** Answer this group (its current generation) once; see IopfQueue.respond. */
+  respond(code: number): void {
+    this.queue.respond(this, this.generation, code);
+  }
 }
+
+const NO_ATTACHMENT = Object.freeze({});
 
 /** Whoever owns an address space's faults: an iommufd fault object, in the end. */
 export interface IopfHandler {
@@ -136,8 +156,10 @@ export class IopfQueue {
   }
 
   private take(): IopfGroup {
-    const group = this.pool.pop() ?? new IopfGroup();
+    const group = this.pool.pop() ?? new IopfGroup(this);
     group.count = 0;
+    group.devId = 0;
+    group.attachment = NO_ATTACHMENT;
     return group;
   }
 
