@@ -10,9 +10,22 @@ export { PriCapability } from './devices/pri-capability.ts';
 export { Iommu } from './iommu/iommu.ts';
 export { IopfGroup, type IopfHandler, IopfQueue } from './iommu/iopf.ts';
 export { PRG_FAILURE, PRG_INVALID, PRG_SUCCESS } from './iommu/page-request.ts';
+export { Smmuv3Ops } from './iommu/smmuv3-ops.ts';
 export { ACCESS_EXEC, ACCESS_PRIV, ACCESS_READ, ACCESS_WRITE, walkStage1 } from './iommu/stage1-walker.ts';
 export { type Errno, IommufdError } from './iommufd/errors.ts';
-export { FaultQueue, PAGE_RESP_INVALID, PAGE_RESP_SUCCESS } from './iommufd/fault-queue.ts';
+export * from './iommufd/eventq-records.ts';
+export type { FaultFd } from './iommufd/fault.ts';
+export { type FailPoint, FaultInjector } from './iommufd/fault-injector.ts';
+export * from './iommufd/hwpt.ts';
+export {
+  IOMMU_IOAS_MAP_FIXED_IOVA,
+  IOMMU_IOAS_MAP_READABLE,
+  IOMMU_IOAS_MAP_WRITEABLE,
+} from './iommufd/ioas.ts';
+export * from './iommufd/iommufd.ts';
+export { type IovaRange, U64_MAX } from './iommufd/iova.ts';
+export * from './iommufd/selftest.ts';
+export type { VeventqFd } from './iommufd/veventq.ts';
 export type { RunReport, VmReport } from './vmm/report.ts';
 export { type RunOptions, runTopology } from './vmm/sandbox.ts';
 export {

@@ -23,6 +23,8 @@ describe('running a topology', () => {
       expect(vm.pagesMapped).toBe(256);
       expect(vm.dmaFailed).toBe(0);
       expect(vm.overflowsAcknowledged).toBe(0);
+      // Every group came out of the VM's iommufd fault queue and went back into it by cookie.
+      expect(vm.faultQueue).toEqual({ read: 256, responded: 256, autoResponded: 0 });
     }
     expect(r.faults).toEqual({
       raised: 512,
@@ -53,8 +55,10 @@ describe('running a topology', () => {
     expect(r.vms[0].overflowsAcknowledged).toBeGreaterThan(0);
     expect(r.faults.autoResponded).toBeGreaterThan(0);
     expect(r.faults.lost).toBe(0);
-    // Every group was answered once: by the guest or by the overflow rule.
+    // Every group was answered once: by the guest or by the overflow rule, all through the fault queue.
     expect(r.faults.responded + r.faults.autoResponded).toBe(r.faults.raised);
+    expect(r.vms[0].faultQueue.read).toBe(r.faults.raised);
+    expect(r.vms[0].faultQueue.responded).toBe(r.faults.raised);
     expect(r.vms[0].pagesMapped).toBe(512);
     expect(r.dma.bytesVerified).toBe(512 * PAGE);
     expect(r.dma.failed).toBe(0);

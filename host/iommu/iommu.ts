@@ -26,7 +26,10 @@ export class Iommu {
 
   constructor() {
     this.iopf = new IopfQueue(
-      (streamId, pasid) => this.handlers.get(handlerKey(streamId, pasid)),
+      // A PASID without a handler of its own falls back to the RID's: with a nested stream the
+      // guest owns the CD table, so every PASID's faults belong to the RID's attachment.
+      (streamId, pasid) =>
+        this.handlers.get(handlerKey(streamId, pasid)) ?? this.handlers.get(handlerKey(streamId, RID)),
       (streamId) => this.endpoints.get(streamId),
     );
   }
@@ -45,8 +48,11 @@ export class Iommu {
     this.endpoints.set(streamId, endpoint);
   }
 
-  /** Route the page requests of (stream, PASID) to `handler`; `undefined` removes the route. */
-  setFaultHandler(streamId: number, pasid: number, handler: IopfHandler | undefined): void {
+  /**
+   * Route the page requests of (stream, PASID) to `handler` (`pasid` undefined: the RID, which
+   * also takes every PASID without a route of its own); `undefined` removes the route.
+   */
+  setFaultHandler(streamId: number, pasid: number | undefined, handler: IopfHandler | undefined): void {
     if (handler) this.handlers.set(handlerKey(streamId, pasid), handler);
     else this.handlers.delete(handlerKey(streamId, pasid));
   }
@@ -78,6 +84,9 @@ export class Iommu {
   }
 }
 
-function handlerKey(streamId: number, pasid: number): number {
-  return streamId * 0x10_0000 + pasid;
+/** Handler key of the RID itself (PASIDs are 0..2^20-1; requests without a PASID use 0). */
+const RID = -1;
+
+function handlerKey(streamId: number, pasid: number | undefined): number {
+  return streamId * 0x10_0001 + (pasid ?? RID) + 1;
 }

@@ -48,6 +48,8 @@ export interface Stage1Context {
   memory: GuestMemory;
   cdTableGpa: number;
   cdLog2: number;
+  /** Stage 1 bypassed (STE Config bypass, or a plain paging domain): the input address is the GPA. */
+  s1Bypass?: boolean;
 }
 
 /** The outcome of one walk; reused by the caller, never allocated per walk. */
@@ -91,6 +93,12 @@ export function walkStage1(
 ): boolean {
   const memory = ctx.memory;
   const words = memory.words;
+  if (ctx.s1Bypass) {
+    if (!memory.contains(va, 1)) return fail(out, F_TRANSLATION, true, CLASS_IN, va);
+    out.gpa = va;
+    out.fault = 0;
+    return true;
+  }
   if (pasid < 0 || pasid >= 2 ** ctx.cdLog2) return fail(out, C_BAD_SUBSTREAMID, false, CLASS_CD);
   const cd = ctx.cdTableGpa + pasid * CD_BYTES;
   if (cd % 4 !== 0 || !memory.contains(cd, CD_BYTES)) return fail(out, F_TRANSLATION, true, CLASS_CD, cd);

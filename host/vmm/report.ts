@@ -21,6 +21,8 @@ export interface VmReport {
   workloadDone: boolean;
   /** PRI-queue overflows the guest's driver acknowledged. */
   overflowsAcknowledged: number;
+  /** The VM's iommufd fault queue: groups the VMM read, answered through it, answered INVALID by teardown. */
+  faultQueue: { read: number; responded: number; autoResponded: number };
 }
 
 export interface RunReport {

@@ -4,6 +4,7 @@
  */
 import { type Logger, makeLogger } from '../../shared/logger.ts';
 import { Iommu } from '../iommu/iommu.ts';
+import { Smmuv3Ops } from '../iommu/smmuv3-ops.ts';
 import { DmaOracle } from './dma-oracle.ts';
 import { InvariantChecker } from './invariants.ts';
 import { LatencyHistogram } from './latency.ts';
@@ -39,6 +40,7 @@ export async function runTopology(topology: Topology, options: RunOptions = {}):
   const log = options.log ?? makeLogger({ side: 'host' });
   const durationMs = options.durationMs ?? DEFAULT_DURATION_MS;
   const iommu = new Iommu();
+  const smmu = new Smmuv3Ops(iommu);
   const invariants = new InvariantChecker();
   const latency = new LatencyHistogram();
   const oracle = new DmaOracle(invariants, latency);
@@ -49,6 +51,7 @@ export async function runTopology(topology: Topology, options: RunOptions = {}):
     (config, index) =>
       new Vm(config, index, {
         iommu,
+        smmu,
         invariants,
         observer: oracle,
         ownerOf,
@@ -66,18 +69,10 @@ export async function runTopology(topology: Topology, options: RunOptions = {}):
         owners.set(device.streamId * 0x10_0000 + pasid, vm.name);
     });
   }
-  const byName = new Map(vms.map((vm) => [vm.name, vm]));
-  for (const vm of vms) {
-    vm.devices.forEach((device, i) => {
-      iommu.bindEndpoint(device.streamId, device);
-      for (const pasid of [0, ...vm.config.devices[i].pasids]) {
-        // The routing question of design.md: the address space's owner, or the device's owner.
-        const target =
-          topology.routing === 'ioasid-owner' ? byName.get(ownerOf(device.streamId, pasid) ?? '') : vm;
-        iommu.setFaultHandler(device.streamId, pasid, target?.faults);
-      }
-    });
-  }
+  // Faults reach a VM through the fault queue of the HWPT its device is attached to (the registry's
+  // ioasid-owner routing). While every device's PASIDs belong to the VM the device is assigned to,
+  // device-owner routing delivers to the same VM; topologies that split them come with workloads.
+  for (const vm of vms) for (const device of vm.devices) iommu.bindEndpoint(device.streamId, device);
 
   const started = performance.now();
   try {
@@ -128,12 +123,19 @@ export async function runTopology(topology: Topology, options: RunOptions = {}):
       illegalCommands: vm.vsmmu.stats.illegalCommands,
       workloadDone: vm.guestStats?.workloadDone ?? false,
       overflowsAcknowledged: vm.guestStats?.overflowsAcknowledged ?? 0,
+      faultQueue: {
+        read: vm.viommu.fault.stats.read,
+        responded: vm.viommu.fault.stats.responded,
+        autoResponded: vm.viommu.fault.stats.autoResponded,
+      },
     })),
     faults: {
       raised: iommu.iopf.stats.groups,
       delivered: sum((vm) => vm.vsmmu.stats.delivered),
-      responded: sum((vm) => vm.faults.stats.responded),
-      autoResponded: sum((vm) => vm.faults.stats.autoResponded) + iommu.iopf.stats.answeredWithoutHandler,
+      responded: sum((vm) => vm.vsmmu.stats.guestAnswered),
+      autoResponded:
+        sum((vm) => vm.vsmmu.stats.autoResponded + vm.viommu.fault.stats.autoResponded) +
+        iommu.iopf.stats.answeredWithoutHandler,
       dropped: sum((vm) => vm.vsmmu.stats.dropped),
       lost,
     },

@@ -15,9 +15,10 @@ import { type ChannelConfig, channelBells, channelLayout } from '../../shared/vm
 import { sibling, spawnWorker } from '../../shared/worker-spawn.ts';
 import { type DmaObserver, PciFunction } from '../devices/pci-function.ts';
 import type { Iommu } from '../iommu/iommu.ts';
-import { FaultQueue } from '../iommufd/fault-queue.ts';
+import type { Smmuv3Ops } from '../iommu/smmuv3-ops.ts';
 import type { InvariantChecker } from './invariants.ts';
 import type { VmConfig } from './topology.ts';
+import { VmIommu } from './vm-iommu.ts';
 import { Vsmmu } from './vsmmu.ts';
 
 const GUEST_ENTRY = sibling('../../guest/worker', import.meta.url);
@@ -30,6 +31,8 @@ const CONTROL_TIMEOUT_MS = 10_000;
 
 export interface VmWiring {
   iommu: Iommu;
+  /** The host SMMUv3 driver the VM's devices sit behind. */
+  smmu: Smmuv3Ops;
   invariants: InvariantChecker;
   observer: DmaObserver;
   /** The VM that owns the address space of (physical StreamID, PASID). */
@@ -45,7 +48,8 @@ export class Vm {
   readonly name: string;
   readonly memory: GuestMemory;
   readonly devices: PciFunction[];
-  readonly faults: FaultQueue;
+  /** The VM's /dev/iommu: IOAS, HWPTs, fault queue, vIOMMU. */
+  readonly viommu: VmIommu;
   readonly vsmmu: Vsmmu;
   /** Pattern seed of this VM's workload. */
   readonly seed: number;
@@ -101,15 +105,17 @@ export class Vm {
           () => this.hostBell.ring(),
         ),
     );
-    const first = wiring.firstStreamId;
-    const count = config.devices.length;
-    this.faults = new FaultQueue(wiring.iommu.iopf, (cookie, group) => this.vsmmu.deliver(cookie, group));
+    this.viommu = new VmIommu(
+      wiring.smmu,
+      this.memory,
+      this.devices.map((d, i) => ({ streamId: d.streamId, hasPasids: config.devices[i].pasids.length > 0 })),
+    );
     this.vsmmu = new Vsmmu(
       config.name,
       priqProducer,
       this.cmdq,
-      { devices: count, virtualOf: (sid) => (sid >= first && sid < first + count ? sid - first : -1) },
-      this.faults,
+      this.viommu,
+      this.viommu.faultFd,
       wiring.invariants,
       wiring.ownerOf,
     );
@@ -163,12 +169,8 @@ export class Vm {
         ctx.cdLog2 >= 0 &&
         ctx.cdLog2 <= 20;
       if (!valid) throw new Error(`guest ${this.name} reported a bad CD table for device ${i}`);
-      this.wiring.iommu.installStream(this.devices[i].streamId, {
-        memory: this.memory,
-        cdTableGpa: ctx.cdTableGpa,
-        cdLog2: ctx.cdLog2,
-      });
     });
+    this.viommu.installStes(contexts);
   }
 
   async start(): Promise<void> {
@@ -200,13 +202,12 @@ export class Vm {
     this.hostBell.ring();
     await this.serveLoop;
     this.pumpGuarded();
-    this.faults.abortAll();
+    this.viommu.teardown();
     this.vsmmu.forgetDelivered();
     for (const device of this.devices) device.service();
     this.control?.[Comlink.releaseProxy]();
     this.terminating = true;
     await this.worker?.terminate();
-    for (const device of this.devices) this.wiring.iommu.removeStream(device.streamId);
   }
 
   private markCrashed(reason: string): void {
@@ -215,7 +216,7 @@ export class Vm {
     this.crashReason = reason;
     this.log.error({ reason }, 'guest crashed');
     // Everything pending for this guest is answered INVALID; its devices fail their in-flight work.
-    this.faults.abortAll();
+    this.viommu.teardown();
     this.vsmmu.forgetDelivered();
     this.hostBell.ring();
   }
@@ -240,7 +241,7 @@ export class Vm {
   private pump(): number {
     let work = this.vsmmu.serviceCommands();
     for (const device of this.devices) work += device.service();
-    return work;
+    return work + this.vsmmu.drainFaults();
   }
 
   /** `pump()`, with any exception counted as the `host-exception` violation instead of thrown. */
@@ -259,7 +260,7 @@ export class Vm {
   }
 
   private hasWork(): boolean {
-    if (!this.cmdq.empty()) return true;
+    if (!this.cmdq.empty() || this.vsmmu.faultsPending) return true;
     for (let i = 0; i < this.devices.length; i++) {
       if (this.devices[i].hasWork || !this.submitQueues[i].empty()) return true;
     }

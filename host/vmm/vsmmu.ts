@@ -1,7 +1,8 @@
 /**
- * The host side of one VM's virtual SMMUv3 (what a VMM's vSMMU model does): it reads the page-request
- * groups of the VM's fault queue into the guest's PRI queue with the guest's StreamIDs, and turns the
- * guest's CMD_PRI_RESP commands back into fault-queue responses by cookie.
+ * The host side of one VM's virtual SMMUv3 (what a VMM's vSMMU model does): it reads the VM's
+ * iommufd fault fd (40-byte iommu_hwpt_pgfault records, whole groups) into the guest's PRI queue
+ * with the guest's StreamIDs, and turns the guest's CMD_PRI_RESP commands back into 8-byte page
+ * responses by cookie on that fd.
  *
  * PRI queue rules (SMMU spec 8, fault-queues.md 1.5): when the queue is full the entry is discarded
  * and OVFLG raised; while the overflow is unacknowledged every entry is discarded; a discarded
@@ -20,8 +21,23 @@ import {
 } from '../../shared/records/cmdq-entry.ts';
 import { encodePriqEntry, newPriqEntry } from '../../shared/records/priq-entry.ts';
 import type { RingConsumer, RingProducer } from '../../shared/ring.ts';
-import type { IopfGroup } from '../iommu/iopf.ts';
-import { type FaultQueue, PAGE_RESP_INVALID, PAGE_RESP_SUCCESS } from '../iommufd/fault-queue.ts';
+import { IommufdError } from '../iommufd/errors.ts';
+import {
+  IOMMUFD_PAGE_RESP_INVALID,
+  IOMMUFD_PAGE_RESP_SUCCESS,
+  newPgfaultFields,
+  PAGE_RESPONSE_BYTES,
+  PERM_EXEC,
+  PERM_PRIV,
+  PERM_READ,
+  PERM_WRITE,
+  PGFAULT_BYTES,
+  PGFAULT_FLAGS_LAST_PAGE,
+  PGFAULT_FLAGS_PASID_VALID,
+  pgfaultAddress,
+  readPgfaultInto,
+} from '../iommufd/eventq-records.ts';
+import type { FaultFd } from '../iommufd/fault.ts';
 import type { InvariantChecker } from './invariants.ts';
 
 export interface VsmmuStats {
@@ -40,15 +56,22 @@ export interface VsmmuStats {
   syncs: number;
   /** Groups for a device this VM has no vSID for (answered INVALID). */
   noVdevice: number;
+  /** Groups the guest answered (the response reached the fault fd). */
+  guestAnswered: number;
 }
 
-/** Maps between physical and virtual StreamIDs of this VM's devices. */
-export interface StreamMap {
-  virtualOf(physicalStreamId: number): number;
+/** This VM's devices as the fault fd names them. */
+export interface VdeviceMap {
+  /** The guest's StreamID (vSID) of iommufd DEVICE `devId`, or -1. */
+  vsidOf(devId: number): number;
+  /** Physical StreamID of iommufd DEVICE `devId`, or -1. */
+  streamIdOf(devId: number): number;
   readonly devices: number;
 }
 
 const PRG_INDICES = 512;
+/** Records read from the fault fd per read(): whole groups only, up to this many records. */
+const READ_RECORDS = 64;
 
 export class Vsmmu {
   readonly stats: VsmmuStats = {
@@ -60,72 +83,114 @@ export class Vsmmu {
     illegalCommands: 0,
     syncs: 0,
     noVdevice: 0,
+    guestAnswered: 0,
   };
   /** Cookie of the group delivered as (vSID, PRG index), or -1. */
   private readonly delivered: Int32Array;
   private readonly entry = newPriqEntry();
   private readonly command = newPriRespCommand();
+  private readonly record = newPgfaultFields();
+  private readonly faultBuffer = new Uint8Array(READ_RECORDS * PGFAULT_BYTES);
+  private readonly faultView = new DataView(this.faultBuffer.buffer);
+  private readonly response = new Uint8Array(PAGE_RESPONSE_BYTES);
+  private readonly responseView = new DataView(this.response.buffer);
 
   constructor(
     private readonly vmName: string,
     private readonly priq: RingProducer,
     private readonly cmdq: RingConsumer,
-    private readonly streams: StreamMap,
-    private readonly faults: FaultQueue,
+    private readonly vdevices: VdeviceMap,
+    private readonly faultFd: FaultFd,
     private readonly invariants: InvariantChecker,
     private readonly ownerOf: (streamId: number, pasid: number) => string | undefined,
   ) {
-    this.delivered = new Int32Array(streams.devices * PRG_INDICES).fill(-1);
+    this.delivered = new Int32Array(vdevices.devices * PRG_INDICES).fill(-1);
   }
 
-  /** A group arrived on this VM's fault queue. */
-  deliver(cookie: number, group: IopfGroup): void {
-    const owner = this.ownerOf(group.streamId, group.pasid);
-    if (owner !== this.vmName) {
-      this.invariants.violation({
-        rule: 'fault-delivered-to-non-owner',
-        vm: this.vmName,
-        detail: `group PRGI ${group.prgIndex} of stream ${group.streamId} PASID ${group.pasid} is owned by ${owner ?? 'nobody'}`,
-      });
+  /** Something waits on the fault fd (poll EPOLLIN). */
+  get faultsPending(): boolean {
+    return this.faultFd.readable;
+  }
+
+  /** Read whole groups from the fault fd into the guest's PRI queue; returns records moved. */
+  drainFaults(): number {
+    let moved = 0;
+    for (
+      let bytes = this.faultFd.read(this.faultBuffer);
+      bytes > 0;
+      bytes = this.faultFd.read(this.faultBuffer)
+    ) {
+      for (let at = 0; at < bytes; at += PGFAULT_BYTES)
+        this.deliver(readPgfaultInto(this.faultView, at, this.record));
+      moved += bytes / PGFAULT_BYTES;
+      this.priq.publish();
     }
-    const vsid = this.streams.virtualOf(group.streamId);
+    return moved;
+  }
+
+  /** One record of a group; the group is delivered when its LAST_PAGE record is written. */
+  private deliver(f: ReturnType<typeof newPgfaultFields>): void {
+    const last = (f.flags & PGFAULT_FLAGS_LAST_PAGE) !== 0;
+    const vsid = this.vdevices.vsidOf(f.devId);
     if (vsid < 0) {
-      this.stats.noVdevice++;
-      this.faults.autoRespond(cookie, PAGE_RESP_INVALID);
+      if (last) {
+        this.stats.noVdevice++;
+        this.respond(f.cookie, IOMMUFD_PAGE_RESP_INVALID);
+      }
       return;
+    }
+    if (last) {
+      const streamId = this.vdevices.streamIdOf(f.devId);
+      const owner = this.ownerOf(streamId, f.pasid);
+      if (owner !== this.vmName) {
+        this.invariants.violation({
+          rule: 'fault-delivered-to-non-owner',
+          vm: this.vmName,
+          detail: `group ${f.grpid} of stream ${streamId} PASID ${f.pasid} is owned by ${owner ?? 'nobody'}`,
+        });
+      }
     }
     const e = this.entry;
     e.streamId = vsid;
-    e.ssv = group.ssv;
-    e.substreamId = group.pasid;
-    e.prgIndex = group.prgIndex;
-    let lastDiscarded = false;
-    for (let i = 0; i < group.count; i++) {
-      const access = group.accesses[i];
-      e.address = group.addresses[i];
-      e.read = (access & 1) !== 0;
-      e.write = (access & 2) !== 0;
-      e.exec = (access & 4) !== 0;
-      e.privileged = (access & 8) !== 0;
-      e.last = i === group.count - 1;
-      const at = this.priq.overflowPending() ? -1 : this.priq.claim();
-      if (at < 0) {
-        this.priq.discard();
-        this.stats.dropped++;
-        if (e.last) lastDiscarded = true;
-        continue;
+    e.ssv = (f.flags & PGFAULT_FLAGS_PASID_VALID) !== 0;
+    e.substreamId = f.pasid;
+    e.prgIndex = f.grpid;
+    e.address = pgfaultAddress(f);
+    e.read = (f.perm & PERM_READ) !== 0;
+    e.write = (f.perm & PERM_WRITE) !== 0;
+    e.exec = (f.perm & PERM_EXEC) !== 0;
+    e.privileged = (f.perm & PERM_PRIV) !== 0;
+    e.last = last;
+    const at = this.priq.overflowPending() ? -1 : this.priq.claim();
+    if (at < 0) {
+      this.priq.discard();
+      this.stats.dropped++;
+      if (last) {
+        // The SMMU answers a discarded Last request Success itself: the device retries.
+        this.stats.autoResponded++;
+        this.respond(f.cookie, IOMMUFD_PAGE_RESP_SUCCESS);
       }
-      encodePriqEntry(this.priq.words, at, e);
-      this.priq.commit();
-    }
-    this.priq.publish();
-    if (lastDiscarded) {
-      this.stats.autoResponded++;
-      this.faults.autoRespond(cookie, PAGE_RESP_SUCCESS);
       return;
     }
-    this.stats.delivered++;
-    this.delivered[vsid * PRG_INDICES + group.prgIndex] = cookie;
+    encodePriqEntry(this.priq.words, at, e);
+    this.priq.commit();
+    if (last) {
+      this.stats.delivered++;
+      this.delivered[vsid * PRG_INDICES + f.grpid] = f.cookie;
+    }
+  }
+
+  /** Write one iommu_hwpt_page_response; false when the fault fd refused the cookie (already answered). */
+  private respond(cookie: number, code: number): boolean {
+    this.responseView.setUint32(0, cookie, true);
+    this.responseView.setUint32(4, code, true);
+    try {
+      this.faultFd.write(this.response);
+      return true;
+    } catch (error) {
+      if (error instanceof IommufdError) return false;
+      throw error;
+    }
   }
 
   /** Drain the guest's command queue; returns the number of commands consumed. */
@@ -167,10 +232,9 @@ export class Vsmmu {
       this.stats.illegalCommands++;
       return;
     }
-    const slot = c.streamId < this.streams.devices ? c.streamId * PRG_INDICES + c.prgIndex : -1;
+    const slot = c.streamId < this.vdevices.devices ? c.streamId * PRG_INDICES + c.prgIndex : -1;
     const cookie = slot >= 0 ? this.delivered[slot] : -1;
-    // A group answered meanwhile (by teardown or a timeout) makes a late response a counted no-op.
-    if (cookie < 0 || !this.faults.isPending(cookie)) {
+    if (cookie < 0) {
       this.stats.unknownResponses++;
       return;
     }
@@ -179,10 +243,20 @@ export class Vsmmu {
     else if (c.resp === PRI_RESP_INVALID) this.stats.responses.invalid++;
     else this.stats.responses.failure++;
     // iommufd takes SUCCESS or INVALID only; a guest's Response Failure reaches the device as INVALID.
-    this.faults.respond(cookie, c.resp === PRI_RESP_SUCCESS ? PAGE_RESP_SUCCESS : PAGE_RESP_INVALID);
+    // A group answered meanwhile (teardown) makes the late response a counted no-op.
+    if (
+      this.respond(
+        cookie,
+        c.resp === PRI_RESP_SUCCESS ? IOMMUFD_PAGE_RESP_SUCCESS : IOMMUFD_PAGE_RESP_INVALID,
+      )
+    ) {
+      this.stats.guestAnswered++;
+    } else {
+      this.stats.unknownResponses++;
+    }
   }
 
-  /** Forget delivered groups (their fault queue answered them on teardown). */
+  /** Forget delivered groups (the fault fd answered them on teardown). */
   forgetDelivered(): void {
     this.delivered.fill(-1);
   }

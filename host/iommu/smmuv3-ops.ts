@@ -1,0 +1,258 @@
+/**
+ * The host's SMMUv3 driver: the iommu_ops the registry calls for devices behind the physical
+ * IOMMU model (what arm-smmu-v3 and its iommufd glue do in Linux). A paging domain is a stage-2
+ * (the VM's IOAS); a nested domain carries the guest's vSTE, from which the driver installs the
+ * stream's stage-1 configuration (S1ContextPtr = the guest's CD table, S1CDMax) in the stream table.
+ *
+ * Stage 2 is still identity onto the VM's guest RAM: the paging domain records what the IOAS maps
+ * and the walker bounds-checks against guest RAM; real stage-2 tables come with the IOMMU issue.
+ */
+import type { GuestMemory } from '../../shared/guest-memory.ts';
+import { ErrnoError } from './errno.ts';
+import type { Iommu } from './iommu.ts';
+import type {
+  AddressRange,
+  Domain,
+  HwInfo,
+  InvalidateResult,
+  InvalidationFormat,
+  IommuDevice,
+  IommuOps,
+  NestedDomain,
+  PagingDomain,
+  PagingFlags,
+  ViommuState,
+} from './iommu-ops.ts';
+import type { IopfHandler } from './iopf.ts';
+
+/** uAPI constants for the ARM SMMUv3 flavour (include/uapi/linux/iommufd.h). */
+export const IOMMU_HW_INFO_TYPE_ARM_SMMUV3 = 2;
+export const IOMMU_HWPT_DATA_ARM_SMMUV3 = 2;
+export const IOMMU_VIOMMU_TYPE_ARM_SMMUV3 = 1;
+export const IOMMU_VEVENTQ_TYPE_ARM_SMMUV3 = 1;
+export const IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3 = 1;
+
+/** STE dword 0 fields (SMMU spec 5.2). */
+const STE0_V = 1n;
+const STE0_CFG_SHIFT = 1n;
+const STE0_CFG_MASK = 7n;
+const STE0_S1FMT_MASK = 3n << 4n;
+const STE0_S1CTXPTR_MASK = ((1n << 52n) - 1n) & ~((1n << 6n) - 1n);
+const STE0_S1CDMAX_SHIFT = 59n;
+const STE0_S1CDMAX_MASK = 0x1fn << STE0_S1CDMAX_SHIFT;
+/** dword 1 fields a guest may set: S1DSS, S1CIR, S1COR, S1CSH, S1STALLD, EATS. */
+const STE1_NESTING_ALLOWED = 0xffn | (1n << 27n) | (3n << 28n);
+export const STE_CFG_ABORT = 0;
+export const STE_CFG_BYPASS = 4;
+export const STE_CFG_S1_TRANS = 5;
+
+/** Command opcodes a guest may pass through vIOMMU invalidation. */
+const CMD_CFGI_CD = 0x05;
+const CMD_CFGI_CD_ALL = 0x06;
+const CMD_TLBI_NH_ASID = 0x11;
+const CMD_TLBI_NH_VA = 0x12;
+const CMD_ATC_INV = 0x40;
+const INVALIDATE_OPCODES = new Set([
+  CMD_CFGI_CD,
+  CMD_CFGI_CD_ALL,
+  CMD_TLBI_NH_ASID,
+  CMD_TLBI_NH_VA,
+  CMD_ATC_INV,
+]);
+
+const VA_APERTURE: AddressRange = { start: 0n, last: (1n << 48n) - 1n };
+
+/** A PCIe function behind the SMMU, as the driver knows it. */
+export class Smmuv3Device implements IommuDevice {
+  readonly group = {};
+  readonly dirtyTracking = false;
+  readonly reservedRegions: readonly AddressRange[] = [];
+
+  constructor(
+    readonly ops: Smmuv3Ops,
+    readonly streamId: number,
+    readonly pasidLog2: number,
+    /** Guest RAM the device's stage 2 leads to (identity for now). */
+    readonly memory: GuestMemory,
+  ) {}
+
+  get instance(): object {
+    return this.ops.iommu;
+  }
+}
+
+export class Stage2Domain implements PagingDomain {
+  readonly kind = 'paging';
+  readonly pageSize = 4096n;
+  readonly aperture = VA_APERTURE;
+  mappedBytes = 0n;
+
+  constructor(
+    readonly ops: Smmuv3Ops,
+    readonly flags: PagingFlags,
+  ) {}
+
+  map(_iova: bigint, length: bigint): void {
+    this.mappedBytes += length;
+  }
+
+  unmap(_iova: bigint, length: bigint): void {
+    this.mappedBytes -= length;
+  }
+}
+
+export class Smmuv3NestedDomain implements NestedDomain {
+  readonly kind = 'nested';
+  readonly ste0: bigint;
+  readonly ste1: bigint;
+
+  constructor(
+    readonly ops: Smmuv3Ops,
+    readonly parent: PagingDomain,
+    readonly data: Uint8Array,
+  ) {
+    const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+    this.ste0 = view.getBigUint64(0, true);
+    this.ste1 = view.getBigUint64(8, true);
+  }
+
+  get valid(): boolean {
+    return (this.ste0 & STE0_V) !== 0n;
+  }
+
+  get config(): number {
+    return Number((this.ste0 >> STE0_CFG_SHIFT) & STE0_CFG_MASK);
+  }
+
+  get cdTableGpa(): number {
+    return Number(this.ste0 & STE0_S1CTXPTR_MASK);
+  }
+
+  get cdLog2(): number {
+    return Number((this.ste0 & STE0_S1CDMAX_MASK) >> STE0_S1CDMAX_SHIFT);
+  }
+}
+
+class Smmuv3Viommu implements ViommuState {
+  readonly type = IOMMU_VIOMMU_TYPE_ARM_SMMUV3;
+}
+
+/** Build the 16-byte struct iommu_hwpt_arm_smmuv3 for an S1-translate vSTE. */
+export function encodeVste(cdTableGpa: number, cdLog2: number): Uint8Array {
+  const data = new Uint8Array(16);
+  const ste0 =
+    STE0_V |
+    (BigInt(STE_CFG_S1_TRANS) << STE0_CFG_SHIFT) |
+    (BigInt(cdTableGpa) & STE0_S1CTXPTR_MASK) |
+    (BigInt(cdLog2) << STE0_S1CDMAX_SHIFT);
+  new DataView(data.buffer).setBigUint64(0, ste0, true);
+  return data;
+}
+
+export class Smmuv3Ops implements IommuOps {
+  readonly name = 'arm-smmu-v3';
+  readonly viommuType = IOMMU_VIOMMU_TYPE_ARM_SMMUV3;
+  readonly veventqType = IOMMU_VEVENTQ_TYPE_ARM_SMMUV3;
+
+  constructor(readonly iommu: Iommu) {}
+
+  device(streamId: number, pasidLog2: number, memory: GuestMemory): Smmuv3Device {
+    return new Smmuv3Device(this, streamId, pasidLog2, memory);
+  }
+
+  hwInfo(): HwInfo {
+    // struct iommu_hw_info_arm_smmuv3: flags, __reserved, idr[6], iidr, aidr (40 bytes).
+    const data = new Uint8Array(40);
+    const view = new DataView(data.buffer);
+    const idr0 = (1 << 0) | (1 << 1) | (2 << 2) | (1 << 10) | (1 << 16); // S2P, S1P, TTF AArch64, ATS, PRI
+    view.setUint32(8, idr0, true);
+    return { type: IOMMU_HW_INFO_TYPE_ARM_SMMUV3, data, capabilities: 0n };
+  }
+
+  allocPaging(_device: IommuDevice, flags: PagingFlags, dataType: number, data: Uint8Array): PagingDomain {
+    if (dataType !== 0 || data.length !== 0)
+      throw new ErrnoError('EOPNOTSUPP', 'SMMUv3 paging domains take no data');
+    if (flags.dirtyTracking) throw new ErrnoError('EOPNOTSUPP', 'no dirty tracking on this SMMU');
+    return new Stage2Domain(this, flags);
+  }
+
+  allocNested(
+    _device: IommuDevice,
+    parent: PagingDomain,
+    dataType: number,
+    data: Uint8Array,
+    viommu: ViommuState | undefined,
+  ): NestedDomain {
+    if (!viommu) throw new ErrnoError('EOPNOTSUPP', 'SMMUv3 nested domains are allocated through a vIOMMU');
+    if (dataType !== IOMMU_HWPT_DATA_ARM_SMMUV3)
+      throw new ErrnoError('EOPNOTSUPP', `unknown nested data type ${dataType}`);
+    if (data.length !== 16)
+      throw new ErrnoError('EINVAL', `struct iommu_hwpt_arm_smmuv3 is 16 bytes, got ${data.length}`);
+    const domain = new Smmuv3NestedDomain(this, parent, data);
+    if (!domain.valid) return domain;
+    // Linux reserves EIO for STE bits a guest may not set and configurations it may not ask for.
+    const allowed0 =
+      STE0_V | (STE0_CFG_MASK << STE0_CFG_SHIFT) | STE0_S1FMT_MASK | STE0_S1CTXPTR_MASK | STE0_S1CDMAX_MASK;
+    if ((domain.ste0 & ~allowed0) !== 0n || (domain.ste1 & ~STE1_NESTING_ALLOWED) !== 0n) {
+      throw new ErrnoError('EIO', 'the vSTE sets bits a guest may not set');
+    }
+    if (![STE_CFG_ABORT, STE_CFG_BYPASS, STE_CFG_S1_TRANS].includes(domain.config)) {
+      throw new ErrnoError('EIO', `vSTE config ${domain.config} is not abort, bypass or S1 translate`);
+    }
+    return domain;
+  }
+
+  attach(device: IommuDevice, pasid: number | undefined, domain: Domain): void {
+    const dev = device as Smmuv3Device;
+    if (pasid !== undefined) {
+      throw new ErrnoError(
+        'EINVAL',
+        "the PASIDs of an SMMUv3 stream are the guest CD table's, not attachable one by one",
+      );
+    }
+    const base = { memory: dev.memory, cdTableGpa: 0, cdLog2: 0 };
+    if (domain.kind === 'paging') {
+      this.iommu.installStream(dev.streamId, { ...base, s1Bypass: true });
+      return;
+    }
+    const nested = domain as Smmuv3NestedDomain;
+    if (!nested.valid || nested.config === STE_CFG_ABORT) this.iommu.removeStream(dev.streamId);
+    else if (nested.config === STE_CFG_BYPASS)
+      this.iommu.installStream(dev.streamId, { ...base, s1Bypass: true });
+    else
+      this.iommu.installStream(dev.streamId, {
+        ...base,
+        cdTableGpa: nested.cdTableGpa,
+        cdLog2: nested.cdLog2,
+      });
+  }
+
+  detach(device: IommuDevice, pasid: number | undefined): void {
+    if (pasid === undefined) this.iommu.removeStream(device.streamId);
+  }
+
+  allocViommu(_device: IommuDevice, parent: PagingDomain, type: number, data: Uint8Array): ViommuState {
+    if (type !== IOMMU_VIOMMU_TYPE_ARM_SMMUV3)
+      throw new ErrnoError('EOPNOTSUPP', `unsupported vIOMMU type ${type}`);
+    if (data.length !== 0) throw new ErrnoError('EINVAL', 'the SMMUv3 vIOMMU takes no data');
+    if (!parent.flags.nestParent) throw new ErrnoError('EINVAL', 'a vIOMMU needs a nest parent');
+    return new Smmuv3Viommu();
+  }
+
+  invalidationFormat(target: NestedDomain | ViommuState): InvalidationFormat | undefined {
+    // Guest invalidations go through the vIOMMU as raw 16-byte commands; nested HWPTs take none.
+    return target instanceof Smmuv3Viommu
+      ? { type: IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3, minLength: 16, maxLength: 16 }
+      : undefined;
+  }
+
+  invalidate(_target: NestedDomain | ViommuState, entry: Uint8Array): InvalidateResult {
+    // The stream table walks the guest's tables on every translation (no IOTLB yet), so a valid
+    // invalidation command has nothing left to flush.
+    return INVALIDATE_OPCODES.has(entry[0]) ? undefined : 'EIO';
+  }
+
+  setIopfHandler(device: IommuDevice, pasid: number | undefined, handler: IopfHandler | undefined): void {
+    this.iommu.setFaultHandler(device.streamId, pasid, handler);
+  }
+}

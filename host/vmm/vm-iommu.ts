@@ -1,0 +1,114 @@
+/**
+ * One VM's /dev/iommu, set up the way a VMM with an accelerated vSMMU does it (QEMU smmuv3-accel):
+ * guest RAM mapped into an IOAS at GPA 0 (stage 2), a NEST_PARENT paging HWPT over it, a fault
+ * queue, a vIOMMU with a vDEVICE per assigned device (virt_id = the guest's StreamID), and, once
+ * the guest has installed its STEs, a nested HWPT per device carrying the vSTE and routing page
+ * faults to the fault queue. Teardown detaches every device first, so every group still pending
+ * is answered INVALID before the registry closes.
+ */
+import type { DeviceContext } from '../../shared/control.ts';
+import type { GuestMemory } from '../../shared/guest-memory.ts';
+import {
+  encodeVste,
+  IOMMU_HWPT_DATA_ARM_SMMUV3,
+  IOMMU_VIOMMU_TYPE_ARM_SMMUV3,
+  type Smmuv3Ops,
+} from '../iommu/smmuv3-ops.ts';
+import type { FaultFd, FaultObject } from '../iommufd/fault.ts';
+import { IOMMU_HWPT_ALLOC_NEST_PARENT, IOMMU_HWPT_FAULT_ID_VALID } from '../iommufd/hwpt.ts';
+import {
+  IOMMU_IOAS_MAP_FIXED_IOVA,
+  IOMMU_IOAS_MAP_READABLE,
+  IOMMU_IOAS_MAP_WRITEABLE,
+} from '../iommufd/ioas.ts';
+import { Iommufd } from '../iommufd/iommufd.ts';
+import type { VdeviceMap } from './vsmmu.ts';
+
+export interface AssignedDevice {
+  /** Physical StreamID. */
+  streamId: number;
+  hasPasids: boolean;
+}
+
+export class VmIommu implements VdeviceMap {
+  readonly fd = new Iommufd();
+  readonly faultFd: FaultFd;
+  readonly fault: FaultObject;
+  private readonly devIds: number[];
+  private readonly viommuId: number;
+  private readonly faultId: number;
+
+  constructor(
+    ops: Smmuv3Ops,
+    memory: GuestMemory,
+    private readonly assigned: readonly AssignedDevice[],
+  ) {
+    const fd = this.fd;
+    const userVa = fd.mmap(BigInt(memory.size));
+    const { ioasId } = fd.ioasAlloc();
+    fd.ioasMap({
+      flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+      ioasId,
+      userVa,
+      length: BigInt(memory.size),
+      iova: 0n,
+    });
+    this.devIds = assigned.map(
+      (d) => fd.bindDevice({ device: ops.device(d.streamId, d.hasPasids ? 20 : 0, memory) }).devId,
+    );
+    const { hwptId: s2 } = fd.hwptAlloc({
+      flags: IOMMU_HWPT_ALLOC_NEST_PARENT,
+      devId: this.devIds[0],
+      ptId: ioasId,
+    });
+    const { faultId, faultFd } = fd.faultQueueAlloc();
+    this.faultId = faultId;
+    this.faultFd = faultFd;
+    this.fault = fd.lookup<FaultObject>(faultId, 'FAULT');
+    this.viommuId = fd.viommuAlloc({
+      type: IOMMU_VIOMMU_TYPE_ARM_SMMUV3,
+      devId: this.devIds[0],
+      hwptId: s2,
+    }).viommuId;
+    for (const [vsid, devId] of this.devIds.entries()) {
+      fd.vdeviceAlloc({ viommuId: this.viommuId, devId, virtId: BigInt(vsid) });
+    }
+  }
+
+  get devices(): number {
+    return this.devIds.length;
+  }
+
+  /** The guest installed its STEs: a nested HWPT per device with its vSTE, attached to the RID. */
+  installStes(contexts: readonly DeviceContext[]): void {
+    contexts.forEach((ctx, vsid) => {
+      const devId = this.devIds[vsid];
+      const { hwptId } = this.fd.hwptAlloc({
+        flags: IOMMU_HWPT_FAULT_ID_VALID,
+        devId,
+        ptId: this.viommuId,
+        dataType: IOMMU_HWPT_DATA_ARM_SMMUV3,
+        data: encodeVste(ctx.cdTableGpa, ctx.cdLog2),
+        faultId: this.faultId,
+      });
+      this.fd.attachDevice({ devId, ptId: hwptId });
+    });
+  }
+
+  vsidOf(devId: number): number {
+    return this.devIds.indexOf(devId);
+  }
+
+  streamIdOf(devId: number): number {
+    const vsid = this.devIds.indexOf(devId);
+    return vsid < 0 ? -1 : this.assigned[vsid].streamId;
+  }
+
+  /** Detach every device (pending groups are answered INVALID), then close the fd and the registry. */
+  teardown(): void {
+    if (!this.fd.objects().length) return;
+    for (const devId of this.devIds) this.fd.detachDevice({ devId });
+    this.faultFd.close();
+    this.fd.close();
+  }
+}
