@@ -5,26 +5,57 @@
  * It never imports the registry: whoever owns an address space registers an IopfHandler for it
  * (design.md: the hardware reports faults through a handler interface).
  */
-import type { GuestMemory } from '../../shared/guest-memory.ts';
+import { type GuestMemory, PAGE_SIZE } from '../../shared/guest-memory.ts';
 import { F_STREAM_DISABLED } from '../../shared/records/event-types.ts';
 import { type IopfHandler, IopfQueue } from './iopf.ts';
+import { ANY_PASID, Iotlb, TLB_PERM_EXEC, TLB_PERM_UNPRIV, TLB_PERM_WRITE } from './iotlb.ts';
 import type { PageRequest, PriEndpoint } from './page-request.ts';
-import { type Stage1Context, type WalkResult, walkStage1 } from './stage1-walker.ts';
+import {
+  ACCESS_EXEC,
+  ACCESS_PRIV,
+  ACCESS_WRITE,
+  type Stage1Context,
+  type WalkResult,
+  walkStage1,
+} from './stage1-walker.ts';
 
 export interface TranslationStats {
   translations: number;
-  faults: number;
+  iotlbHits: number;
+  iotlbMisses: number;
+  /** Table walks (IOTLB misses, and hits whose permissions did not allow the access). */
+  walks: number;
+  /** Faults the guest owns (its stage-1 tables, its CD table), plus accesses of a disabled stream. */
+  stage1Faults: number;
+  /** Faults the host owns (stage 2): counted here, never injected into a guest. */
   stage2Faults: number;
+  /** IOTLB invalidation operations. */
+  invalidations: number;
+}
+
+export interface IommuOptions {
+  /** IOTLB entries (a power of two) and ways. */
+  iotlbEntries?: number;
+  iotlbWays?: number;
+}
+
+/** A stream table entry: the stage-1 context plus the tag its IOTLB entries carry. */
+interface StreamEntry {
+  ctx: Stage1Context;
+  tag: number;
 }
 
 export class Iommu {
   readonly iopf: IopfQueue;
-  readonly stats: TranslationStats = { translations: 0, faults: 0, stage2Faults: 0 };
-  private readonly streams = new Map<number, Stage1Context>();
+  readonly iotlb: Iotlb;
+  private readonly counts = { translations: 0, walks: 0, stage1Faults: 0, stage2Faults: 0 };
+  private readonly streams = new Map<number, StreamEntry>();
+  private nextTag = 1;
   private readonly endpoints = new Map<number, PriEndpoint>();
   private readonly handlers = new Map<number, IopfHandler>();
 
-  constructor() {
+  constructor(options: IommuOptions = {}) {
+    this.iotlb = new Iotlb(options.iotlbEntries ?? 4096, options.iotlbWays ?? 4);
     this.iopf = new IopfQueue(
       // A PASID without a handler of its own falls back to the RID's: with a nested stream the
       // guest owns the CD table, so every PASID's faults belong to the RID's attachment.
@@ -34,13 +65,39 @@ export class Iommu {
     );
   }
 
-  /** Install a stream's stage-1 configuration (the STE pointing at the guest's CD table). */
+  get stats(): TranslationStats {
+    return {
+      ...this.counts,
+      iotlbHits: this.iotlb.stats.hits,
+      iotlbMisses: this.iotlb.stats.misses,
+      invalidations: this.iotlb.stats.invalidations,
+    };
+  }
+
+  /**
+   * Install a stream's configuration (the STE). A new installation gets a new IOTLB tag, and the
+   * old tag's entries are invalidated before this returns, as a driver's STE update and CFGI + TLBI
+   * sequence does.
+   */
   installStream(streamId: number, ctx: Stage1Context): void {
-    this.streams.set(streamId, ctx);
+    this.removeStream(streamId);
+    this.streams.set(streamId, { ctx, tag: this.nextTag++ });
   }
 
   removeStream(streamId: number): void {
+    const entry = this.streams.get(streamId);
+    if (!entry) return;
     this.streams.delete(streamId);
+    this.iotlb.invalidateDomain(entry.tag);
+  }
+
+  /** Invalidate a stream's cached translations: all, one PASID, or one range of one PASID (or ANY_PASID). */
+  invalidateStream(streamId: number, pasid = ANY_PASID, va?: number, length?: number): void {
+    const entry = this.streams.get(streamId);
+    if (!entry) return;
+    if (va !== undefined && length !== undefined) this.iotlb.invalidateRange(entry.tag, pasid, va, length);
+    else if (pasid !== ANY_PASID) this.iotlb.invalidatePasid(entry.tag, pasid);
+    else this.iotlb.invalidateDomain(entry.tag);
   }
 
   /** Connect a device's PRI capability so that PRG responses reach it. */
@@ -59,22 +116,32 @@ export class Iommu {
 
   /** Guest RAM behind a stream's stage 2 (identity for now), where its DMA lands. */
   memoryOf(streamId: number): GuestMemory | undefined {
-    return this.streams.get(streamId)?.memory;
+    return this.streams.get(streamId)?.ctx.memory;
   }
 
   /** Translate one access; on failure `out` holds the fault (SMMUv3 event fields). */
   translate(streamId: number, pasid: number, va: number, access: number, out: WalkResult): boolean {
-    this.stats.translations++;
-    const ctx = this.streams.get(streamId);
-    if (!ctx) {
+    this.counts.translations++;
+    const entry = this.streams.get(streamId);
+    if (!entry) {
       out.fault = F_STREAM_DISABLED;
       out.stage2 = false;
-      this.stats.faults++;
+      this.counts.stage1Faults++;
       return false;
     }
-    if (walkStage1(ctx, pasid, va, access, out)) return true;
-    this.stats.faults++;
-    if (out.stage2) this.stats.stage2Faults++;
+    const page = this.iotlb.lookup(entry.tag, pasid, va);
+    if (page >= 0 && permits(this.iotlb.lastPerm, access)) {
+      out.gpa = page + (va % PAGE_SIZE);
+      out.fault = 0;
+      return true;
+    }
+    this.counts.walks++;
+    if (walkStage1(entry.ctx, pasid, va, access, out)) {
+      this.iotlb.insert(entry.tag, pasid, va, out.gpa - (out.gpa % PAGE_SIZE), out.leafPerm);
+      return true;
+    }
+    if (out.stage2) this.counts.stage2Faults++;
+    else this.counts.stage1Faults++;
     return false;
   }
 
@@ -82,6 +149,13 @@ export class Iommu {
   pageRequest(request: PageRequest): void {
     this.iopf.report(request);
   }
+}
+
+/** An entry's permissions allow the access (otherwise the access walks, and faults there). */
+function permits(perm: number, access: number): boolean {
+  if ((access & ACCESS_WRITE) !== 0 && (perm & TLB_PERM_WRITE) === 0) return false;
+  if ((access & ACCESS_PRIV) === 0 && (perm & TLB_PERM_UNPRIV) === 0) return false;
+  return (access & ACCESS_EXEC) === 0 || (perm & TLB_PERM_EXEC) !== 0;
 }
 
 /** Handler key of the RID itself (PASIDs are 0..2^20-1; requests without a PASID use 0). */

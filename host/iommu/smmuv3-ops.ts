@@ -24,6 +24,7 @@ import type {
   ViommuState,
 } from './iommu-ops.ts';
 import type { IopfHandler } from './iopf.ts';
+import { ANY_PASID } from './iotlb.ts';
 
 /** uAPI constants for the ARM SMMUv3 flavour (include/uapi/linux/iommufd.h). */
 export const IOMMU_HW_INFO_TYPE_ARM_SMMUV3 = 2;
@@ -96,8 +97,10 @@ export class Stage2Domain implements PagingDomain {
     this.mappedBytes += length;
   }
 
+  /** Unmap: every stream translating through this stage 2 is invalidated before this returns. */
   unmap(_iova: bigint, length: bigint): void {
     this.mappedBytes -= length;
+    this.ops.invalidateStage2(this);
   }
 }
 
@@ -153,8 +156,15 @@ export class Smmuv3Ops implements IommuOps {
   readonly name = 'arm-smmu-v3';
   readonly viommuType = IOMMU_VIOMMU_TYPE_ARM_SMMUV3;
   readonly veventqType = IOMMU_VEVENTQ_TYPE_ARM_SMMUV3;
+  /** Stage 2 of each attached stream (the paging domain, or the nested domain's parent). */
+  private readonly stage2Of = new Map<number, PagingDomain>();
 
   constructor(readonly iommu: Iommu) {}
+
+  /** A stage-2 mapping changed: combined stage-1+2 entries of its streams are stale (TLBI_S12_VMALL). */
+  invalidateStage2(domain: PagingDomain): void {
+    for (const [streamId, s2] of this.stage2Of) if (s2 === domain) this.iommu.invalidateStream(streamId);
+  }
 
   device(streamId: number, pasidLog2: number, memory: GuestMemory): Smmuv3Device {
     return new Smmuv3Device(this, streamId, pasidLog2, memory);
@@ -211,6 +221,7 @@ export class Smmuv3Ops implements IommuOps {
       );
     }
     const base = { memory: dev.memory, cdTableGpa: 0, cdLog2: 0 };
+    this.stage2Of.set(dev.streamId, domain.kind === 'paging' ? domain : domain.parent);
     if (domain.kind === 'paging') {
       this.iommu.installStream(dev.streamId, { ...base, s1Bypass: true });
       return;
@@ -228,7 +239,9 @@ export class Smmuv3Ops implements IommuOps {
   }
 
   detach(device: IommuDevice, pasid: number | undefined): void {
-    if (pasid === undefined) this.iommu.removeStream(device.streamId);
+    if (pasid !== undefined) return;
+    this.stage2Of.delete(device.streamId);
+    this.iommu.removeStream(device.streamId);
   }
 
   allocViommu(_device: IommuDevice, parent: PagingDomain, type: number, data: Uint8Array): ViommuState {
@@ -246,10 +259,39 @@ export class Smmuv3Ops implements IommuOps {
       : undefined;
   }
 
-  invalidate(_target: NestedDomain | ViommuState, entry: Uint8Array): InvalidateResult {
-    // The stream table walks the guest's tables on every translation (no IOTLB yet), so a valid
-    // invalidation command has nothing left to flush.
-    return INVALIDATE_OPCODES.has(entry[0]) ? undefined : 'EIO';
+  /**
+   * One guest command passed through the vIOMMU. The model has no ASIDs, so a TLBI by ASID or VA
+   * covers every stream of the vIOMMU; CFGI_CD names a stream by its virtual SID.
+   */
+  invalidate(
+    _target: NestedDomain | ViommuState,
+    entry: Uint8Array,
+    vdevices: ReadonlyMap<bigint, IommuDevice>,
+  ): InvalidateResult {
+    const opcode = entry[0];
+    if (!INVALIDATE_OPCODES.has(opcode)) return 'EIO';
+    const view = new DataView(entry.buffer, entry.byteOffset, entry.byteLength);
+    switch (opcode) {
+      case CMD_TLBI_NH_VA: {
+        const va = Number(view.getBigUint64(8, true) & ~0xfffn & ((1n << 52n) - 1n));
+        for (const device of vdevices.values())
+          this.iommu.invalidateStream(device.streamId, ANY_PASID, va, 4096);
+        return undefined;
+      }
+      case CMD_TLBI_NH_ASID:
+        for (const device of vdevices.values()) this.iommu.invalidateStream(device.streamId);
+        return undefined;
+      case CMD_CFGI_CD:
+      case CMD_CFGI_CD_ALL: {
+        const device = vdevices.get(BigInt(view.getUint32(4, true)));
+        if (!device) return 'EINVAL';
+        const ssid = (view.getUint32(0, true) >>> 12) & 0xfffff;
+        this.iommu.invalidateStream(device.streamId, opcode === CMD_CFGI_CD ? ssid : ANY_PASID);
+        return undefined;
+      }
+      default:
+        return undefined; // CMD_ATC_INV: no ATS cache modelled yet.
+    }
   }
 
   setIopfHandler(device: IommuDevice, pasid: number | undefined, handler: IopfHandler | undefined): void {

@@ -34,6 +34,7 @@ import {
   PTE_VALID,
   tableIndex,
 } from '../../shared/stage1-format.ts';
+import { TLB_PERM_EXEC, TLB_PERM_UNPRIV, TLB_PERM_WRITE } from './iotlb.ts';
 
 export const ACCESS_READ = 1;
 export const ACCESS_WRITE = 2;
@@ -64,10 +65,12 @@ export interface WalkResult {
   faultClass: number;
   /** For stage-2 faults on a fetch: the GPA that could not be read. */
   fetchAddress: number;
+  /** On success: the leaf's permissions as TLB_PERM_* bits, for the IOTLB. */
+  leafPerm: number;
 }
 
 export function newWalkResult(): WalkResult {
-  return { gpa: 0, fault: 0, stage2: false, faultClass: 0, fetchAddress: 0 };
+  return { gpa: 0, fault: 0, stage2: false, faultClass: 0, fetchAddress: 0, leafPerm: 0 };
 }
 
 function fail(
@@ -97,6 +100,7 @@ export function walkStage1(
     if (!memory.contains(va, 1)) return fail(out, F_TRANSLATION, true, CLASS_IN, va);
     out.gpa = va;
     out.fault = 0;
+    out.leafPerm = TLB_PERM_WRITE | TLB_PERM_UNPRIV | TLB_PERM_EXEC;
     return true;
   }
   if (pasid < 0 || pasid >= 2 ** ctx.cdLog2) return fail(out, C_BAD_SUBSTREAMID, false, CLASS_CD);
@@ -134,5 +138,9 @@ export function walkStage1(
   if (!memory.contains(gpa, 1)) return fail(out, F_TRANSLATION, true, CLASS_IN, gpa);
   out.gpa = gpa;
   out.fault = 0;
+  out.leafPerm =
+    ((low & PTE_AP_RDONLY) === 0 ? TLB_PERM_WRITE : 0) |
+    ((low & PTE_AP_UNPRIV) !== 0 ? TLB_PERM_UNPRIV : 0) |
+    ((high & PTE_HIGH_XN) === 0 ? TLB_PERM_EXEC : 0);
   return true;
 }

@@ -147,6 +147,7 @@ export async function runTopology(topology: Topology, options: RunOptions = {}):
       unrecoverableFaults: oracle.unrecoverableFaults,
     },
     latencyUs: latency.summary(),
+    iommu: iommu.stats,
     invariants: {
       ok: invariants.ok,
       violations: invariants.violations,

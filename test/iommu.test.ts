@@ -1,0 +1,139 @@
+// The physical IOMMU model with its IOTLB, driven through the host SMMUv3 driver and the registry.
+import { beforeEach, describe, expect, test } from 'vitest';
+import { AddressSpaces } from '../guest/mm/address-spaces.ts';
+import { PageAllocator } from '../guest/mm/page-allocator.ts';
+import { Iommu } from '../host/iommu/iommu.ts';
+import {
+  encodeVste,
+  IOMMU_HWPT_DATA_ARM_SMMUV3,
+  IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
+  IOMMU_VIOMMU_TYPE_ARM_SMMUV3,
+  Smmuv3Ops,
+} from '../host/iommu/smmuv3-ops.ts';
+import { ACCESS_READ, ACCESS_WRITE, newWalkResult } from '../host/iommu/stage1-walker.ts';
+import { IOMMU_HWPT_ALLOC_NEST_PARENT } from '../host/iommufd/hwpt.ts';
+import { Iommufd } from '../host/iommufd/iommufd.ts';
+import { GuestMemory } from '../shared/guest-memory.ts';
+import { F_PERMISSION, F_TRANSLATION } from '../shared/records/event-types.ts';
+import { clearEntry, ENTRY_BYTES, tableIndex } from '../shared/stage1-format.ts';
+
+const VA = 0x7e00_0000_5000;
+const SID = 0x100;
+
+describe('IOMMU translation with the IOTLB', () => {
+  let memory: GuestMemory;
+  let spaces: AddressSpaces;
+  let iommu: Iommu;
+  let fd: Iommufd;
+  let viommuId: number;
+  let devId: number;
+  const out = newWalkResult();
+
+  beforeEach(() => {
+    memory = GuestMemory.allocate(2);
+    spaces = new AddressSpaces(memory, new PageAllocator(memory));
+    const device = spaces.installDevice(0, [0, 1]);
+    iommu = new Iommu({ iotlbEntries: 64 });
+    const ops = new Smmuv3Ops(iommu);
+    fd = new Iommufd();
+    const { ioasId } = fd.ioasAlloc();
+    fd.ioasMap({
+      flags: 1 | 2 | 4,
+      ioasId,
+      userVa: fd.mmap(BigInt(memory.size)),
+      length: BigInt(memory.size),
+      iova: 0n,
+    });
+    devId = fd.bindDevice({ device: ops.device(SID, 20, memory) }).devId;
+    const { hwptId } = fd.hwptAlloc({ flags: IOMMU_HWPT_ALLOC_NEST_PARENT, devId, ptId: ioasId });
+    viommuId = fd.viommuAlloc({ type: IOMMU_VIOMMU_TYPE_ARM_SMMUV3, devId, hwptId }).viommuId;
+    fd.vdeviceAlloc({ viommuId, devId, virtId: 0n });
+    const nested = fd.hwptAlloc({
+      devId,
+      ptId: viommuId,
+      dataType: IOMMU_HWPT_DATA_ARM_SMMUV3,
+      data: encodeVste(device.cdTableGpa, device.cdLog2),
+    }).hwptId;
+    fd.attachDevice({ devId, ptId: nested });
+  });
+
+  test('a DMA through the nested translation lands on the GPA the guest mapped; a second one hits the IOTLB', () => {
+    spaces.table(1).map(VA, 0x8000);
+    expect(iommu.translate(SID, 1, VA + 0x10, ACCESS_READ, out)).toBe(true);
+    expect(out.gpa).toBe(0x8010);
+    expect(iommu.translate(SID, 1, VA + 0x20, ACCESS_READ, out)).toBe(true);
+    expect(out.gpa).toBe(0x8020);
+    expect(iommu.stats).toMatchObject({ translations: 2, walks: 1, iotlbHits: 1, iotlbMisses: 1 });
+  });
+
+  test('a cached entry never grants an access its leaf forbids: the access walks and faults', () => {
+    spaces.table(1).map(VA, 0x8000, 1 /* read-only */);
+    expect(iommu.translate(SID, 1, VA, ACCESS_READ, out)).toBe(true);
+    expect(iommu.translate(SID, 1, VA, ACCESS_WRITE, out)).toBe(false);
+    expect(out.fault).toBe(F_PERMISSION);
+  });
+
+  test('after the guest unmaps and its TLBI completes, no DMA uses the old translation', () => {
+    const table = spaces.table(1);
+    table.map(VA, 0x8000);
+    expect(iommu.translate(SID, 1, VA, ACCESS_READ, out)).toBe(true);
+    // The guest clears its leaf entry: until it invalidates, the IOTLB may still translate.
+    const leaf = (va: number) => {
+      let t = table.rootGpa;
+      for (let level = 0; level < 3; level++) {
+        const slot = t + tableIndex(va >>> 0, Math.floor(va / 2 ** 32), level) * ENTRY_BYTES;
+        t = (memory.words[slot >>> 2] & ~0xfff) >>> 0;
+      }
+      return t + tableIndex(va >>> 0, Math.floor(va / 2 ** 32), 3) * ENTRY_BYTES;
+    };
+    clearEntry(memory.words, leaf(VA));
+    expect(iommu.translate(SID, 1, VA, ACCESS_READ, out)).toBe(true); // stale but allowed before the TLBI
+    const cmd = new Uint8Array(16);
+    const view = new DataView(cmd.buffer);
+    view.setUint8(0, 0x12); // CMD_TLBI_NH_VA
+    view.setBigUint64(8, BigInt(VA), true);
+    fd.hwptInvalidate({
+      hwptId: viommuId,
+      dataType: IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
+      entryLen: 16,
+      entryNum: 1,
+      data: cmd,
+    });
+    expect(iommu.translate(SID, 1, VA, ACCESS_READ, out)).toBe(false);
+    expect(out.fault).toBe(F_TRANSLATION);
+  });
+
+  test('a host stage-2 unmap invalidates the streams over it before it returns', () => {
+    spaces.table(1).map(VA, 0x8000);
+    iommu.translate(SID, 1, VA, ACCESS_READ, out);
+    expect(iommu.iotlb.occupancy).toBe(1);
+    fd.ioasUnmap({ ioasId: 1, iova: 0n, length: (1n << 64n) - 1n });
+    expect(iommu.iotlb.occupancy).toBe(0);
+  });
+
+  test('an unknown invalidation command is refused with the entries handled so far', () => {
+    const cmds = new Uint8Array(32);
+    cmds[0] = 0x12;
+    cmds[16] = 0x7f;
+    try {
+      fd.hwptInvalidate({
+        hwptId: viommuId,
+        dataType: IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
+        entryLen: 16,
+        entryNum: 2,
+        data: cmds,
+      });
+      expect.unreachable();
+    } catch (error) {
+      expect(error).toMatchObject({ errno: 'EIO', output: { entryNum: 1 } });
+    }
+  });
+
+  test('detach removes the stream: translation faults as a disabled stream, the IOTLB is empty', () => {
+    spaces.table(1).map(VA, 0x8000);
+    iommu.translate(SID, 1, VA, ACCESS_READ, out);
+    fd.detachDevice({ devId });
+    expect(iommu.iotlb.occupancy).toBe(0);
+    expect(iommu.translate(SID, 1, VA, ACCESS_READ, out)).toBe(false);
+  });
+});
