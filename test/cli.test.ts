@@ -109,6 +109,22 @@ describe('ioasid-sandbox run', () => {
   });
 });
 
+describe('ioasid-sandbox bench', () => {
+  test('--quick --json prints translation figures and ratios measured in one run', () => {
+    const p = cli('bench', '--quick', '--json');
+    expect(p.status).toBe(0);
+    const r = JSON.parse(p.stdout);
+    expect(r.quick).toBe(true);
+    expect(r.figures.map((f: { name: string }) => f.name)).toEqual([
+      'translate, IOTLB hit',
+      'translate, IOTLB miss (walk + fill)',
+      'stage-1 walk, 4 levels (CD + 4 table reads)',
+    ]);
+    for (const f of r.figures) expect(f.value).toBeGreaterThan(0);
+    expect(r.ratios['IOTLB hit / miss']).toBeGreaterThan(0);
+  });
+});
+
 describe('packaging', () => {
   test('a script in the repo imports the library entry by package name under tsx', () => {
     const p = spawnSync(process.execPath, ['--import', 'tsx', 'test/fixtures/library-user.ts'], {

@@ -8,6 +8,7 @@ import { makeLogger } from '../../shared/logger.ts';
 import type { RunReport } from '../vmm/report.ts';
 import { runTopology } from '../vmm/sandbox.ts';
 import { loadTopology, TopologyError } from '../vmm/topology.ts';
+import { formatBench, runBench } from './bench.ts';
 
 export const EXIT_OK = 0;
 export const EXIT_INTERNAL = 1;
@@ -69,6 +70,16 @@ export async function main(argv: string[]): Promise<number> {
       });
       process.stdout.write(opts.json ? `${JSON.stringify(report)}\n` : summary(report));
       exitCode = report.invariants.ok ? EXIT_OK : EXIT_INVARIANT;
+    });
+
+  program
+    .command('bench')
+    .description('measure speed figures side by side in one run (translation so far)')
+    .option('--quick', 'short measurement windows (noisier)')
+    .option('--json', 'print exactly one JSON object on stdout')
+    .action((opts: { quick?: boolean; json?: boolean }) => {
+      const report = runBench(opts.quick ?? false);
+      process.stdout.write(opts.json ? `${JSON.stringify(report)}\n` : formatBench(report));
     });
 
   try {

@@ -104,7 +104,14 @@ function bindTo(
   hwpt: Hwpt,
   replacing?: Attachment,
 ): Attachment {
-  if (hwpt.type === 'HWPT_NESTED' && hwpt.viommu && device.vdevice?.viommu !== hwpt.viommu) {
+  // The mock looks the vDEVICE up in its RID attach only (mock_domain_nop_attach); set_dev_pasid
+  // takes a vIOMMU's nested domain without one.
+  if (
+    pasid === undefined &&
+    hwpt.type === 'HWPT_NESTED' &&
+    hwpt.viommu &&
+    device.vdevice?.viommu !== hwpt.viommu
+  ) {
     throw new IommufdError(
       'ENOENT',
       'the nested HWPT belongs to a vIOMMU on which the device has no vDEVICE',
@@ -173,12 +180,14 @@ export function attachDevice(
   ptId: number,
 ): number {
   const pt = lookupTarget(ctx, ptId);
-  checkPasid(device, pasid, pt);
+  // The slot is taken before anything about the target is judged (xa_insert into the group's
+  // device_array comes first in iommufd_hw_pagetable_attach).
   if (device.attachment(pasid))
     throw new IommufdError(
       'EBUSY',
       `${pasid === undefined ? 'the RID' : `PASID ${pasid}`} is already attached`,
     );
+  checkPasid(device, pasid, pt);
   if (pasid === undefined) checkGroup(ctx, device, pt);
   const { hwpt, created } = resolveHwpt(ctx, device, pt, pasid);
   try {

@@ -33,6 +33,7 @@ export const IOMMU_OPTION_HUGE_PAGES = 1;
 export const IOMMU_OPTION_OP_SET = 0;
 export const IOMMU_OPTION_OP_GET = 1;
 export const IOMMU_HW_INFO_FLAG_INPUT_TYPE = 1;
+export const IOMMU_HW_INFO_TYPE_DEFAULT = 0;
 export const IOMMU_HWPT_DATA_NONE = 0;
 export const VEVENTQ_MAX_DEPTH = 1 << 19;
 
@@ -317,7 +318,9 @@ export class Iommufd {
       throw new IommufdError('EOPNOTSUPP', 'unknown GET_HW_INFO flags');
     const device = this.table.get<DeviceObject>(u32(args.devId, 'devId'), 'DEVICE');
     const info = driverCall(() => device.hw.ops.hwInfo(device.hw));
-    if ((flags & IOMMU_HW_INFO_FLAG_INPUT_TYPE) !== 0 && u32(args.inDataType, 'inDataType') !== info.type) {
+    // Without INPUT_TYPE the request is for DEFAULT (0), which every driver answers with its own type.
+    const wanted = (flags & IOMMU_HW_INFO_FLAG_INPUT_TYPE) !== 0 ? u32(args.inDataType, 'inDataType') : 0;
+    if (wanted !== IOMMU_HW_INFO_TYPE_DEFAULT && wanted !== info.type) {
       throw new IommufdError('EOPNOTSUPP', `the driver has no hw info of type ${args.inDataType}`);
     }
     const userLen = u32(args.dataLen, 'dataLen');
@@ -368,13 +371,16 @@ export class Iommufd {
       return { hwptId: this.createPaging(device, pt, flags, dataType, data, fault, false).id };
     }
     if (pt instanceof HwptPaging || pt instanceof ViommuObject) {
-      if ((flags & ~(IOMMU_HWPT_FAULT_ID_VALID | IOMMU_HWPT_ALLOC_PASID)) !== 0) {
-        throw new IommufdError('EOPNOTSUPP', 'a nested HWPT takes only FAULT_ID_VALID and PASID flags');
-      }
-      const parent = pt instanceof ViommuObject ? pt.parent : pt;
+      // hw_pagetable.c order: through a vIOMMU the IOMMU instance is checked first; then flags and
+      // missing driver data (both EOPNOTSUPP), then the parent.
       if (pt instanceof ViommuObject && pt.instance !== device.hw.instance) {
         throw new IommufdError('EINVAL', 'the device is behind another physical IOMMU than the vIOMMU');
       }
+      if ((flags & ~(IOMMU_HWPT_FAULT_ID_VALID | IOMMU_HWPT_ALLOC_PASID)) !== 0) {
+        throw new IommufdError('EOPNOTSUPP', 'a nested HWPT takes only FAULT_ID_VALID and PASID flags');
+      }
+      if (data.length === 0) throw new IommufdError('EOPNOTSUPP', 'a nested HWPT needs driver data');
+      const parent = pt instanceof ViommuObject ? pt.parent : pt;
       if (pt instanceof HwptPaging && (pt.autoDomain || !pt.nestParent || pt.domain.ops !== device.hw.ops)) {
         throw new IommufdError(
           'EINVAL',
@@ -426,13 +432,13 @@ export class Iommufd {
     const state = target instanceof HwptNested ? target.domain : target.state;
     const format = ops.invalidationFormat(state);
     if (!format) return fail('EOPNOTSUPP', 'the driver has no cache invalidation for this object');
+    // An empty array still asks "is this data_type yours?": the mock checks the type first.
+    if (dataType !== format.type) fail('EINVAL', `data_type 0x${dataType.toString(16)} is not the driver's`);
     if (entryNum === 0) return { entryNum: 0 };
     const data = args.data as Uint8Array;
     if (data.length < entryLen * entryNum) fail('EFAULT', 'data is shorter than entry_len * entry_num');
     const vdevices = target instanceof ViommuObject ? target.devicesByVirtId() : new Map();
     for (let i = 0; i < entryNum; i++) {
-      if (dataType !== format.type)
-        fail('EINVAL', `data_type 0x${dataType.toString(16)} is not the driver's`, i);
       if (entryLen < format.minLength || entryLen > format.maxLength) {
         fail('EINVAL', `entry_len ${entryLen} is outside ${format.minLength}..${format.maxLength}`, i);
       }
@@ -538,7 +544,7 @@ export class Iommufd {
     idevId: number;
   } {
     this.live();
-    const mock = this.mock.createDevice(u32(flags, 'flags'));
+    const mock = driverCall(() => this.mock.createDevice(u32(flags, 'flags')));
     let device: DeviceObject | undefined;
     try {
       const stdevId = this.table.reserve();

@@ -42,7 +42,12 @@ export const IOMMU_VEVENTQ_TYPE_SELFTEST = 0xbeefbeef;
 export const IOMMU_HWPT_INVALIDATE_DATA_SELFTEST = 0xdeadbeef;
 export const IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID = 0xdadbeef;
 export const IOMMU_TEST_INVALIDATE_FLAG_ALL = 1;
-/** The PASID on which every second non-blocking attach fails ENOMEM (tests rollback). */
+const MOCK_FLAGS_DEVICE_VALID =
+  MOCK_FLAGS_DEVICE_NO_DIRTY | MOCK_FLAGS_DEVICE_HUGE_IOVA | MOCK_FLAGS_DEVICE_PASID;
+/**
+ * The PASID on which, per device, the set following a good set fails ENOMEM (tests rollback); a
+ * detach (the blocking domain) clears the rig.
+ */
 export const MOCK_RIGGED_PASID = 1024;
 /** IOMMU_HW_CAP_DIRTY_TRACKING. */
 export const IOMMU_HW_CAP_DIRTY_TRACKING = 1n;
@@ -104,6 +109,8 @@ export class MockDevice implements IommuDevice, PriEndpoint {
   readonly responses: { pasid: number; grpid: number; code: number }[] = [];
   /** Domain kind attached per PASID (RID under -1), for the PASID-table fallback. */
   readonly attachedKinds = new Map<number, Domain['kind']>();
+  /** mdev->pasid_1024_fake_error: set by a good set on PASID 1024, consumed by the next one. */
+  pasid1024FakeError = false;
 
   constructor(
     readonly ops: MockIommu,
@@ -132,7 +139,6 @@ export class MockIommu implements IommuOps {
   private readonly devices = new Map<number, MockDevice>();
   private readonly handlers = new Map<string, IopfHandler>();
   private nextStreamId = 1;
-  private riggedSets = 0;
 
   constructor() {
     this.iopf = new IopfQueue(
@@ -142,6 +148,8 @@ export class MockIommu implements IommuOps {
   }
 
   createDevice(flags: number): MockDevice {
+    if ((flags & ~MOCK_FLAGS_DEVICE_VALID) !== 0)
+      throw new ErrnoError('EINVAL', `unknown mock device flags 0x${flags.toString(16)}`);
     const device = new MockDevice(this, this.nextStreamId++, flags);
     this.devices.set(device.streamId, device);
     return device;
@@ -179,29 +187,34 @@ export class MockIommu implements IommuOps {
     const mock = device as MockDevice;
     const dirty = domain.kind === 'paging' ? domain.flags.dirtyTracking : domain.parent.flags.dirtyTracking;
     if (dirty && !device.dirtyTracking) throw new ErrnoError('EINVAL', 'the device cannot do dirty tracking');
-    if (pasid === MOCK_RIGGED_PASID && this.riggedSets++ % 2 === 1) {
-      throw new ErrnoError('ENOMEM', 'rigged PASID 1024 refuses every second attach');
+    if (pasid === MOCK_RIGGED_PASID) {
+      mock.pasid1024FakeError = !mock.pasid1024FakeError;
+      if (!mock.pasid1024FakeError)
+        throw new ErrnoError('ENOMEM', 'rigged PASID 1024 refuses the set after a good one');
     }
     mock.attachedKinds.set(pasid ?? -1, domain.kind);
   }
 
   detach(device: IommuDevice, pasid: number | undefined): void {
-    (device as MockDevice).attachedKinds.delete(pasid ?? -1);
+    const mock = device as MockDevice;
+    mock.attachedKinds.delete(pasid ?? -1);
+    if (pasid === MOCK_RIGGED_PASID) mock.pasid1024FakeError = false;
   }
 
   allocViommu(_device: IommuDevice, _parent: PagingDomain, type: number, data: Uint8Array): ViommuState {
     if (type !== IOMMU_VIOMMU_TYPE_SELFTEST)
       throw new ErrnoError('EOPNOTSUPP', `unsupported vIOMMU type 0x${type.toString(16)}`);
     if (data.length === 0) return new MockViommu(undefined);
-    if (data.length < 4 || data.length > 24)
-      throw new ErrnoError('EINVAL', `struct iommu_viommu_selftest is 4..24 bytes, got ${data.length}`);
+    // iommu_copy_struct_from_user(..., out_data): at least up to out_data, at most the struct.
+    if (data.length < 8 || data.length > 24)
+      throw new ErrnoError('EINVAL', `struct iommu_viommu_selftest is 8..24 bytes, got ${data.length}`);
     // Echo in_data into out_data, as the mock does.
     const out = new Uint8Array(data);
-    if (out.length >= 8) new DataView(out.buffer).setUint32(4, le32(data, 0), true);
+    new DataView(out.buffer).setUint32(4, le32(data, 0), true);
     return new MockViommu(out);
   }
 
-  invalidationFormat(target: NestedDomain | ViommuState): InvalidationFormat {
+  invalidationFormat(target: NestedDomain | ViommuState): InvalidationFormat | undefined {
     return target instanceof MockViommu
       ? { type: IOMMU_HWPT_INVALIDATE_DATA_SELFTEST, minLength: 12, maxLength: 12 }
       : { type: IOMMU_HWPT_INVALIDATE_DATA_SELFTEST, minLength: 8, maxLength: 8 };
@@ -215,18 +228,19 @@ export class MockIommu implements IommuOps {
     const flags = le32(entry, 0);
     if ((flags & ~IOMMU_TEST_INVALIDATE_FLAG_ALL) !== 0) return 'EOPNOTSUPP';
     const all = (flags & IOMMU_TEST_INVALIDATE_FLAG_ALL) !== 0;
+    // The mock range-checks the index before looking at FLAG_ALL, which then ignores it.
     if (target instanceof MockNestedDomain) {
       const id = le32(entry, 4);
+      if (id > MOCK_NESTED_DOMAIN_IOTLB_ID_MAX) return 'EINVAL';
       if (all) target.iotlb.fill(0);
-      else if (id > MOCK_NESTED_DOMAIN_IOTLB_ID_MAX) return 'EINVAL';
       else target.iotlb[id] = 0;
       return undefined;
     }
+    const cacheId = le32(entry, 8);
+    if (cacheId > MOCK_DEV_CACHE_ID_MAX) return 'EINVAL';
     const device = vdevices.get(BigInt(le32(entry, 4))) as MockDevice | undefined;
     if (!device) return 'EINVAL';
-    const cacheId = le32(entry, 8);
     if (all) device.cache.fill(0);
-    else if (cacheId > MOCK_DEV_CACHE_ID_MAX) return 'EINVAL';
     else device.cache[cacheId] = 0;
     return undefined;
   }
@@ -253,12 +267,17 @@ export class MockIommu implements IommuOps {
     this.iopf.report(r);
   }
 
-  /** PASID -> its handler; without one, the RID's nested domain (the mock keeps PASID tables in the guest). */
+  /**
+   * PASID -> its handler. A PASID with no attachment at all goes to the RID's nested domain (the
+   * mock keeps PASID tables in the guest); an attached PASID whose domain takes no faults does not
+   * (find_fault_handler() falls back only when the PASID has no attach handle).
+   */
   private handlerFor(streamId: number, pasid: number): IopfHandler | undefined {
     const direct = this.handlers.get(`${streamId}/${pasid === 0 ? -1 : pasid}`);
     if (direct || pasid === 0) return direct;
     const device = this.devices.get(streamId);
-    if (device?.attachedKinds.get(-1) === 'nested') return this.handlers.get(`${streamId}/-1`);
+    if (!device || device.attachedKinds.has(pasid)) return undefined;
+    if (device.attachedKinds.get(-1) === 'nested') return this.handlers.get(`${streamId}/-1`);
     return undefined;
   }
 }

@@ -52,7 +52,8 @@ export class VeventqObject extends IommufdObject {
   protected sequence = 0;
 
   constructor(
-    readonly viommu: IommufdObject,
+    /** The vIOMMU; its `veventqs` (one queue per type), if it keeps them, loses this queue on destroy. */
+    readonly viommu: IommufdObject & { readonly veventqs?: Map<number, VeventqObject> },
     readonly veventqType: number,
     readonly depth: number,
     private readonly injector: FaultInjector,
@@ -140,8 +141,9 @@ export class VeventqObject extends IommufdObject {
     };
   }
 
-  /** The last reference is gone: drop what is queued and let go of the vIOMMU. */
+  /** The last reference is gone: drop what is queued, free the type slot, let go of the vIOMMU. */
   override destroy(): void {
+    if (this.viommu.veventqs?.get(this.veventqType) === this) this.viommu.veventqs.delete(this.veventqType);
     this.entries = [];
     this.head = 0;
     this.markerQueued = false;
