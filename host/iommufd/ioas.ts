@@ -2,8 +2,8 @@
  * IOAS: an I/O address space (iommufd ioas.c / io_pagetable.c, iommufd-model.md section 3). Areas
  * map IOVA ranges onto pinned user pages; reserved ranges (domain apertures, device regions, test
  * reservations) and the optional allowed list steer automatic IOVA choice. Every HWPT_PAGING of
- * the IOAS is a domain that mirrors every area; user pages are pinned once per backing, while at
- * least one domain holds them.
+ * the IOAS is a domain that mirrors every area; each page of a backing is pinned once, while some
+ * area mapped into some domain covers it.
  */
 import { IommufdError } from './errors.ts';
 import type { FaultInjector } from './fault-injector.ts';
@@ -28,47 +28,85 @@ const MAP_FLAGS = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_I
 /** Automatic IOVAs are aligned at most to the transparent-huge-page size (THP built in). */
 const AUTO_ALIGN_CAP = 2n * 1024n * 1024n;
 
+/** The iommu API takes size_t lengths; the kernel refuses longer mappings (iopt_alloc_pages). */
+const MAX_MAP_LENGTH = U64_MAX - PAGE_SIZE;
+
 /**
- * The pages behind one MAP, shared by the area and every copy of it. Each (area, domain) pair is a
- * pin user; the user pages themselves are pinned once, while there is at least one user.
+ * The pages behind one MAP (the kernel's iopt_pages), shared by the area and every copy of it.
+ * Offsets into it count from `base`, the start of the page holding `userVa` (the kernel's
+ * start_byte). Each (area, domain) pair is a user of the pages the area covers; a page is pinned
+ * once while it has at least one user, and pages no area of a domain covers stay unpinned.
  */
 export class BackingPages {
-  frames: number[] | undefined;
-  private pinUsers = 0;
+  /** Page-aligned start of the pages. */
+  readonly base: bigint;
+  /** Frame of each page index while it is pinned (0 when it is not), as domains map them. */
+  readonly frames: number[] = [];
+  private readonly users: number[] = [];
 
   constructor(
     readonly userVa: bigint,
     readonly length: bigint,
     readonly writable: boolean,
-  ) {}
+  ) {
+    this.base = userVa - (userVa % PAGE_SIZE);
+  }
 
   get pinned(): boolean {
-    return this.frames !== undefined;
+    return this.users.some((n) => n > 0);
   }
 
-  pin(memory: UserMemory, injector: FaultInjector): void {
-    if (this.pinUsers === 0) {
+  /** One more user of page indices [first, last]; pins those that had none. EFAULT pins nothing. */
+  pin(memory: UserMemory, injector: FaultInjector, first: number, last: number): void {
+    const missing: number[] = [];
+    for (let i = first; i <= last; i++) if (!this.users[i]) missing.push(i);
+    if (missing.length > 0) {
       injector.check('pin');
-      const first = (this.userVa / PAGE_SIZE) * PAGE_SIZE;
-      this.frames = memory.pin(first, this.userVa + this.length - first);
+      const frames: number[] = [];
+      try {
+        for (const i of missing) frames.push(...memory.pin(this.base + BigInt(i) * PAGE_SIZE, 1n));
+      } catch (error) {
+        memory.unpin(frames);
+        throw error;
+      }
+      missing.forEach((i, k) => {
+        this.frames[i] = frames[k];
+      });
     }
-    this.pinUsers++;
+    for (let i = first; i <= last; i++) this.users[i] = (this.users[i] ?? 0) + 1;
   }
 
-  unpin(memory: UserMemory): void {
-    if (--this.pinUsers === 0 && this.frames) {
-      memory.unpin(this.frames);
-      this.frames = undefined;
+  unpin(memory: UserMemory, first: number, last: number): void {
+    for (let i = first; i <= last; i++) {
+      this.users[i]--;
+      if (this.users[i] === 0) {
+        memory.unpin([this.frames[i]]);
+        this.frames[i] = 0;
+      }
     }
   }
 }
 
 export interface Area extends IovaRange {
   pages: BackingPages;
-  /** Byte offset of `start` inside `pages`. */
+  /** Byte offset of `start` from `pages.base` (the kernel's start_byte). */
   offset: bigint;
   readable: boolean;
   writable: boolean;
+}
+
+/** A run of backing pages to map: what IOAS_COPY takes from each source area. */
+export interface PageSlice {
+  pages: BackingPages;
+  /** Byte offset from `pages.base`. */
+  offset: bigint;
+  length: bigint;
+}
+
+/** Indices of the backing pages an area covers (the kernel's pages_node). */
+function pageSpan(area: Area): [number, number] {
+  const end = area.offset + (area.last - area.start);
+  return [Number(area.offset / PAGE_SIZE), Number(end / PAGE_SIZE)];
 }
 
 /** What an IOAS needs of a HWPT_PAGING's domain. */
@@ -116,17 +154,25 @@ export class Ioas extends IommufdObject {
   /** IOAS_MAP after its flag and argument checks (iommufd-model.md 3.1 steps 5-10). */
   map(flags: number, userVa: bigint, length: bigint, iova: bigint): bigint {
     if (userVa + length > U64_MAX) throw new IommufdError('EOVERFLOW', 'user_va + length overflows');
-    if (length === 0n) throw new IommufdError('EINVAL', 'length is 0');
+    if (length === 0n || length > MAX_MAP_LENGTH)
+      throw new IommufdError('EINVAL', `length must be 1..${MAX_MAP_LENGTH}`);
     const pages = new BackingPages(userVa, length, (flags & IOMMU_IOAS_MAP_WRITEABLE) !== 0);
-    return this.insert(flags, pages, 0n, length, iova);
+    return this.insert(flags, pages, userVa % PAGE_SIZE, length, iova);
   }
 
-  /** Map `length` bytes of existing backing `pages` from byte `offset` (IOAS_COPY's destination). */
+  /** Map `length` bytes of existing backing `pages` from byte `offset` (from `pages.base`). */
   insert(flags: number, pages: BackingPages, offset: bigint, length: bigint, iova: bigint): bigint {
+    return this.mapSlices(flags, [{ pages, offset, length }], length, iova);
+  }
+
+  /**
+   * The destination side of MAP and COPY (iopt_map_pages): choose or check the IOVA range, then
+   * map each slice as its own area at consecutive IOVAs, into every domain. All or nothing.
+   */
+  mapSlices(flags: number, slices: readonly PageSlice[], length: bigint, iova: bigint): bigint {
     const align = this.iovaAlignment;
-    if (length % align !== 0n)
-      throw new IommufdError('EINVAL', `length is not a multiple of the IOVA alignment ${align}`);
-    const userVa = pages.userVa + offset;
+    if (length === 0n || length % align !== 0n)
+      throw new IommufdError('EINVAL', `length is 0 or not a multiple of the IOVA alignment ${align}`);
     let start: bigint;
     if ((flags & IOMMU_IOAS_MAP_FIXED_IOVA) !== 0) {
       if (iova % align !== 0n) throw new IommufdError('EINVAL', `iova is not aligned to ${align}`);
@@ -139,27 +185,60 @@ export class Ioas extends IommufdObject {
         throw new IommufdError('EEXIST', 'range touches an existing mapping');
       start = iova;
     } else {
-      start = this.allocateIova(userVa, length, align);
+      start = this.allocateIova(slices[0].pages.base + slices[0].offset, length, align);
     }
-    if ((userVa % PAGE_SIZE) % align !== 0n) {
-      throw new IommufdError(
-        'EINVAL',
-        `user_va's offset in its page is not a multiple of the IOVA alignment ${align}`,
-      );
+    const writable = (flags & IOMMU_IOAS_MAP_WRITEABLE) !== 0;
+    const areas: Area[] = [];
+    let at = start;
+    for (const slice of slices) {
+      // iopt_insert_area: write access needs writable pages, then the in-page offset must align.
+      if (writable && !slice.pages.writable)
+        throw new IommufdError('EPERM', 'WRITEABLE mapping of pages that were mapped read-only');
+      if ((slice.offset % PAGE_SIZE) % align !== 0n) {
+        throw new IommufdError(
+          'EINVAL',
+          `user_va's offset in its page is not a multiple of the IOVA alignment ${align}`,
+        );
+      }
+      areas.push({
+        start: at,
+        last: at + slice.length - 1n,
+        pages: slice.pages,
+        offset: slice.offset,
+        readable: (flags & IOMMU_IOAS_MAP_READABLE) !== 0,
+        writable,
+      });
+      at += slice.length;
     }
     this.injector.check('interval-alloc');
-    const area: Area = {
-      start,
-      last: start + length - 1n,
-      pages,
-      offset,
-      readable: (flags & IOMMU_IOAS_MAP_READABLE) !== 0,
-      writable: (flags & IOMMU_IOAS_MAP_WRITEABLE) !== 0,
-    };
-    this.fill(area);
-    this.areas.push(area);
+    const filled: Area[] = [];
+    try {
+      for (const area of areas) {
+        this.fill(area);
+        filled.push(area);
+      }
+    } catch (error) {
+      for (const area of filled) this.unfill(area);
+      throw error;
+    }
+    this.areas.push(...areas);
     this.areas.sort((a, b) => (a.start < b.start ? -1 : 1));
     return start;
+  }
+
+  /**
+   * The source side of COPY (iopt_get_pages): the slices of backing pages behind [iova, iova +
+   * length), which gap-free existing areas must cover (else ENOENT).
+   */
+  slicesOf(iova: bigint, length: bigint): PageSlice[] {
+    if (length === 0n) throw new IommufdError('EINVAL', 'length is 0');
+    if (iova + length - 1n > U64_MAX) throw new IommufdError('EOVERFLOW', 'iova + length - 1 overflows');
+    const last = iova + length - 1n;
+    return this.coveringAreas(iova, last).map((area) => {
+      const from = maxOf(area.start, iova);
+      const to = minOf(area.last, last);
+      return { pages: area.pages, offset: area.offset + (from - area.start), length: to - from + 1n };
+    });
   }
 
   /** IOAS_UNMAP (3.3): whole areas only; returns the bytes unmapped. Not atomic on error. */
@@ -270,11 +349,11 @@ export class Ioas extends IommufdObject {
       const done: Area[] = [];
       try {
         for (const area of this.areas) {
-          area.pages.pin(this.memory, this.injector);
+          area.pages.pin(this.memory, this.injector, ...pageSpan(area));
           try {
             domain.mapArea(area);
           } catch (error) {
-            area.pages.unpin(this.memory);
+            area.pages.unpin(this.memory, ...pageSpan(area));
             throw error;
           }
           done.push(area);
@@ -282,7 +361,7 @@ export class Ioas extends IommufdObject {
       } catch (error) {
         for (const area of done) {
           domain.unmapArea(area);
-          area.pages.unpin(this.memory);
+          area.pages.unpin(this.memory, ...pageSpan(area));
         }
         throw error;
       }
@@ -298,7 +377,7 @@ export class Ioas extends IommufdObject {
     if (i < 0) return;
     for (const area of this.areas) {
       domain.unmapArea(area);
-      area.pages.unpin(this.memory);
+      area.pages.unpin(this.memory, ...pageSpan(area));
     }
     this.domains.splice(i, 1);
     this.removeReserved(domain);
@@ -307,11 +386,10 @@ export class Ioas extends IommufdObject {
   /** Refuse an alignment that an existing area would violate (EADDRINUSE). */
   checkAlignment(align: bigint): void {
     for (const area of this.areas) {
-      const userVa = area.pages.userVa + area.offset;
       if (
         area.start % align !== 0n ||
         (area.last + 1n - area.start) % align !== 0n ||
-        (userVa % PAGE_SIZE) % align !== 0n
+        (area.offset % PAGE_SIZE) % align !== 0n
       ) {
         throw new IommufdError(
           'EADDRINUSE',
@@ -321,16 +399,16 @@ export class Ioas extends IommufdObject {
     }
   }
 
-  /** Map a new area into every domain; each (area, domain) pair holds one pin user of the pages. */
+  /** Map a new area into every domain; each (area, domain) pair is one user of the pages it covers. */
   private fill(area: Area): void {
     const done: IoasDomain[] = [];
     try {
       for (const domain of this.domains) {
-        area.pages.pin(this.memory, this.injector);
+        area.pages.pin(this.memory, this.injector, ...pageSpan(area));
         try {
           domain.mapArea(area);
         } catch (error) {
-          area.pages.unpin(this.memory);
+          area.pages.unpin(this.memory, ...pageSpan(area));
           throw error;
         }
         done.push(domain);
@@ -338,17 +416,22 @@ export class Ioas extends IommufdObject {
     } catch (error) {
       for (const domain of done) {
         domain.unmapArea(area);
-        area.pages.unpin(this.memory);
+        area.pages.unpin(this.memory, ...pageSpan(area));
       }
       throw error;
     }
   }
 
-  private removeArea(area: Area): void {
+  /** Undo fill(): unmap the area from every domain and drop its pin users. */
+  private unfill(area: Area): void {
     for (const domain of this.domains) {
       domain.unmapArea(area);
-      area.pages.unpin(this.memory);
+      area.pages.unpin(this.memory, ...pageSpan(area));
     }
+  }
+
+  private removeArea(area: Area): void {
+    this.unfill(area);
     this.areas.splice(this.areas.indexOf(area), 1);
   }
 
@@ -357,8 +440,21 @@ export class Ioas extends IommufdObject {
     for (const r of this.reserved) if (r.owner === from) r.owner = to;
   }
 
-  /** First fit at the lowest address (3.2). */
+  /** The allowed list as the kernel's span walk sees it: ranges that touch or overlap are one span. */
+  private allowedSpans(): IovaRange[] {
+    const spans: IovaRange[] = [];
+    for (const r of [...this.allowed].sort((a, b) => (a.start < b.start ? -1 : 1))) {
+      const prev = spans[spans.length - 1];
+      if (prev && r.start <= prev.last + 1n) prev.last = maxOf(prev.last, r.last);
+      else spans.push({ start: r.start, last: r.last });
+    }
+    return spans;
+  }
+
+  /** First fit at the lowest address (iopt_alloc_iova, 3.2). */
   private allocateIova(userVa: bigint, length: bigint, iovaAlignment: bigint): bigint {
+    // The kernel protects roundup_pow_of_two() from overflow this way.
+    if (length >= U64_MAX / 2n) throw new IommufdError('EOVERFLOW', 'length is U64_MAX / 2 or more');
     let align = userVa === 0n ? roundupPow2(length) : minOf(roundupPow2(length), lowestSetBit(userVa));
     if (align > AUTO_ALIGN_CAP) align = AUTO_ALIGN_CAP;
     if (align < iovaAlignment)
@@ -366,19 +462,25 @@ export class Ioas extends IommufdObject {
         'EINVAL',
         `natural alignment ${align} is below the IOVA alignment ${iovaAlignment}`,
       );
-    const spans = this.allowed.length > 0 ? this.allowed : [{ start: 0n, last: U64_MAX }];
-    const busy = [...this.reserved, ...this.areas].sort((a, b) => (a.start < b.start ? -1 : 1));
     const inPage = userVa % PAGE_SIZE;
+    // __alloc_iova_check_range: the candidate must start strictly below the last byte of the range.
+    const placeIn = (first: bigint, last: bigint): bigint | undefined => {
+      const start = alignUp(first, align) | inPage;
+      return start < last && last - start >= length - 1n ? start : undefined;
+    };
+    const spans = this.allowed.length > 0 ? this.allowedSpans() : [{ start: 0n, last: U64_MAX }];
+    const busy = [...this.reserved, ...this.areas].sort((a, b) => (a.start < b.start ? -1 : 1));
     for (const span of spans) {
       const lo = maxOf(span.start, PAGE_SIZE);
       const hi = minOf(span.last, U64_MAX - PAGE_SIZE);
+      if (lo > hi || placeIn(lo, hi) === undefined) continue;
       let holeStart = lo;
       for (const b of [...busy, { start: hi + 1n, last: hi + 1n }]) {
         if (b.last < holeStart) continue;
         const holeLast = minOf(b.start - 1n, hi);
         if (holeLast >= holeStart) {
-          const start = alignUp(holeStart, align) | inPage;
-          if (start >= holeStart && start + length - 1n <= holeLast) return start;
+          const start = placeIn(holeStart, holeLast);
+          if (start !== undefined) return start;
         }
         if (b.last + 1n > holeStart) holeStart = b.last + 1n;
         if (holeStart > hi) break;

@@ -147,12 +147,7 @@ export class Iommufd {
     this.live();
     const iova = u64(args.iova, 'iova');
     const length = u64(args.length, 'length');
-    if (!(iova === 0n && length === U64_MAX)) {
-      if (iova >= U64_MAX || length >= U64_MAX)
-        throw new IommufdError('EOVERFLOW', 'iova or length is U64_MAX');
-      if (length === 0n) throw new IommufdError('EINVAL', 'length is 0');
-      if (iova + length - 1n > U64_MAX) throw new IommufdError('EOVERFLOW', 'iova + length - 1 overflows');
-    }
+    // The kernel looks the IOAS up before it judges the range (iommufd_ioas_unmap).
     const ioas = this.table.get<Ioas>(u32(args.ioasId, 'ioasId'), 'IOAS');
     return { length: ioas.unmap(iova, length) };
   }
@@ -178,21 +173,9 @@ export class Iommufd {
       throw new IommufdError('EINVAL', 'a copy must be READABLE or WRITEABLE');
     }
     const src = this.table.get<Ioas>(u32(args.srcIoasId, 'srcIoasId'), 'IOAS');
-    if (length === 0n) throw new IommufdError('EINVAL', 'length is 0');
-    if (srcIova + length - 1n > U64_MAX)
-      throw new IommufdError('EOVERFLOW', 'src_iova + length - 1 overflows');
-    const srcLast = srcIova + length - 1n;
-    const run = src.coveringAreas(srcIova, srcLast);
+    const slices = src.slicesOf(srcIova, length);
     const dst = this.table.get<Ioas>(u32(args.dstIoasId, 'dstIoasId'), 'IOAS');
-    if ((flags & IOMMU_IOAS_MAP_WRITEABLE) !== 0 && run.some((a) => !a.pages.writable)) {
-      throw new IommufdError('EPERM', 'WRITEABLE copy of pages that were mapped read-only');
-    }
-    if (run.length > 1) {
-      throw new IommufdError('EINVAL', 'copies spanning several source mappings are not modelled yet');
-    }
-    const area = run[0];
-    const offset = area.offset + (srcIova - area.start);
-    return { dstIova: dst.insert(flags, area.pages, offset, length, dstIova) };
+    return { dstIova: dst.mapSlices(flags, slices, length, dstIova) };
   }
 
   ioasIovaRanges(args: { ioasId: number; numIovas: number }): {
@@ -231,14 +214,17 @@ export class Iommufd {
     const op = args.op;
     const objectId = u32(args.objectId, 'objectId');
     const val64 = u64(args.val64, 'val64');
-    if (op !== IOMMU_OPTION_OP_SET && op !== IOMMU_OPTION_OP_GET)
-      throw new IommufdError('EOPNOTSUPP', `unknown option op ${op}`);
+    const badOp = () => new IommufdError('EOPNOTSUPP', `unknown option op ${op}`);
+    // Each option judges its object before the op, as iommufd_option_rlimit_mode and
+    // iommufd_ioas_option do.
     if (optionId === IOMMU_OPTION_RLIMIT_MODE) {
       if (objectId !== 0) throw new IommufdError('EOPNOTSUPP', 'RLIMIT_MODE is global: object_id must be 0');
       if (op === IOMMU_OPTION_OP_GET) return { val64: this.rlimitMode };
+      if (op !== IOMMU_OPTION_OP_SET) throw badOp();
       if (!this.capSysResource) throw new IommufdError('EPERM', 'setting RLIMIT_MODE needs CAP_SYS_RESOURCE');
-      if (this.table.objects().length > 0)
+      if (this.table.objects().length > 0) {
         throw new IommufdError('EBUSY', 'RLIMIT_MODE can only change on an empty iommufd');
+      }
       if (val64 > 1n) throw new IommufdError('EINVAL', 'RLIMIT_MODE is 0 (user) or 1 (mm)');
       this.rlimitMode = val64;
       return { val64 };
@@ -246,12 +232,16 @@ export class Iommufd {
     if (optionId === IOMMU_OPTION_HUGE_PAGES) {
       const ioas = this.table.get<Ioas>(objectId, 'IOAS');
       if (op === IOMMU_OPTION_OP_GET) return { val64: ioas.disableLargePages ? 0n : 1n };
+      if (op !== IOMMU_OPTION_OP_SET) throw badOp();
       if (val64 === 0n) {
-        if (ioas.domains.length > 0 && ioas.areas.length > 0) {
-          throw new IommufdError('EINVAL', 'cannot disable huge pages while domains map areas');
+        // Disabling twice is a no-op (iopt_disable_large_pages returns early).
+        if (!ioas.disableLargePages) {
+          if (ioas.domains.length > 0 && ioas.areas.length > 0) {
+            throw new IommufdError('EINVAL', 'cannot disable huge pages while domains map areas');
+          }
+          ioas.checkAlignment(maxOf(PAGE_SIZE, ioas.iovaAlignment));
+          ioas.disableLargePages = true;
         }
-        ioas.checkAlignment(maxOf(PAGE_SIZE, ioas.iovaAlignment));
-        ioas.disableLargePages = true;
       } else if (val64 === 1n) {
         ioas.disableLargePages = false;
       } else {
