@@ -92,6 +92,13 @@ export interface IommuOps {
   readonly viommuType: number;
   allocViommu(device: IommuDevice, parent: PagingDomain, type: number, data: Uint8Array): ViommuState;
   readonly veventqType: number;
+  /** HW queue type the driver's vIOMMU takes (0: none). */
+  readonly hwQueueType: number;
+  /**
+   * Accept HW queue `index` on a vIOMMU given which indices exist; undefined or the errno
+   * (the driver's hw_queue_init_phys rules).
+   */
+  checkHwQueue(viommu: ViommuState, index: number, exists: (index: number) => boolean): Errno | undefined;
   /** The invalidation data type a nested domain or a vIOMMU takes, and its entry length bounds. */
   invalidationFormat(target: NestedDomain | ViommuState): InvalidationFormat | undefined;
   /** One cache-invalidation entry (already checked against the format's type and bounds). */

@@ -8,7 +8,7 @@
  * and the walker bounds-checks against guest RAM; real stage-2 tables come with the IOMMU issue.
  */
 import type { GuestMemory } from '../../shared/guest-memory.ts';
-import { ErrnoError } from './errno.ts';
+import { type Errno, ErrnoError } from './errno.ts';
 import type { Iommu } from './iommu.ts';
 import type {
   AddressRange,
@@ -156,6 +156,8 @@ export class Smmuv3Ops implements IommuOps {
   readonly name = 'arm-smmu-v3';
   readonly viommuType = IOMMU_VIOMMU_TYPE_ARM_SMMUV3;
   readonly veventqType = IOMMU_VEVENTQ_TYPE_ARM_SMMUV3;
+  /** No direct-access guest queues (that is the Tegra CMDQV extension). */
+  readonly hwQueueType = 0;
   /** Stage 2 of each attached stream (the paging domain, or the nested domain's parent). */
   private readonly stage2Of = new Map<number, PagingDomain>();
 
@@ -250,6 +252,10 @@ export class Smmuv3Ops implements IommuOps {
     if (data.length !== 0) throw new ErrnoError('EINVAL', 'the SMMUv3 vIOMMU takes no data');
     if (!parent.flags.nestParent) throw new ErrnoError('EINVAL', 'a vIOMMU needs a nest parent');
     return new Smmuv3Viommu();
+  }
+
+  checkHwQueue(): Errno | undefined {
+    return 'EOPNOTSUPP';
   }
 
   invalidationFormat(target: NestedDomain | ViommuState): InvalidationFormat | undefined {

@@ -93,6 +93,14 @@ export interface Area extends IovaRange {
   offset: bigint;
   readable: boolean;
   writable: boolean;
+  /** HW queues that locked this area's pages: IOAS_UNMAP over it is EBUSY while any remains. */
+  locks: number;
+}
+
+/** What `lockRange` took: the areas it locked and the backing page spans it pinned. */
+export interface RangeLock {
+  areas: Area[];
+  spans: { pages: BackingPages; first: number; last: number }[];
 }
 
 /** A run of backing pages to map: what IOAS_COPY takes from each source area. */
@@ -207,6 +215,7 @@ export class Ioas extends IommufdObject {
         offset: slice.offset,
         readable: (flags & IOMMU_IOAS_MAP_READABLE) !== 0,
         writable,
+        locks: 0,
       });
       at += slice.length;
     }
@@ -246,6 +255,7 @@ export class Ioas extends IommufdObject {
     if (iova === 0n && length === U64_MAX) {
       let total = 0n;
       for (const area of [...this.areas]) {
+        if (area.locks > 0) throw new IommufdError('EBUSY', 'a HW queue has locked a mapping in the range');
         total += area.last - area.start + 1n;
         this.removeArea(area);
       }
@@ -263,6 +273,7 @@ export class Ioas extends IommufdObject {
       if (area.start < iova || area.last > last) {
         throw new IommufdError('ENOENT', 'a mapping sticks out of the range (unmap never splits an area)');
       }
+      if (area.locks > 0) throw new IommufdError('EBUSY', 'a HW queue has locked a mapping in the range');
       total += area.last - area.start + 1n;
       this.removeArea(area);
     }
@@ -284,6 +295,46 @@ export class Ioas extends IommufdObject {
       next = area.last + 1n;
     }
     throw new IommufdError('ENOENT', 'the source range is not completely mapped');
+  }
+
+  /**
+   * Pin and lock [iova, iova + length) for a HW queue (iopt_pin_pages + lock): ENOENT unless mapped
+   * without gaps, EFAULT unless the pages are physically contiguous. The pin shares the backing's
+   * per-page pin with the domains (a page is pinned once). Undo with `unlockRange`.
+   */
+  lockRange(iova: bigint, length: bigint): RangeLock {
+    const spans = this.slicesOf(iova, length).map((slice) => ({
+      pages: slice.pages,
+      first: Number(slice.offset / PAGE_SIZE),
+      last: Number((slice.offset + slice.length - 1n) / PAGE_SIZE),
+    }));
+    const areas = this.coveringAreas(iova, iova + length - 1n);
+    const pinned: typeof spans = [];
+    try {
+      for (const span of spans) {
+        span.pages.pin(this.memory, this.injector, span.first, span.last);
+        pinned.push(span);
+      }
+      let previous = -1;
+      for (const span of spans) {
+        for (let i = span.first; i <= span.last; i++) {
+          const frame = span.pages.frames[i];
+          if (previous >= 0 && frame !== previous + 1)
+            throw new IommufdError('EFAULT', 'the range is not physically contiguous');
+          previous = frame;
+        }
+      }
+    } catch (error) {
+      for (const span of pinned) span.pages.unpin(this.memory, span.first, span.last);
+      throw error;
+    }
+    for (const area of areas) area.locks++;
+    return { areas, spans };
+  }
+
+  unlockRange(lock: RangeLock): void {
+    for (const area of lock.areas) area.locks--;
+    for (const span of lock.spans) span.pages.unpin(this.memory, span.first, span.last);
   }
 
   /** IOAS_IOVA_RANGES: the holes of the reserved set over [0, U64_MAX]. */

@@ -10,6 +10,7 @@ import { type AttachContext, attachDevice, DeviceObject, detachDevice, replaceDe
 import { IommufdError } from './errors.ts';
 import { type FaultFd, FaultObject } from './fault.ts';
 import { FaultInjector } from './fault-injector.ts';
+import { HwQueueObject } from './hw-queue.ts';
 import {
   type Hwpt,
   HwptNested,
@@ -515,6 +516,47 @@ export class Iommufd {
     });
     viommu.veventqs.set(type, veventq);
     return { veventqId: veventq.id, veventqFd: fd as VeventqFd };
+  }
+
+  /**
+   * HW_QUEUE_ALLOC: a guest queue at `nestingParentIova` of the vIOMMU's nesting-parent IOAS, pinned
+   * and locked (IOAS_UNMAP over it is EBUSY) until the queue is destroyed.
+   */
+  hwQueueAlloc(args: {
+    flags?: number;
+    viommuId: number;
+    type: number;
+    index: number;
+    nestingParentIova: bigint;
+    length: bigint;
+  }): { hwQueueId: number } {
+    this.live();
+    const type = u32(args.type, 'type');
+    const index = u32(args.index, 'index');
+    const iova = u64(args.nestingParentIova, 'nestingParentIova');
+    const length = u64(args.length, 'length');
+    if (u32(args.flags, 'flags') !== 0 || type === 0)
+      throw new IommufdError('EOPNOTSUPP', 'flags must be 0 and type not DEFAULT');
+    if (length === 0n) throw new IommufdError('EINVAL', 'length is 0');
+    if (iova + length - 1n > U64_MAX)
+      throw new IommufdError('EOVERFLOW', 'nesting_parent_iova + length - 1 overflows');
+    const viommu = this.table.get<ViommuObject>(u32(args.viommuId, 'viommuId'), 'VIOMMU');
+    const ops = viommu.parent.domain.ops;
+    if (ops.hwQueueType === 0 || type !== ops.hwQueueType) {
+      throw new IommufdError('EOPNOTSUPP', `the driver has no HW queue of type 0x${type.toString(16)}`);
+    }
+    const ioas = viommu.parent.ioas;
+    const queue = this.table.create(() => {
+      this.injector.check('pin');
+      const lock = ioas.lockRange(iova, length);
+      const errno = ops.checkHwQueue(viommu.state, index, (i) => viommu.hwQueues[i] !== undefined);
+      if (errno) {
+        ioas.unlockRange(lock);
+        throw new IommufdError(errno, `the driver refused HW queue index ${index}`);
+      }
+      return new HwQueueObject(viommu, index, index > 0 ? viommu.hwQueues[index - 1] : undefined, ioas, lock);
+    });
+    return { hwQueueId: queue.id };
   }
 
   /** A driver reports a vIOMMU event (iommufd_viommu_report_event). EOPNOTSUPP without a queue. */

@@ -12,6 +12,7 @@ export type ObjectType =
   | 'VIOMMU'
   | 'VDEVICE'
   | 'VEVENTQ'
+  | 'HW_QUEUE'
   | 'SELFTEST';
 
 export abstract class IommufdObject {

@@ -4,7 +4,7 @@
  * domains remember their mappings; nested domains carry a 4-slot IOTLB and devices a 4-slot cache
  * that invalidation clears.
  */
-import { ErrnoError } from '../iommu/errno.ts';
+import { type Errno, ErrnoError } from '../iommu/errno.ts';
 import type {
   Domain,
   HwInfo,
@@ -42,6 +42,8 @@ export const IOMMU_VEVENTQ_TYPE_SELFTEST = 0xbeefbeef;
 export const IOMMU_HWPT_INVALIDATE_DATA_SELFTEST = 0xdeadbeef;
 export const IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID = 0xdadbeef;
 export const IOMMU_TEST_INVALIDATE_FLAG_ALL = 1;
+export const IOMMU_HW_QUEUE_TYPE_SELFTEST = 0xdeadbeef;
+export const IOMMU_TEST_HW_QUEUE_MAX = 2;
 const MOCK_FLAGS_DEVICE_VALID =
   MOCK_FLAGS_DEVICE_NO_DIRTY | MOCK_FLAGS_DEVICE_HUGE_IOVA | MOCK_FLAGS_DEVICE_PASID;
 /**
@@ -135,6 +137,7 @@ export class MockIommu implements IommuOps {
   readonly name = 'mock';
   readonly viommuType = IOMMU_VIOMMU_TYPE_SELFTEST;
   readonly veventqType = IOMMU_VEVENTQ_TYPE_SELFTEST;
+  readonly hwQueueType = IOMMU_HW_QUEUE_TYPE_SELFTEST;
   readonly iopf: IopfQueue;
   private readonly devices = new Map<number, MockDevice>();
   private readonly handlers = new Map<string, IopfHandler>();
@@ -212,6 +215,14 @@ export class MockIommu implements IommuOps {
     const out = new Uint8Array(data);
     new DataView(out.buffer).setUint32(4, le32(data, 0), true);
     return new MockViommu(out);
+  }
+
+  /** mock_hw_queue_init_phys: two queues, each index once, and k needs k-1 first. */
+  checkHwQueue(_viommu: ViommuState, index: number, exists: (index: number) => boolean): Errno | undefined {
+    if (index >= IOMMU_TEST_HW_QUEUE_MAX) return 'EINVAL';
+    if (exists(index)) return 'EEXIST';
+    if (index > 0 && !exists(index - 1)) return 'EIO';
+    return undefined;
   }
 
   invalidationFormat(target: NestedDomain | ViommuState): InvalidationFormat | undefined {

@@ -5,6 +5,7 @@
  */
 import type { IommuDevice, ViommuState } from '../iommu/iommu-ops.ts';
 import type { DeviceObject } from './device.ts';
+import type { HwQueueObject } from './hw-queue.ts';
 import type { HwptPaging } from './hwpt.ts';
 import { IommufdObject } from './object.ts';
 import type { VeventqObject } from './veventq.ts';
@@ -14,6 +15,8 @@ export class ViommuObject extends IommufdObject {
   /** vDEVICEs by virt_id. */
   readonly vdevices = new Map<bigint, VdeviceObject>();
   readonly veventqs = new Map<number, VeventqObject>();
+  /** HW queues by index. */
+  readonly hwQueues: (HwQueueObject | undefined)[] = [];
 
   constructor(
     readonly parent: HwptPaging,
