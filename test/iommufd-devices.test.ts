@@ -2208,3 +2208,26 @@ describe('iommufd-model.md §10 selftest mock facts', () => {
     teardown(fd);
   });
 });
+
+describe('HWPT_ALLOC order (hw_pagetable.c)', () => {
+  test('the domain is populated before fault_id is looked up: EADDRINUSE wins over a bad fault_id', () => {
+    const fd = new Iommufd();
+    const { ioasId: ioas1 } = fd.ioasAlloc();
+    const { ioasId: ioas2 } = fd.ioasAlloc();
+    const { idevId } = fd.testMockDomain({ id: ioas2 });
+    // An allowed range across the mock aperture's end: the domain's reservation meets it.
+    fd.ioasAllowIovas({ ioasId: ioas1, allowedIovas: [{ start: 0x7fff_f000n, last: 0x8000_0fffn }] });
+    const before = fd.objects().length;
+    expect(() =>
+      fd.hwptAlloc({ flags: IOMMU_HWPT_FAULT_ID_VALID, devId: idevId, ptId: ioas1, faultId: 99 }),
+    ).toThrow(/EADDRINUSE/);
+    // With a populatable IOAS, the bad fault_id is ENOENT and the half-built HWPT is gone.
+    const { ioasId: ioas3 } = fd.ioasAlloc();
+    expect(() =>
+      fd.hwptAlloc({ flags: IOMMU_HWPT_FAULT_ID_VALID, devId: idevId, ptId: ioas3, faultId: 99 }),
+    ).toThrow(/ENOENT/);
+    expect(fd.objects().length).toBe(before + 1);
+    expect(fd.reservedIds).toBe(0);
+    fd.close();
+  });
+});

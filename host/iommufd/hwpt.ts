@@ -25,11 +25,17 @@ export class HwptPaging extends IommufdObject implements IoasDomain {
     readonly ioas: Ioas,
     readonly domain: PagingDomain,
     readonly autoDomain: boolean,
-    readonly fault: FaultObject | undefined,
     private readonly injector: FaultInjector,
   ) {
     super();
   }
+
+  /** The FAULT object this HWPT routes page faults to (set once, after the domain is populated). */
+  get fault(): FaultObject | undefined {
+    return this.faultQueue;
+  }
+
+  private faultQueue: FaultObject | undefined;
 
   get pageSize(): bigint {
     return this.domain.pageSize;
@@ -47,11 +53,16 @@ export class HwptPaging extends IommufdObject implements IoasDomain {
     return this.domain.flags.pasid;
   }
 
-  /** Take the references a finalized paging HWPT holds and join its IOAS. */
+  /** Join the IOAS (the domain is populated with every area) and hold it. */
   link(): void {
     this.ioas.addDomain(this);
     this.ioas.hold();
-    this.fault?.hold();
+  }
+
+  /** Route faults to `fault` and hold it; the kernel looks fault_id up after populating the domain. */
+  routeFaults(fault: FaultObject | undefined): void {
+    fault?.hold();
+    this.faultQueue = fault;
   }
 
   mapArea(area: Area): void {

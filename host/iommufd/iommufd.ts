@@ -714,8 +714,15 @@ export class Iommufd {
           data,
         ),
       );
-      const hwpt = new HwptPaging(ioas, domain, autoDomain, fault?.(), this.injector);
+      const hwpt = new HwptPaging(ioas, domain, autoDomain, this.injector);
       hwpt.link();
+      try {
+        // hw_pagetable.c: the domain is populated first; a bad fault_id then undoes it.
+        hwpt.routeFaults(fault?.());
+      } catch (error) {
+        hwpt.destroy();
+        throw error;
+      }
       return hwpt;
     });
   }
