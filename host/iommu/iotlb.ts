@@ -65,37 +65,22 @@ export class Iotlb {
   /** Output page base for (domain, pasid, page of `va`), or -1 on a miss. */
   lookup(domain: number, pasid: number, va: number): number {
     const page = Math.floor(va / PAGE);
-    const base = this.setOf(domain, pasid, page) * this.ways;
-    for (let i = base; i < base + this.ways; i++) {
-      if (
-        this.valid[i] !== 0 &&
-        this.tagPage[i] === page &&
-        this.tagDomain[i] === domain &&
-        this.tagPasid[i] === pasid
-      ) {
-        this.stats.hits++;
-        this.lastPerm = this.perm[i];
-        return this.output[i];
-      }
+    const i = this.find(this.setOf(domain, pasid, page) * this.ways, domain, pasid, page);
+    if (i < 0) {
+      this.stats.misses++;
+      return -1;
     }
-    this.stats.misses++;
-    return -1;
+    this.stats.hits++;
+    this.lastPerm = this.perm[i];
+    return this.output[i];
   }
 
   insert(domain: number, pasid: number, va: number, outputPage: number, perm: number): void {
     const page = Math.floor(va / PAGE);
     const set = this.setOf(domain, pasid, page);
     const base = set * this.ways;
-    let slot = -1;
-    for (let i = base; i < base + this.ways; i++) {
-      if (
-        this.valid[i] === 0 ||
-        (this.tagPage[i] === page && this.tagDomain[i] === domain && this.tagPasid[i] === pasid)
-      ) {
-        slot = i;
-        break;
-      }
-    }
+    let slot = this.find(base, domain, pasid, page);
+    for (let i = base; slot < 0 && i < base + this.ways; i++) if (this.valid[i] === 0) slot = i;
     if (slot < 0) {
       slot = base + this.victim[set];
       this.victim[set] = (this.victim[set] + 1) & (this.ways - 1);
@@ -117,17 +102,8 @@ export class Iotlb {
     const last = Math.floor((va + length - 1) / PAGE);
     if (pasid !== ANY_PASID && last - first < PROBE_LIMIT) {
       for (let page = first; page <= last; page++) {
-        const base = this.setOf(domain, pasid, page) * this.ways;
-        for (let i = base; i < base + this.ways; i++) {
-          if (
-            this.valid[i] !== 0 &&
-            this.tagPage[i] === page &&
-            this.tagDomain[i] === domain &&
-            this.tagPasid[i] === pasid
-          ) {
-            this.drop(i);
-          }
-        }
+        const i = this.find(this.setOf(domain, pasid, page) * this.ways, domain, pasid, page);
+        if (i >= 0) this.drop(i);
       }
       return;
     }
@@ -168,6 +144,21 @@ export class Iotlb {
     let n = 0;
     for (let i = 0; i < this.entries; i++) n += this.valid[i];
     return n;
+  }
+
+  /** The valid entry for (domain, pasid, page) in the set starting at `base`, or -1 (at most one exists). */
+  private find(base: number, domain: number, pasid: number, page: number): number {
+    for (let i = base; i < base + this.ways; i++) {
+      if (
+        this.valid[i] !== 0 &&
+        this.tagPage[i] === page &&
+        this.tagDomain[i] === domain &&
+        this.tagPasid[i] === pasid
+      ) {
+        return i;
+      }
+    }
+    return -1;
   }
 
   private drop(i: number): void {

@@ -400,20 +400,11 @@ export class Ioas extends IommufdObject {
       const done: Area[] = [];
       try {
         for (const area of this.areas) {
-          area.pages.pin(this.memory, this.injector, ...pageSpan(area));
-          try {
-            domain.mapArea(area);
-          } catch (error) {
-            area.pages.unpin(this.memory, ...pageSpan(area));
-            throw error;
-          }
+          this.mapInto(area, domain);
           done.push(area);
         }
       } catch (error) {
-        for (const area of done) {
-          domain.unmapArea(area);
-          area.pages.unpin(this.memory, ...pageSpan(area));
-        }
+        for (const area of done) this.unmapFrom(area, domain);
         throw error;
       }
     } catch (error) {
@@ -426,10 +417,7 @@ export class Ioas extends IommufdObject {
   removeDomain(domain: IoasDomain): void {
     const i = this.domains.indexOf(domain);
     if (i < 0) return;
-    for (const area of this.areas) {
-      domain.unmapArea(area);
-      area.pages.unpin(this.memory, ...pageSpan(area));
-    }
+    for (const area of this.areas) this.unmapFrom(area, domain);
     this.domains.splice(i, 1);
     this.removeReserved(domain);
   }
@@ -455,22 +443,29 @@ export class Ioas extends IommufdObject {
     const done: IoasDomain[] = [];
     try {
       for (const domain of this.domains) {
-        area.pages.pin(this.memory, this.injector, ...pageSpan(area));
-        try {
-          domain.mapArea(area);
-        } catch (error) {
-          area.pages.unpin(this.memory, ...pageSpan(area));
-          throw error;
-        }
+        this.mapInto(area, domain);
         done.push(domain);
       }
     } catch (error) {
-      for (const domain of done) {
-        domain.unmapArea(area);
-        area.pages.unpin(this.memory, ...pageSpan(area));
-      }
+      for (const domain of done) this.unmapFrom(area, domain);
       throw error;
     }
+  }
+
+  /** Pin the area's pages for one more domain and map them there; nothing stays on failure. */
+  private mapInto(area: Area, domain: IoasDomain): void {
+    area.pages.pin(this.memory, this.injector, ...pageSpan(area));
+    try {
+      domain.mapArea(area);
+    } catch (error) {
+      area.pages.unpin(this.memory, ...pageSpan(area));
+      throw error;
+    }
+  }
+
+  private unmapFrom(area: Area, domain: IoasDomain): void {
+    domain.unmapArea(area);
+    area.pages.unpin(this.memory, ...pageSpan(area));
   }
 
   /** Undo fill(): unmap the area from every domain and drop its pin users. */
