@@ -81,7 +81,12 @@ export class GuestVm implements GuestControl {
       ),
     }));
     this.workloads = this.devices.map((device) =>
-      createWorkload(config.workload, device, this.pager, this.counters),
+      createWorkload(
+        config.workload,
+        device,
+        { pager: this.pager, spaces: this.spaces, ramSize: this.memory.size },
+        this.counters,
+      ),
     );
   }
 

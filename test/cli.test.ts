@@ -117,8 +117,9 @@ describe('ioasid-sandbox bench', () => {
     expect(r.quick).toBe(true);
     expect(r.figures.map((f: { name: string }) => f.name)).toEqual([
       'translate, IOTLB hit',
-      'translate, IOTLB miss (walk + fill)',
-      'stage-1 walk, 4 levels (CD + 4 table reads)',
+      'translate, IOTLB miss (nested walk + fill)',
+      'full nested walk (CD + 4 levels, each through 4 S2 levels)',
+      'stage-1 walk, stage 2 by identity',
     ]);
     for (const f of r.figures) expect(f.value).toBeGreaterThan(0);
     expect(r.ratios['IOTLB hit / miss']).toBeGreaterThan(0);

@@ -14,7 +14,7 @@ import { ACCESS_READ, ACCESS_WRITE, newWalkResult } from '../host/iommu/stage1-w
 import { IOMMU_HWPT_ALLOC_NEST_PARENT } from '../host/iommufd/hwpt.ts';
 import { Iommufd } from '../host/iommufd/iommufd.ts';
 import { GuestMemory } from '../shared/guest-memory.ts';
-import { F_PERMISSION, F_TRANSLATION } from '../shared/records/event-types.ts';
+import { CLASS_CD, CLASS_IN, F_PERMISSION, F_TRANSLATION } from '../shared/records/event-types.ts';
 import { clearEntry, ENTRY_BYTES, tableIndex } from '../shared/stage1-format.ts';
 
 const VA = 0x7e00_0000_5000;
@@ -37,14 +37,10 @@ describe('IOMMU translation with the IOTLB', () => {
     const ops = new Smmuv3Ops(iommu);
     fd = new Iommufd();
     const { ioasId } = fd.ioasAlloc();
-    fd.ioasMap({
-      flags: 1 | 2 | 4,
-      ioasId,
-      userVa: fd.mmap(BigInt(memory.size)),
-      length: BigInt(memory.size),
-      iova: 0n,
-    });
-    devId = fd.bindDevice({ device: ops.device(SID, 20, memory) }).devId;
+    // The VMM's mapping of guest RAM: backed by the RAM's host-physical pages.
+    const userVa = fd.memory.mmap(BigInt(memory.size), { hpa: iommu.host.register(memory) });
+    fd.ioasMap({ flags: 1 | 2 | 4, ioasId, userVa, length: BigInt(memory.size), iova: 0n });
+    devId = fd.bindDevice({ device: ops.device(SID, 20) }).devId;
     const { hwptId } = fd.hwptAlloc({ flags: IOMMU_HWPT_ALLOC_NEST_PARENT, devId, ptId: ioasId });
     viommuId = fd.viommuAlloc({ type: IOMMU_VIOMMU_TYPE_ARM_SMMUV3, devId, hwptId }).viommuId;
     fd.vdeviceAlloc({ viommuId, devId, virtId: 0n });
@@ -61,8 +57,14 @@ describe('IOMMU translation with the IOTLB', () => {
     spaces.table(1).map(VA, 0x8000);
     expect(iommu.translate(SID, 1, VA + 0x10, ACCESS_READ, out)).toBe(true);
     expect(out.gpa).toBe(0x8010);
+    // Stage 2 took GPA 0x8010 to the host-physical page of the VM's RAM region.
+    expect(out.memory).toBe(memory);
+    expect(out.offset).toBe(0x8010);
+    expect(out.hpa % 2 ** 36).toBe(0x8010);
+    expect(out.hpa).toBeGreaterThanOrEqual(2 ** 36);
     expect(iommu.translate(SID, 1, VA + 0x20, ACCESS_READ, out)).toBe(true);
-    expect(out.gpa).toBe(0x8020);
+    expect(out.memory).toBe(memory);
+    expect(out.offset).toBe(0x8020);
     expect(iommu.stats).toMatchObject({ translations: 2, walks: 1, iotlbHits: 1, iotlbMisses: 1 });
   });
 
@@ -103,12 +105,43 @@ describe('IOMMU translation with the IOTLB', () => {
     expect(out.fault).toBe(F_TRANSLATION);
   });
 
-  test('a host stage-2 unmap invalidates the streams over it before it returns', () => {
+  test('a host stage-2 unmap invalidates the streams over it before it returns, and the DMA then faults at stage 2', () => {
     spaces.table(1).map(VA, 0x8000);
     iommu.translate(SID, 1, VA, ACCESS_READ, out);
     expect(iommu.iotlb.occupancy).toBe(1);
     fd.ioasUnmap({ ioasId: 1, iova: 0n, length: (1n << 64n) - 1n });
     expect(iommu.iotlb.occupancy).toBe(0);
+    expect(iommu.translate(SID, 1, VA, ACCESS_READ, out)).toBe(false);
+    // The CD itself is no longer reachable: a stage-2 fault on the CD fetch, the host's.
+    expect(out).toMatchObject({ fault: F_TRANSLATION, stage2: true, faultClass: CLASS_CD });
+    expect(iommu.stats.stage2Faults).toBe(1);
+  });
+
+  test('a guest table pointing outside its IOAS faults at stage 2 on the output, and moves nothing', () => {
+    spaces.table(1).map(VA, memory.size + 0x1000); // a GPA the VM's IOAS does not map
+    expect(iommu.translate(SID, 1, VA, ACCESS_READ, out)).toBe(false);
+    expect(out).toMatchObject({
+      fault: F_TRANSLATION,
+      stage2: true,
+      faultClass: CLASS_IN,
+      fetchAddress: memory.size + 0x1000,
+    });
+    expect(iommu.stats).toMatchObject({ stage1Faults: 0, stage2Faults: 1 });
+  });
+
+  test('a read-only stage 2 refuses a DMA write with a stage-2 permission fault', () => {
+    const ro = new Iommufd();
+    const { ioasId } = ro.ioasAlloc();
+    const iommu2 = new Iommu();
+    const ops2 = new Smmuv3Ops(iommu2);
+    const userVa = ro.memory.mmap(BigInt(memory.size), { hpa: iommu2.host.register(memory) });
+    ro.ioasMap({ flags: 1 | 4, ioasId, userVa, length: BigInt(memory.size), iova: 0n });
+    const { devId: d } = ro.bindDevice({ device: ops2.device(SID, 20) });
+    const { hwptId } = ro.hwptAlloc({ devId: d, ptId: ioasId });
+    ro.attachDevice({ devId: d, ptId: hwptId }); // S1 bypass: the DMA address is the GPA
+    expect(iommu2.translate(SID, 0, 0x8000, ACCESS_READ, out)).toBe(true);
+    expect(iommu2.translate(SID, 0, 0x8000, ACCESS_WRITE, out)).toBe(false);
+    expect(out).toMatchObject({ fault: F_PERMISSION, stage2: true });
   });
 
   test('an unknown invalidation command is refused with the entries handled so far', () => {

@@ -104,4 +104,22 @@ vms:
     expect(r.vms.map((vm) => vm.faultsDelivered)).toEqual([64, 0]);
     expect(r.invariants.ok).toBe(true);
   });
+
+  test("stray-dma: DMA outside the VM's IOAS faults at stage 2, counted by the host, seen by no guest, moving no bytes", async () => {
+    const r = await runTopology(loadTopology('configs/stray-dma.yaml'));
+    const [streamer, stray] = r.vms;
+    expect(r.invariants.ok).toBe(true);
+    expect(r.iommu.stage2Faults).toBe(64);
+    expect(stray.unrecoverableFaults).toEqual({ stage1: 0, stage2: 64 });
+    expect(stray.dmaFailed).toBe(64);
+    expect(stray.bytesMoved).toBe(0);
+    // Stage-2 faults are never page requests, never in any guest's PRI queue.
+    expect(stray.pageRequests).toBe(0);
+    expect(r.vms.reduce((n, vm) => n + vm.faultsDelivered, 0)).toBe(streamer.faultsDelivered);
+    expect(stray.faultQueue.read).toBe(0);
+    // The neighbour is unaffected: every page faulted in once and every byte checked.
+    expect(streamer.faultsDelivered).toBe(128);
+    expect(streamer.unrecoverableFaults).toEqual({ stage1: 0, stage2: 0 });
+    expect(r.dma.bytesVerified).toBe(128 * PAGE);
+  });
 });

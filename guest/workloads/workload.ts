@@ -4,8 +4,10 @@
  */
 import type { GuestStats, WorkloadConfig } from '../../shared/control.ts';
 import type { RingConsumer, RingProducer } from '../../shared/ring.ts';
+import type { AddressSpaces } from '../mm/address-spaces.ts';
 import type { DemandPager } from '../mm/demand-pager.ts';
 import { Idle } from './idle.ts';
+import { StrayDma } from './stray-dma.ts';
 import { SvaStream } from './sva-stream.ts';
 
 /** The guest's handle on one device's work queue. */
@@ -27,15 +29,25 @@ export interface Workload {
   readonly done: boolean;
 }
 
+/** The guest memory manager, as workloads use it. */
+export interface GuestMm {
+  pager: DemandPager;
+  spaces: AddressSpaces;
+  /** Bytes of guest RAM: the first guest-physical address past it. */
+  ramSize: number;
+}
+
 export function createWorkload(
   config: WorkloadConfig,
   device: DeviceQueues,
-  pager: DemandPager,
+  mm: GuestMm,
   stats: GuestStats,
 ): Workload {
   switch (config.kind) {
     case 'sva-stream':
-      return new SvaStream(config, device, pager, stats);
+      return new SvaStream(config, device, mm.pager, stats);
+    case 'stray-dma':
+      return new StrayDma(config, device, mm.spaces, mm.ramSize, stats);
     case 'idle':
       return new Idle();
   }

@@ -72,6 +72,8 @@ export interface PciFunctionStats {
   retries: number;
   completionStalls: number;
   unrecoverableFaults: number;
+  /** Bytes the DMA engine moved between guest memory and its buffer. */
+  bytesMoved: number;
 }
 
 export class PciFunction implements PriEndpoint {
@@ -88,6 +90,7 @@ export class PciFunction implements PriEndpoint {
     retries: 0,
     completionStalls: 0,
     unrecoverableFaults: 0,
+    bytesMoved: 0,
   };
 
   private readonly capacity: number;
@@ -269,7 +272,7 @@ export class PciFunction implements PriEndpoint {
         this.opFaultedAt[op] = 0;
       }
       const chunk = Math.min(length - this.opDone[op], PAGE_SIZE - (va % PAGE_SIZE));
-      this.readChunk(op, pasid, va, walk.gpa, chunk);
+      this.readChunk(op, pasid, va, chunk);
       this.opDone[op] += chunk;
     }
     this.finish(op, DMA_STATUS_OK);
@@ -294,13 +297,16 @@ export class PciFunction implements PriEndpoint {
     this.iommu.pageRequest(r);
   }
 
-  private readChunk(op: number, pasid: number, va: number, gpa: number, bytes: number): void {
-    const memory = this.iommu.memoryOf(this.streamId);
+  /** Copy the translated chunk (in `this.walk`'s memory at its offset) into the device's buffer. */
+  private readChunk(op: number, pasid: number, va: number, bytes: number): void {
+    const memory = this.walk.memory;
+    const at = this.walk.offset;
     if (!memory) return;
     const staging = this.staging;
-    if (gpa % 4 === 0 && bytes % 4 === 0) {
+    this.stats.bytesMoved += bytes;
+    if (at % 4 === 0 && bytes % 4 === 0) {
       const words = memory.words;
-      const base = gpa >>> 2;
+      const base = at >>> 2;
       const count = bytes >>> 2;
       for (let i = 0; i < count; i++) staging[i] = words[base + i];
       if (this.opVerify[op] !== 0) this.observer.dmaRead(this, pasid, va, staging, 0, count);
@@ -308,7 +314,7 @@ export class PciFunction implements PriEndpoint {
       // Unaligned transfers move bytes but are not pattern-checked (the pattern is per word).
       const source = memory.bytes;
       const target = this.stagingBytes;
-      for (let i = 0; i < bytes; i++) target[i] = source[gpa + i];
+      for (let i = 0; i < bytes; i++) target[i] = source[at + i];
     }
   }
 

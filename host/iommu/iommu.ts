@@ -5,8 +5,9 @@
  * It never imports the registry: whoever owns an address space registers an IopfHandler for it
  * (design.md: the hardware reports faults through a handler interface).
  */
-import { type GuestMemory, PAGE_SIZE } from '../../shared/guest-memory.ts';
+import { PAGE_SIZE } from '../../shared/guest-memory.ts';
 import { F_STREAM_DISABLED } from '../../shared/records/event-types.ts';
+import { HostMemory, REGION_STRIDE } from './host-memory.ts';
 import { type IopfHandler, IopfQueue } from './iopf.ts';
 import { ANY_PASID, Iotlb, TLB_PERM_EXEC, TLB_PERM_UNPRIV, TLB_PERM_WRITE } from './iotlb.ts';
 import type { PageRequest, PriEndpoint } from './page-request.ts';
@@ -48,6 +49,8 @@ interface StreamEntry {
 export class Iommu {
   readonly iopf: IopfQueue;
   readonly iotlb: Iotlb;
+  /** Host-physical memory: where stage 2 points and DMA lands. */
+  readonly host = new HostMemory();
   private readonly counts = { translations: 0, walks: 0, stage1Faults: 0, stage2Faults: 0 };
   private readonly streams = new Map<number, StreamEntry>();
   private nextTag = 1;
@@ -91,6 +94,11 @@ export class Iommu {
     this.iotlb.invalidateDomain(entry.tag);
   }
 
+  /** A stream's installed configuration (for diagnostics and benchmarks). */
+  contextOf(streamId: number): Stage1Context | undefined {
+    return this.streams.get(streamId)?.ctx;
+  }
+
   /** Invalidate a stream's cached translations: all, one PASID, or one range of one PASID (or ANY_PASID). */
   invalidateStream(streamId: number, pasid = ANY_PASID, va?: number, length?: number): void {
     const entry = this.streams.get(streamId);
@@ -114,11 +122,6 @@ export class Iommu {
     else this.handlers.delete(handlerKey(streamId, pasid));
   }
 
-  /** Guest RAM behind a stream's stage 2 (identity for now), where its DMA lands. */
-  memoryOf(streamId: number): GuestMemory | undefined {
-    return this.streams.get(streamId)?.ctx.memory;
-  }
-
   /** Translate one access; on failure `out` holds the fault (SMMUv3 event fields). */
   translate(streamId: number, pasid: number, va: number, access: number, out: WalkResult): boolean {
     this.counts.translations++;
@@ -131,13 +134,18 @@ export class Iommu {
     }
     const page = this.iotlb.lookup(entry.tag, pasid, va);
     if (page >= 0 && permits(this.iotlb.lastPerm, access)) {
-      out.gpa = page + (va % PAGE_SIZE);
+      // The IOTLB holds the final host-physical page of both stages.
+      const hpa = page + (va % PAGE_SIZE);
+      const ctx = entry.ctx;
+      out.hpa = hpa;
+      out.memory = ctx.s2 ? this.host.regionOf(hpa) : ctx.memory;
+      out.offset = ctx.s2 ? hpa % REGION_STRIDE : hpa;
       out.fault = 0;
       return true;
     }
     this.counts.walks++;
     if (walkStage1(entry.ctx, pasid, va, access, out)) {
-      this.iotlb.insert(entry.tag, pasid, va, out.gpa - (out.gpa % PAGE_SIZE), out.leafPerm);
+      this.iotlb.insert(entry.tag, pasid, va, out.hpa - (out.hpa % PAGE_SIZE), out.leafPerm);
       return true;
     }
     if (out.stage2) this.counts.stage2Faults++;

@@ -4,11 +4,11 @@
  * (the VM's IOAS); a nested domain carries the guest's vSTE, from which the driver installs the
  * stream's stage-1 configuration (S1ContextPtr = the guest's CD table, S1CDMax) in the stream table.
  *
- * Stage 2 is still identity onto the VM's guest RAM: the paging domain records what the IOAS maps
- * and the walker bounds-checks against guest RAM; real stage-2 tables come with the IOMMU issue.
+ * A paging domain is real stage-2 tables in a host-only pool, kept in step with its IOAS by the
+ * registry's map and unmap calls; the walker translates every guest physical address through them.
  */
-import type { GuestMemory } from '../../shared/guest-memory.ts';
 import { type Errno, ErrnoError } from './errno.ts';
+import { IoPageTable, S2AP_READ, S2AP_WRITE, TablePool } from './io-pagetable.ts';
 import type { Iommu } from './iommu.ts';
 import type {
   AddressRange,
@@ -73,8 +73,6 @@ export class Smmuv3Device implements IommuDevice {
     readonly ops: Smmuv3Ops,
     readonly streamId: number,
     readonly pasidLog2: number,
-    /** Guest RAM the device's stage 2 leads to (identity for now). */
-    readonly memory: GuestMemory,
   ) {}
 
   get instance(): object {
@@ -82,23 +80,37 @@ export class Smmuv3Device implements IommuDevice {
   }
 }
 
+/** A paging domain: the VM's stage 2, as real IO page tables in the driver's host-only table pool. */
 export class Stage2Domain implements PagingDomain {
   readonly kind = 'paging';
   readonly pageSize = 4096n;
   readonly aperture = VA_APERTURE;
+  readonly table: IoPageTable;
   mappedBytes = 0n;
 
   constructor(
     readonly ops: Smmuv3Ops,
     readonly flags: PagingFlags,
-  ) {}
+    pool: TablePool,
+  ) {
+    this.table = new IoPageTable(pool);
+  }
 
-  map(_iova: bigint, length: bigint): void {
+  /** Map user page frames (host-physical page numbers for memory a VMM mapped from its RAM). */
+  map(iova: bigint, length: bigint, frames: readonly number[], offset: bigint, writable: boolean): void {
+    const first = Number(offset / 4096n);
+    this.table.map(
+      Number(iova),
+      Number(length),
+      (i) => frames[first + i] * 4096,
+      S2AP_READ | (writable ? S2AP_WRITE : 0),
+    );
     this.mappedBytes += length;
   }
 
   /** Unmap: every stream translating through this stage 2 is invalidated before this returns. */
-  unmap(_iova: bigint, length: bigint): void {
+  unmap(iova: bigint, length: bigint): void {
+    this.table.unmap(Number(iova), Number(length));
     this.mappedBytes -= length;
     this.ops.invalidateStage2(this);
   }
@@ -160,16 +172,23 @@ export class Smmuv3Ops implements IommuOps {
   readonly hwQueueType = 0;
   /** Stage 2 of each attached stream (the paging domain, or the nested domain's parent). */
   private readonly stage2Of = new Map<number, PagingDomain>();
+  /** Host-only memory for every stage-2 table of this SMMU. */
+  private readonly pool: TablePool;
 
-  constructor(readonly iommu: Iommu) {}
+  constructor(
+    readonly iommu: Iommu,
+    tablePages = 1 << 16,
+  ) {
+    this.pool = new TablePool(tablePages);
+  }
 
   /** A stage-2 mapping changed: combined stage-1+2 entries of its streams are stale (TLBI_S12_VMALL). */
   invalidateStage2(domain: PagingDomain): void {
     for (const [streamId, s2] of this.stage2Of) if (s2 === domain) this.iommu.invalidateStream(streamId);
   }
 
-  device(streamId: number, pasidLog2: number, memory: GuestMemory): Smmuv3Device {
-    return new Smmuv3Device(this, streamId, pasidLog2, memory);
+  device(streamId: number, pasidLog2: number): Smmuv3Device {
+    return new Smmuv3Device(this, streamId, pasidLog2);
   }
 
   hwInfo(): HwInfo {
@@ -185,7 +204,7 @@ export class Smmuv3Ops implements IommuOps {
     if (dataType !== 0 || data.length !== 0)
       throw new ErrnoError('EOPNOTSUPP', 'SMMUv3 paging domains take no data');
     if (flags.dirtyTracking) throw new ErrnoError('EOPNOTSUPP', 'no dirty tracking on this SMMU');
-    return new Stage2Domain(this, flags);
+    return new Stage2Domain(this, flags, this.pool);
   }
 
   allocNested(
@@ -222,8 +241,9 @@ export class Smmuv3Ops implements IommuOps {
         "the PASIDs of an SMMUv3 stream are the guest CD table's, not attachable one by one",
       );
     }
-    const base = { memory: dev.memory, cdTableGpa: 0, cdLog2: 0 };
-    this.stage2Of.set(dev.streamId, domain.kind === 'paging' ? domain : domain.parent);
+    const s2 = (domain.kind === 'paging' ? domain : domain.parent) as Stage2Domain;
+    const base = { s2: s2.table, host: this.iommu.host, cdTableGpa: 0, cdLog2: 0 };
+    this.stage2Of.set(dev.streamId, s2);
     if (domain.kind === 'paging') {
       this.iommu.installStream(dev.streamId, { ...base, s1Bypass: true });
       return;

@@ -1,9 +1,16 @@
 /**
- * The stage-1 walk the way SMMUv3 hardware does it: fetch the CD for the SubstreamID from the
- * device's CD table, then walk four levels of the guest's table, every pointer a guest physical
- * address. Stage 2 is identity over guest RAM for now: a GPA outside guest RAM is a stage-2 fault.
- * A malformed table ends the walk with a fault record, never an exception or a hang (the walk is
- * bounded by the four levels, so a cycle cannot loop).
+ * The nested walk the way SMMUv3 hardware does it: fetch the CD for the SubstreamID from the
+ * device's CD table, then walk four levels of the guest's stage-1 table. Every address the guest
+ * gives (the CD table, each table pointer, the output address) is a guest physical address (IPA)
+ * that is itself translated through the VM's stage 2 before it is read, so a guest can reach only
+ * what its IOAS maps. A fault at stage 2 is the host's (S2=1, CLASS says which fetch); a fault in
+ * the guest's own tables is stage 1.
+ *
+ * A malformed table ends the walk with a fault record, never an exception or a hang: the walk is
+ * bounded by the four levels, so a cycle cannot loop.
+ *
+ * Without a stage-2 table (`s2` undefined) the context's `memory` is reached by identity, for
+ * tests and tools that have no registry in front of the IOMMU.
  */
 import type { GuestMemory } from '../../shared/guest-memory.ts';
 import {
@@ -34,6 +41,8 @@ import {
   PTE_VALID,
   tableIndex,
 } from '../../shared/stage1-format.ts';
+import { type HostMemory, REGION_STRIDE } from './host-memory.ts';
+import { type IoPageTable, S2AP_READ, S2AP_WRITE, type S2Result } from './io-pagetable.ts';
 import { TLB_PERM_EXEC, TLB_PERM_UNPRIV, TLB_PERM_WRITE } from './iotlb.ts';
 
 export const ACCESS_READ = 1;
@@ -44,33 +53,52 @@ export const ACCESS_PRIV = 8;
 const TWO_32 = 0x1_0000_0000;
 const VA_LIMIT = 2 ** 48;
 
-/** Where a stream's stage-1 configuration lives (what the guest's vSTE says). */
+/** A stream's translation configuration: what its STE says. */
 export interface Stage1Context {
-  memory: GuestMemory;
+  /** Guest RAM reached by identity when there is no stage-2 table. */
+  memory?: GuestMemory;
+  /** The VM's stage 2 (its IOAS's paging domain) and the host memory it points into. */
+  s2?: IoPageTable;
+  host?: HostMemory;
   cdTableGpa: number;
   cdLog2: number;
-  /** Stage 1 bypassed (STE Config bypass, or a plain paging domain): the input address is the GPA. */
+  /** Stage 1 bypassed (STE Config bypass, or a plain paging domain): the input address is the IPA. */
   s1Bypass?: boolean;
 }
 
 /** The outcome of one walk; reused by the caller, never allocated per walk. */
 export interface WalkResult {
-  /** Output GPA when `fault === 0`. */
+  /** Output IPA (guest physical) when `fault === 0`. */
   gpa: number;
+  /** Output host-physical address (the GPA itself without a stage-2 table). */
+  hpa: number;
+  /** The memory the output lands in, and the byte offset there. */
+  memory: GuestMemory | undefined;
+  offset: number;
   /** SMMUv3 event type, 0 on success. */
   fault: number;
   /** The fault happened at stage 2 (the host's business, never the guest's). */
   stage2: boolean;
   /** CLASS field: CD fetch, table walk, or input address. */
   faultClass: number;
-  /** For stage-2 faults on a fetch: the GPA that could not be read. */
+  /** For stage-2 faults: the IPA that could not be translated or read. */
   fetchAddress: number;
-  /** On success: the leaf's permissions as TLB_PERM_* bits, for the IOTLB. */
+  /** On success: the combined permissions of both stages as TLB_PERM_* bits, for the IOTLB. */
   leafPerm: number;
 }
 
 export function newWalkResult(): WalkResult {
-  return { gpa: 0, fault: 0, stage2: false, faultClass: 0, fetchAddress: 0, leafPerm: 0 };
+  return {
+    gpa: 0,
+    hpa: 0,
+    memory: undefined,
+    offset: 0,
+    fault: 0,
+    stage2: false,
+    faultClass: 0,
+    fetchAddress: 0,
+    leafPerm: 0,
+  };
 }
 
 function fail(
@@ -87,6 +115,42 @@ function fail(
   return false;
 }
 
+const s2Scratch: S2Result = { pa: 0, prot: 0 };
+
+/**
+ * Stage 2 of `length` bytes at `ipa` for `access`: on success sets out.memory/out.offset (where the
+ * bytes are) and out.hpa, and returns the S2 permissions; on a fault fills `out` and returns -1.
+ */
+function stage2(
+  ctx: Stage1Context,
+  ipa: number,
+  length: number,
+  access: number,
+  faultClass: number,
+  out: WalkResult,
+): number {
+  if (!ctx.s2) {
+    const memory = ctx.memory;
+    if (!memory || !memory.contains(ipa, length))
+      return (fail(out, F_TRANSLATION, true, faultClass, ipa), -1);
+    out.memory = memory;
+    out.offset = ipa;
+    out.hpa = ipa;
+    return S2AP_READ | S2AP_WRITE;
+  }
+  if (ctx.s2.lookup(ipa, s2Scratch) < 0) return (fail(out, F_TRANSLATION, true, faultClass, ipa), -1);
+  const need = (access & ACCESS_WRITE) !== 0 ? S2AP_WRITE : S2AP_READ;
+  if ((s2Scratch.prot & need) === 0) return (fail(out, F_PERMISSION, true, faultClass, ipa), -1);
+  const hpa = s2Scratch.pa;
+  const memory = ctx.host?.regionOf(hpa);
+  // A stage 2 that points at no memory is a host bug or a stray mapping: an external abort on the fetch.
+  if (!memory) return (fail(out, F_TRANSLATION, true, faultClass, ipa), -1);
+  out.memory = memory;
+  out.offset = hpa % REGION_STRIDE;
+  out.hpa = hpa;
+  return s2Scratch.prot;
+}
+
 export function walkStage1(
   ctx: Stage1Context,
   pasid: number,
@@ -94,20 +158,21 @@ export function walkStage1(
   access: number,
   out: WalkResult,
 ): boolean {
-  const memory = ctx.memory;
-  const words = memory.words;
   if (ctx.s1Bypass) {
-    if (!memory.contains(va, 1)) return fail(out, F_TRANSLATION, true, CLASS_IN, va);
+    const prot = stage2(ctx, va, 1, access, CLASS_IN, out);
+    if (prot < 0) return false;
     out.gpa = va;
     out.fault = 0;
-    out.leafPerm = TLB_PERM_WRITE | TLB_PERM_UNPRIV | TLB_PERM_EXEC;
+    out.leafPerm = ((prot & S2AP_WRITE) !== 0 ? TLB_PERM_WRITE : 0) | TLB_PERM_UNPRIV | TLB_PERM_EXEC;
     return true;
   }
   if (pasid < 0 || pasid >= 2 ** ctx.cdLog2) return fail(out, C_BAD_SUBSTREAMID, false, CLASS_CD);
   const cd = ctx.cdTableGpa + pasid * CD_BYTES;
-  if (cd % 4 !== 0 || !memory.contains(cd, CD_BYTES)) return fail(out, F_TRANSLATION, true, CLASS_CD, cd);
-  const cdLow = Atomics.load(words, cd >>> 2);
-  const cdHigh = words[(cd >>> 2) + 1];
+  if (cd % 4 !== 0) return fail(out, F_TRANSLATION, true, CLASS_CD, cd);
+  if (stage2(ctx, cd, CD_BYTES, ACCESS_READ, CLASS_CD, out) < 0) return false;
+  let words = (out.memory as GuestMemory).words;
+  const cdLow = Atomics.load(words, out.offset >>> 2);
+  const cdHigh = words[(out.offset >>> 2) + 1];
   if ((cdLow & CD_VALID) === 0 || (cdHigh & CD_HIGH_RES0) !== 0) return fail(out, C_BAD_CD, false, CLASS_CD);
   if (va < 0 || va >= VA_LIMIT) return fail(out, F_TRANSLATION, false, CLASS_IN);
 
@@ -118,9 +183,10 @@ export function walkStage1(
   let high = 0;
   for (let level = 0; level < LEVELS; level++) {
     const slot = table + tableIndex(vaLow, vaHigh, level) * ENTRY_BYTES;
-    if (!memory.contains(slot, ENTRY_BYTES)) return fail(out, F_TRANSLATION, true, CLASS_TTD, slot);
-    low = Atomics.load(words, slot >>> 2);
-    high = words[(slot >>> 2) + 1];
+    if (stage2(ctx, slot, ENTRY_BYTES, ACCESS_READ, CLASS_TTD, out) < 0) return false;
+    words = (out.memory as GuestMemory).words;
+    low = Atomics.load(words, out.offset >>> 2);
+    high = words[(out.offset >>> 2) + 1];
     // Level 0-2 blocks are not part of this format: an entry without T is as invalid as one without V.
     if ((low & PTE_VALID) === 0 || (low & PTE_TABLE) === 0) return fail(out, F_TRANSLATION, false, CLASS_IN);
     if ((high & PTE_HIGH_RES0) !== 0) return fail(out, F_ADDR_SIZE, false, CLASS_IN);
@@ -135,11 +201,12 @@ export function walkStage1(
     return fail(out, F_PERMISSION, false, CLASS_IN);
   }
   const gpa = table + (vaLow & 0xfff);
-  if (!memory.contains(gpa, 1)) return fail(out, F_TRANSLATION, true, CLASS_IN, gpa);
+  const prot = stage2(ctx, gpa, 1, access, CLASS_IN, out);
+  if (prot < 0) return false;
   out.gpa = gpa;
   out.fault = 0;
   out.leafPerm =
-    ((low & PTE_AP_RDONLY) === 0 ? TLB_PERM_WRITE : 0) |
+    ((low & PTE_AP_RDONLY) === 0 && (prot & S2AP_WRITE) !== 0 ? TLB_PERM_WRITE : 0) |
     ((low & PTE_AP_UNPRIV) !== 0 ? TLB_PERM_UNPRIV : 0) |
     ((high & PTE_HIGH_XN) === 0 ? TLB_PERM_EXEC : 0);
   return true;

@@ -8,6 +8,11 @@ import { IommufdError } from './errors.ts';
 
 export const PAGE_SIZE = 4096n;
 const FIRST_VA = 0x1000_0000n;
+/**
+ * Frames of anonymous memory are numbered from here (host-physical 2^46 and up), above every frame
+ * a backed mapping can name, so the two never collide; DMA to them finds no memory.
+ */
+const ANONYMOUS_FRAMES = 2 ** 34;
 /** Unmapped gap left after each mapping, so neighbouring mmaps never touch. */
 const GUARD = PAGE_SIZE;
 
@@ -16,15 +21,22 @@ export class UserMemory {
   private readonly pages = new Map<bigint, number>();
   private readonly pins = new Map<number, number>();
   private next = FIRST_VA;
-  private nextFrame = 1;
+  private nextFrame = ANONYMOUS_FRAMES;
 
-  mmap(length: bigint): bigint {
+  /**
+   * Map `length` bytes. Without `backing` the pages are anonymous memory; with it they are the
+   * host-physical pages from `backing.hpa` on (a VMM mapping its guest RAM), so that their frame
+   * numbers are host-physical page numbers a stage 2 can point at.
+   */
+  mmap(length: bigint, backing?: { hpa: number }): bigint {
     if (typeof length !== 'bigint' || length <= 0n) {
       throw new IommufdError('EINVAL', 'mmap length must be a positive bigint');
     }
     const pages = (length + PAGE_SIZE - 1n) / PAGE_SIZE;
     const va = this.next;
-    for (let i = 0n; i < pages; i++) this.pages.set(va / PAGE_SIZE + i, this.nextFrame++);
+    const firstFrame = backing ? backing.hpa / 4096 : this.nextFrame;
+    if (!backing) this.nextFrame += Number(pages);
+    for (let i = 0n; i < pages; i++) this.pages.set(va / PAGE_SIZE + i, firstFrame + Number(i));
     this.next = va + pages * PAGE_SIZE + GUARD;
     return va;
   }

@@ -15,9 +15,18 @@ export interface DeviceOwner {
   seed: number;
 }
 
+/** Faults no page request could recover, per VM, split by whose they are. */
+export interface UnrecoverableFaults {
+  /** In the guest's own tables (stage 1) on a device without usable PRI. */
+  stage1: number;
+  /** At stage 2: the host's, counted here and never delivered to any guest. */
+  stage2: number;
+}
+
 export class DmaOracle implements DmaObserver {
   bytesVerified = 0;
   unrecoverableFaults = 0;
+  readonly byVm = new Map<string, UnrecoverableFaults>();
   private readonly owners = new Map<PciFunction, DeviceOwner>();
 
   constructor(
@@ -57,7 +66,18 @@ export class DmaOracle implements DmaObserver {
     this.latency.recordMs(ms);
   }
 
-  unrecoverableFault(): void {
+  unrecoverableFault(
+    device: PciFunction,
+    _pasid: number,
+    _va: number,
+    _eventType: number,
+    stage2: boolean,
+  ): void {
     this.unrecoverableFaults++;
+    const vm = this.owners.get(device)?.vm ?? '';
+    const counts = this.byVm.get(vm) ?? { stage1: 0, stage2: 0 };
+    if (stage2) counts.stage2++;
+    else counts.stage1++;
+    this.byVm.set(vm, counts);
   }
 }

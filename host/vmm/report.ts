@@ -21,6 +21,10 @@ export interface VmReport {
   workloadDone: boolean;
   /** PRI-queue overflows the guest's driver acknowledged. */
   overflowsAcknowledged: number;
+  /** Faults of this VM's devices that no page request could recover: stage 1 (no PRI) and stage 2 (the host's). */
+  unrecoverableFaults: { stage1: number; stage2: number };
+  /** Bytes this VM's devices moved by DMA. */
+  bytesMoved: number;
   /** The VM's iommufd fault queue: groups the VMM read, answered through it, answered INVALID by teardown. */
   faultQueue: { read: number; responded: number; autoResponded: number };
 }

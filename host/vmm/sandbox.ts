@@ -123,6 +123,8 @@ export async function runTopology(topology: Topology, options: RunOptions = {}):
       illegalCommands: vm.vsmmu.stats.illegalCommands,
       workloadDone: vm.guestStats?.workloadDone ?? false,
       overflowsAcknowledged: vm.guestStats?.overflowsAcknowledged ?? 0,
+      unrecoverableFaults: { ...(oracle.byVm.get(vm.name) ?? { stage1: 0, stage2: 0 }) },
+      bytesMoved: vm.devices.reduce((n, d) => n + d.stats.bytesMoved, 0),
       faultQueue: {
         read: vm.viommu.fault.stats.read,
         responded: vm.viommu.fault.stats.responded,

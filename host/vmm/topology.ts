@@ -34,7 +34,7 @@ export const DeviceSchema = z
 
 export const WorkloadSchema = z
   .object({
-    kind: z.enum(['sva-stream', 'idle']),
+    kind: z.enum(['sva-stream', 'stray-dma', 'idle']),
     pages: z
       .number()
       .int()

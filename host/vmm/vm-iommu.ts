@@ -37,14 +37,18 @@ export class VmIommu implements VdeviceMap {
   private readonly devIds: number[];
   private readonly viommuId: number;
   private readonly faultId: number;
+  /** Host-physical base of the VM's RAM. */
+  private readonly ramBase: number;
 
   constructor(
-    ops: Smmuv3Ops,
+    private readonly ops: Smmuv3Ops,
     memory: GuestMemory,
     private readonly assigned: readonly AssignedDevice[],
   ) {
     const fd = this.fd;
-    const userVa = fd.mmap(BigInt(memory.size));
+    // The VMM's mapping of guest RAM: its pages are the host-physical pages of the VM's region.
+    this.ramBase = ops.iommu.host.register(memory);
+    const userVa = fd.memory.mmap(BigInt(memory.size), { hpa: this.ramBase });
     const { ioasId } = fd.ioasAlloc();
     fd.ioasMap({
       flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
@@ -54,7 +58,7 @@ export class VmIommu implements VdeviceMap {
       iova: 0n,
     });
     this.devIds = assigned.map(
-      (d) => fd.bindDevice({ device: ops.device(d.streamId, d.hasPasids ? 20 : 0, memory) }).devId,
+      (d) => fd.bindDevice({ device: ops.device(d.streamId, d.hasPasids ? 20 : 0) }).devId,
     );
     const { hwptId: s2 } = fd.hwptAlloc({
       flags: IOMMU_HWPT_ALLOC_NEST_PARENT,
@@ -110,5 +114,6 @@ export class VmIommu implements VdeviceMap {
     for (const devId of this.devIds) this.fd.detachDevice({ devId });
     this.faultFd.close();
     this.fd.close();
+    this.ops.iommu.host.unregister(this.ramBase);
   }
 }
