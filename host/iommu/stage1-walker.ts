@@ -117,6 +117,11 @@ function fail(
 
 const s2Scratch: S2Result = { pa: 0, prot: 0 };
 
+function stage2Fault(out: WalkResult, fault: number, faultClass: number, ipa: number): number {
+  fail(out, fault, true, faultClass, ipa);
+  return -1;
+}
+
 /**
  * Stage 2 of `length` bytes at `ipa` for `access`: on success sets out.memory/out.offset (where the
  * bytes are) and out.hpa, and returns the S2 permissions; on a fault fills `out` and returns -1.
@@ -131,20 +136,19 @@ function stage2(
 ): number {
   if (!ctx.s2) {
     const memory = ctx.memory;
-    if (!memory || !memory.contains(ipa, length))
-      return (fail(out, F_TRANSLATION, true, faultClass, ipa), -1);
+    if (!memory?.contains(ipa, length)) return stage2Fault(out, F_TRANSLATION, faultClass, ipa);
     out.memory = memory;
     out.offset = ipa;
     out.hpa = ipa;
     return S2AP_READ | S2AP_WRITE;
   }
-  if (ctx.s2.lookup(ipa, s2Scratch) < 0) return (fail(out, F_TRANSLATION, true, faultClass, ipa), -1);
+  if (ctx.s2.lookup(ipa, s2Scratch) < 0) return stage2Fault(out, F_TRANSLATION, faultClass, ipa);
   const need = (access & ACCESS_WRITE) !== 0 ? S2AP_WRITE : S2AP_READ;
-  if ((s2Scratch.prot & need) === 0) return (fail(out, F_PERMISSION, true, faultClass, ipa), -1);
+  if ((s2Scratch.prot & need) === 0) return stage2Fault(out, F_PERMISSION, faultClass, ipa);
   const hpa = s2Scratch.pa;
   const memory = ctx.host?.regionOf(hpa);
   // A stage 2 that points at no memory is a host bug or a stray mapping: an external abort on the fetch.
-  if (!memory) return (fail(out, F_TRANSLATION, true, faultClass, ipa), -1);
+  if (!memory) return stage2Fault(out, F_TRANSLATION, faultClass, ipa);
   out.memory = memory;
   out.offset = hpa % REGION_STRIDE;
   out.hpa = hpa;
