@@ -56,6 +56,12 @@ export interface NestedDomain {
 
 export type Domain = PagingDomain | NestedDomain;
 
+/** Where a driver reports events for a vIOMMU: the registry queues them on its vEVENTQ. */
+export interface ViommuEventSink {
+  /** Queue one event of `type`; false when the vIOMMU has no vEVENTQ of that type (EOPNOTSUPP). */
+  report(type: number, data: Uint8Array): boolean;
+}
+
 /** A driver's vIOMMU instance state. */
 export interface ViommuState {
   readonly type: number;
@@ -85,12 +91,23 @@ export interface IommuOps {
     data: Uint8Array,
     viommu: ViommuState | undefined,
   ): NestedDomain;
-  /** Attach (or replace) `device`'s RID (`pasid` undefined) or a PASID to `domain`. */
-  attach(device: IommuDevice, pasid: number | undefined, domain: Domain): void;
+  /**
+   * Attach (or replace) `device`'s RID (`pasid` undefined) or a PASID to `domain`. For a nested
+   * domain of a vIOMMU, `virtId` is the device's virtual ID there (its vDEVICE), which the driver
+   * puts into the events it reports to that vIOMMU.
+   */
+  attach(device: IommuDevice, pasid: number | undefined, domain: Domain, virtId?: bigint): void;
   /** Block the RID or PASID (detach). Never fails. */
   detach(device: IommuDevice, pasid: number | undefined): void;
   readonly viommuType: number;
-  allocViommu(device: IommuDevice, parent: PagingDomain, type: number, data: Uint8Array): ViommuState;
+  /** `events` is how the driver reports vIOMMU events (iommufd_viommu_report_event). */
+  allocViommu(
+    device: IommuDevice,
+    parent: PagingDomain,
+    type: number,
+    data: Uint8Array,
+    events: ViommuEventSink,
+  ): ViommuState;
   readonly veventqType: number;
   /** HW queue type the driver's vIOMMU takes (0: none). */
   readonly hwQueueType: number;

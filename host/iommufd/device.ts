@@ -128,7 +128,8 @@ function bindTo(
       for (const r of device.hw.reservedRegions) ioas.addReserved(r.start, r.last, attachment);
       imported.push(ioas);
     }
-    device.hw.ops.attach(device.hw, pasid, hwpt.domain);
+    const virtId = hwpt.type === 'HWPT_NESTED' && hwpt.viommu ? device.vdevice?.virtId : undefined;
+    device.hw.ops.attach(device.hw, pasid, hwpt.domain, virtId);
   } catch (error) {
     for (const i of imported) i.removeReserved(attachment);
     throw error;

@@ -466,10 +466,16 @@ export class Iommufd {
     const parent = this.table.get<HwptPaging>(u32(args.hwptId, 'hwptId'), 'HWPT_PAGING');
     if (!parent.nestParent) throw new IommufdError('EINVAL', 'a vIOMMU needs a NEST_PARENT HWPT');
     const viommu = this.table.create(() => {
+      // The driver reports events through the object it belongs to, once it is built.
+      let object: ViommuObject | undefined;
+      const events = {
+        report: (t: number, d: Uint8Array) => object !== undefined && this.reportEvent(object, t, d),
+      };
       const state = driverCall(() =>
-        device.hw.ops.allocViommu(device.hw, parent.domain, type, args.data ?? EMPTY),
+        device.hw.ops.allocViommu(device.hw, parent.domain, type, args.data ?? EMPTY, events),
       );
-      return new ViommuObject(parent, device.hw.instance, state);
+      object = new ViommuObject(parent, device.hw.instance, state);
+      return object;
     });
     if (args.data && viommu.state.outData) args.data.set(viommu.state.outData.subarray(0, args.data.length));
     return { viommuId: viommu.id };
@@ -561,10 +567,16 @@ export class Iommufd {
 
   /** A driver reports a vIOMMU event (iommufd_viommu_report_event). EOPNOTSUPP without a queue. */
   reportVevent(viommu: ViommuObject, type: number, data: Uint8Array): void {
-    const queue = viommu.veventqs.get(type);
-    if (!queue || queue.users === 0)
+    if (!this.reportEvent(viommu, type, data)) {
       throw new IommufdError('EOPNOTSUPP', `no vEVENTQ of type 0x${type.toString(16)}`);
+    }
+  }
+
+  private reportEvent(viommu: ViommuObject, type: number, data: Uint8Array): boolean {
+    const queue = viommu.veventqs.get(type);
+    if (!queue || queue.users === 0) return false;
     queue.report(data);
+    return true;
   }
 
   // --- selftest ops ----------------------------------------------------------------------------------
