@@ -14,3 +14,6 @@ export const F_STREAM_DISABLED = 0x06;
 export const CLASS_CD = 0;
 export const CLASS_TTD = 1;
 export const CLASS_IN = 2;
+
+/** Stream table entry fetch aborted; like F_CD_FETCH and F_WALK_EABT it records FetchAddr[51:3]. */
+export const F_STE_FETCH = 0x03;

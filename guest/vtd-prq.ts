@@ -1,0 +1,79 @@
+/**
+ * The guest driver's side of a VT-d page request queue, in the order Linux's prq_event_thread
+ * keeps (fault-queues.md 2.2):
+ *
+ * 1. Write PPR=1 to clear it first. The host raises the next interrupt only on a write that finds
+ *    PPR (and PRO) clear, so clearing after the drain could swallow the interrupt of a request
+ *    that landed in between.
+ * 2. Read PQT, handle every descriptor from PQH up to it, then write PQH := PQT.
+ * 3. If PRO is set, re-read PQT: only when head == tail (nothing left that predates the overflow)
+ *    discard partial groups and write PRO=1 to clear it. Otherwise leave PRO for the next pass;
+ *    the requests still queued set PPR after step 1, so that pass is already signalled.
+ */
+import type { VtdPageRequest } from '../shared/records/vtd-prq-entry.ts';
+import { decodeVtdPageRequest, newVtdPageRequest } from '../shared/records/vtd-prq-entry.ts';
+import type { RingConsumer } from '../shared/ring.ts';
+import { type PageRequestStatus, PRS_PPR, PRS_PRO, vtdPrqConsumer } from '../shared/vtd-prq-registers.ts';
+
+export interface VtdPrqDriverStats {
+  /** Descriptors handed to the handler. */
+  handled: number;
+  /** Passes of `service`. */
+  passes: number;
+  /** Times PRO was found with the queue drained and cleared. */
+  overflowsCleared: number;
+}
+
+const DESCRIPTOR_BYTES = 32;
+
+export class VtdPrqDriver {
+  readonly stats: VtdPrqDriverStats = { handled: 0, passes: 0, overflowsCleared: 0 };
+  readonly status: PageRequestStatus;
+
+  private readonly ring: RingConsumer;
+  private readonly indexMask: number;
+  private readonly request = newVtdPageRequest();
+
+  constructor(buffer: SharedArrayBuffer, byteOffset: number, log2Size: number) {
+    const { ring, status } = vtdPrqConsumer(buffer, byteOffset, log2Size);
+    this.ring = ring;
+    this.status = status;
+    this.indexMask = ring.size - 1;
+  }
+
+  /** PQH, as a byte offset into the queue. */
+  get head(): number {
+    return (this.ring.index & this.indexMask) * DESCRIPTOR_BYTES;
+  }
+
+  /** PQT (a fresh load), as a byte offset into the queue. */
+  get tail(): number {
+    return ((this.ring.index + this.ring.poll()) & this.indexMask) * DESCRIPTOR_BYTES;
+  }
+
+  /** Descriptors between PQH and PQT (a fresh load of PQT). */
+  pending(): number {
+    return this.ring.poll();
+  }
+
+  /**
+   * One pass of the page request interrupt handler. `onRequest` gets each descriptor decoded into
+   * one reused object; `onOverflowCleared` runs just before PRO is cleared (where Linux discards
+   * partial groups). Returns the number of descriptors handled.
+   */
+  service(onRequest: (request: VtdPageRequest) => void, onOverflowCleared?: () => void): number {
+    this.stats.passes++;
+    this.status.write(PRS_PPR);
+    const ring = this.ring;
+    const ready = ring.poll();
+    for (let i = 0; i < ready; i++) onRequest(decodeVtdPageRequest(ring.words, ring.at(i), this.request));
+    ring.release(ready);
+    this.stats.handled += ready;
+    if ((this.status.read() & PRS_PRO) !== 0 && ring.poll() === 0) {
+      onOverflowCleared?.();
+      this.status.write(PRS_PRO);
+      this.stats.overflowsCleared++;
+    }
+    return ready;
+  }
+}
