@@ -27,6 +27,8 @@ export function emptyStats(): GuestStats {
     stopMarkers: 0,
     overflowsAcknowledged: 0,
     partialGroupsDropped: 0,
+    events: 0,
+    eventOverflowsAcknowledged: 0,
     pagesMapped: 0,
     dmaSubmitted: 0,
     dmaCompleted: 0,
@@ -44,6 +46,7 @@ export class GuestVm implements GuestControl {
   private readonly driver: Smmuv3Driver;
   private readonly cmdq: RingProducer;
   private readonly priq: RingConsumer;
+  private readonly evtq: RingConsumer;
   private readonly bell: Doorbell;
   private readonly devices: DeviceQueues[];
   private readonly workloads: Workload[];
@@ -62,8 +65,9 @@ export class GuestVm implements GuestControl {
     const bells = channelBells(config.channel, layout);
     this.bell = bells.guest;
     this.priq = new RingConsumer(config.channel, layout.priq.offset, layout.priq.geometry);
+    this.evtq = new RingConsumer(config.channel, layout.evtq.offset, layout.evtq.geometry);
     this.cmdq = new RingProducer(config.channel, layout.cmdq.offset, layout.cmdq.geometry, bells.host);
-    this.driver = new Smmuv3Driver(this.priq, this.cmdq, this.pager, this.counters);
+    this.driver = new Smmuv3Driver(this.priq, this.evtq, this.cmdq, this.pager, this.counters);
     this.devices = config.devices.map((device, index) => ({
       index,
       streamId: device.streamId,
@@ -138,7 +142,7 @@ export class GuestVm implements GuestControl {
   }
 
   private pending(): boolean {
-    if (!this.priq.empty()) return true;
+    if (!this.priq.empty() || !this.evtq.empty()) return true;
     return this.devices.some((device) => !device.complete.empty());
   }
 

@@ -1,6 +1,7 @@
 /**
- * The guest's SMMUv3 driver, PRI side: drains the PRI queue, pages in what each request asks for,
- * and answers each page-request group once with CMD_PRI_RESP on the command queue.
+ * The guest's SMMUv3 driver: drains the PRI queue, pages in what each request asks for, and answers
+ * each page-request group once with CMD_PRI_RESP on the command queue; drains the event queue
+ * (faults of terminated transactions, counted) and acknowledges its overflows.
  *
  * Ordering rules it keeps (fault-queues.md 1.5-1.7):
  * - A group is answered after its Last entry; until then its members are partial.
@@ -17,6 +18,7 @@ import {
   PRI_RESP_INVALID,
   PRI_RESP_SUCCESS,
 } from '../shared/records/cmdq-entry.ts';
+import { decodeEvtqEntry, newEvtqEntry } from '../shared/records/evtq-entry.ts';
 import { decodePriqEntry, isStopMarker, newPriqEntry } from '../shared/records/priq-entry.ts';
 import type { RingConsumer, RingProducer } from '../shared/ring.ts';
 import { type DemandPager, PAGE_IN_OK } from './mm/demand-pager.ts';
@@ -29,19 +31,44 @@ export class Smmuv3Driver {
   blockedOnCommandQueue = false;
 
   private readonly entry = newPriqEntry();
+  private readonly event = newEvtqEntry();
   private readonly command = newPriRespCommand();
   /** Partial groups by (StreamID, PRGIndex): the worst page-in outcome so far. */
   private readonly partial = new Map<number, number>();
 
   constructor(
     private readonly priq: RingConsumer,
+    private readonly evtq: RingConsumer,
     private readonly cmdq: RingProducer,
     private readonly pager: DemandPager,
     private readonly stats: GuestStats,
   ) {}
 
-  /** Drain the PRI queue once; returns the number of entries consumed. */
+  /** Drain both output queues once; returns the number of records consumed. */
   poll(): number {
+    return this.pollEvents() + this.pollPageRequests();
+  }
+
+  /**
+   * The event queue: drain, re-read PROD until empty, then acknowledge an overflow (the queue kept
+   * accepting records meanwhile, so nothing is left to discard; the lost ones are gone).
+   */
+  private pollEvents(): number {
+    let consumed = 0;
+    for (let ready = this.evtq.poll(); ready > 0; ready = this.evtq.poll()) {
+      for (let i = 0; i < ready; i++) decodeEvtqEntry(this.evtq.words, this.evtq.at(i), this.event);
+      this.evtq.release(ready);
+      consumed += ready;
+    }
+    this.stats.events += consumed;
+    if (this.evtq.overflowPending()) {
+      this.evtq.acknowledgeOverflow();
+      this.stats.eventOverflowsAcknowledged++;
+    }
+    return consumed;
+  }
+
+  private pollPageRequests(): number {
     this.blockedOnCommandQueue = false;
     let consumed = 0;
     for (let ready = this.priq.poll(); ready > 0; ready = this.priq.poll()) {

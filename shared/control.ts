@@ -52,6 +52,9 @@ export interface GuestStats {
   stopMarkers: number;
   overflowsAcknowledged: number;
   partialGroupsDropped: number;
+  /** Event records drained from the event queue, and event-queue overflows acknowledged. */
+  events: number;
+  eventOverflowsAcknowledged: number;
   pagesMapped: number;
   dmaSubmitted: number;
   dmaCompleted: number;

@@ -6,17 +6,20 @@
  *   guest doorbell   the VM's interrupt line: rung by the host's producers (PRI queue, completions)
  *   host doorbell    rung by the guest's producers (command queue, DMA descriptor queues)
  *   PRI queue        host -> guest, SMMUv3 PRIQ entries
- *   command queue    guest -> host, SMMUv3 commands (CMD_PRI_RESP, CMD_SYNC)
+ *   event queue      host -> guest, SMMUv3 event records
+ *   command queue    guest -> host, SMMUv3 commands (CMD_PRI_RESP, CMD_RESUME, CMD_SYNC)
  *   per device: DMA descriptor queue (guest -> host) and completion queue (host -> guest)
  */
 import { DOORBELL_BYTES, Doorbell } from './doorbell.ts';
 import { CMDQ_ENTRY_WORDS } from './records/cmdq-entry.ts';
 import { DMA_COMPLETION_WORDS, DMA_DESCRIPTOR_WORDS } from './records/dma-descriptor.ts';
+import { EVTQ_ENTRY_WORDS } from './records/evtq-entry.ts';
 import { PRIQ_ENTRY_WORDS } from './records/priq-entry.ts';
 import { type RingGeometry, ringBytes } from './ring.ts';
 
 export interface ChannelConfig {
   priqLog2: number;
+  evtqLog2: number;
   cmdqLog2: number;
   dmaQueueLog2: number;
   devices: number;
@@ -32,6 +35,7 @@ export interface ChannelLayout {
   guestBell: number;
   hostBell: number;
   priq: RingPlace;
+  evtq: RingPlace;
   cmdq: RingPlace;
   dma: { submit: RingPlace; complete: RingPlace }[];
 }
@@ -49,6 +53,7 @@ export function channelLayout(config: ChannelConfig): ChannelLayout {
   const hostBell = offset;
   offset += DOORBELL_BYTES;
   const priq = place({ log2Size: config.priqLog2, recordWords: PRIQ_ENTRY_WORDS });
+  const evtq = place({ log2Size: config.evtqLog2, recordWords: EVTQ_ENTRY_WORDS });
   const cmdq = place({ log2Size: config.cmdqLog2, recordWords: CMDQ_ENTRY_WORDS });
   const dma = [];
   for (let i = 0; i < config.devices; i++) {
@@ -56,7 +61,7 @@ export function channelLayout(config: ChannelConfig): ChannelLayout {
     const complete = place({ log2Size: config.dmaQueueLog2, recordWords: DMA_COMPLETION_WORDS });
     dma.push({ submit, complete });
   }
-  return { bytes: offset, guestBell, hostBell, priq, cmdq, dma };
+  return { bytes: offset, guestBell, hostBell, priq, evtq, cmdq, dma };
 }
 
 /** The two interrupt lines of a channel. */

@@ -13,9 +13,9 @@ import {
 import { ACCESS_READ, ACCESS_WRITE, newWalkResult } from '../host/iommu/stage1-walker.ts';
 import { IOMMU_HWPT_ALLOC_NEST_PARENT } from '../host/iommufd/hwpt.ts';
 import { Iommufd } from '../host/iommufd/iommufd.ts';
-import { GuestMemory } from '../shared/guest-memory.ts';
+import { GuestMemory, PAGE_SIZE } from '../shared/guest-memory.ts';
 import { CLASS_CD, CLASS_IN, F_PERMISSION, F_TRANSLATION } from '../shared/records/event-types.ts';
-import { clearEntry, ENTRY_BYTES, tableIndex } from '../shared/stage1-format.ts';
+import { CD_RECORD, clearEntry, ENTRY_BYTES, tableIndex } from '../shared/stage1-format.ts';
 
 const VA = 0x7e00_0000_5000;
 const SID = 0x100;
@@ -168,5 +168,28 @@ describe('IOMMU translation with the IOTLB', () => {
     fd.detachDevice({ devId });
     expect(iommu.iotlb.occupancy).toBe(0);
     expect(iommu.translate(SID, 1, VA, ACCESS_READ, out)).toBe(false);
+  });
+
+  test("terminate model: a stage-1 fault is recorded only with the CD's R bit, and goes to the vIOMMU with the vSID", () => {
+    const { veventqFd } = fd.veventqAlloc({ viommuId, type: 1, veventqDepth: 8 });
+    expect(iommu.translate(SID, 1, VA, ACCESS_READ, out)).toBe(false);
+    iommu.terminate(SID, 1, VA, ACCESS_READ, out);
+    const buf = new Uint8Array(40);
+    expect(veventqFd.read(buf)).toBe(40);
+    const words = new Int32Array(buf.buffer);
+    expect(words[2] & 0xff).toBe(F_TRANSLATION); // EventType
+    expect(words[3]).toBe(0); // StreamID: the guest's (virt_id 0), not the physical 0x100
+    // Clear R in the CD of PASID 1: the same fault is no longer recorded.
+    const cd = spaces.installDevice(0, [0, 1]);
+    iommu.installStream(SID, {
+      s2: iommu.contextOf(SID)?.s2,
+      host: iommu.host,
+      cdTableGpa: cd.cdTableGpa,
+      cdLog2: cd.cdLog2,
+    });
+    memory.words[(cd.cdTableGpa + 16) >>> 2] &= ~CD_RECORD;
+    expect(iommu.translate(SID, 1, VA + PAGE_SIZE, ACCESS_READ, out)).toBe(false);
+    iommu.terminate(SID, 1, VA + PAGE_SIZE, ACCESS_READ, out);
+    expect(iommu.stats.eventsRecorded).toBe(1);
   });
 });

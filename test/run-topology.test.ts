@@ -77,6 +77,30 @@ describe('running a topology', () => {
     expect(r.dma.failed).toBe(r.dma.ops);
     expect(r.dma.unrecoverableFaults).toBe(r.dma.ops);
     expect(r.vms[0].workloadDone).toBe(true);
+    // Terminate model: each faulted transaction is one event record (CD.R is set), reported to the
+    // vIOMMU's vEVENTQ, read by the VMM into the guest's event queue, and drained by its driver.
+    expect(r.iommu.eventsRecorded).toBe(r.dma.ops);
+    expect(r.iommu.eventsForwarded).toBe(r.dma.ops);
+    expect(r.vms[0].eventsDelivered).toBe(r.dma.ops);
+    expect(r.vms[0].eventsHandled).toBe(r.dma.ops);
+  });
+
+  test('a 2-entry event queue overflows: the newest records are discarded, the driver acknowledges', async () => {
+    const topology = parseTopology(
+      oneVm(
+        `    queues: { priqLog2: 4, evtqLog2: 1, cmdqLog2: 4, dmaQueueLog2: 6 }
+    devices: [{ name: d, pri: false, pasids: [1] }]
+    workload: { kind: sva-stream, pages: 128, seed: 1, queueDepth: 32 }\n`,
+      ),
+    );
+    const r = await runTopology(topology);
+    const [vm] = r.vms;
+    expect(r.invariants.ok).toBe(true);
+    expect(vm.eventsDropped).toBeGreaterThan(0);
+    expect(vm.eventOverflowsAcknowledged).toBeGreaterThan(0);
+    // Every forwarded record was either written into the guest's queue or counted as dropped.
+    expect(vm.eventsDelivered + vm.eventsDropped).toBe(r.iommu.eventsForwarded);
+    expect(vm.eventsHandled).toBe(vm.eventsDelivered);
   });
 
   test('--seed reseeds every workload, and the guest and the oracle still agree on every byte', async () => {
@@ -113,8 +137,11 @@ vms:
     expect(stray.unrecoverableFaults).toEqual({ stage1: 0, stage2: 64 });
     expect(stray.dmaFailed).toBe(64);
     expect(stray.bytesMoved).toBe(0);
-    // Stage-2 faults are never page requests, never in any guest's PRI queue.
+    // Stage-2 faults are never page requests, never events in any guest's queues.
     expect(stray.pageRequests).toBe(0);
+    expect(r.iommu.eventsHostOnly).toBe(64);
+    expect(r.iommu.eventsForwarded).toBe(0);
+    expect(r.vms.map((vm) => vm.eventsDelivered)).toEqual([0, 0]);
     expect(r.vms.reduce((n, vm) => n + vm.faultsDelivered, 0)).toBe(streamer.faultsDelivered);
     expect(stray.faultQueue.read).toBe(0);
     // The neighbour is unaffected: every page faulted in once and every byte checked.

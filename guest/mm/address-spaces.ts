@@ -5,7 +5,7 @@
 import type { DeviceContext } from '../../shared/control.ts';
 import type { GuestMemory } from '../../shared/guest-memory.ts';
 import { addressHigh } from '../../shared/records/address.ts';
-import { CD_BYTES, CD_VALID, PTE_ADDR_LOW_MASK, writeEntry } from '../../shared/stage1-format.ts';
+import { CD_BYTES, CD_RECORD, CD_VALID, PTE_ADDR_LOW_MASK, writeEntry } from '../../shared/stage1-format.ts';
 import type { PageAllocator } from './page-allocator.ts';
 import { Stage1Table } from './stage1-table.ts';
 
@@ -45,7 +45,7 @@ export class AddressSpaces {
       writeEntry(
         this.memory.words,
         cdTableGpa + pasid * CD_BYTES,
-        (ttb & PTE_ADDR_LOW_MASK) | CD_VALID,
+        (ttb & PTE_ADDR_LOW_MASK) | CD_RECORD | CD_VALID,
         addressHigh(ttb),
       );
     }

@@ -256,6 +256,7 @@ export class PciFunction implements PriEndpoint {
       if (!this.iommu.translate(this.streamId, pasid, va, ACCESS_READ, walk)) {
         if (walk.stage2 || !recoverable(walk.fault) || !this.pri.usable) {
           this.stats.unrecoverableFaults++;
+          this.iommu.terminate(this.streamId, pasid, va, ACCESS_READ, walk);
           this.observer.unrecoverableFault(this, pasid, va, walk.fault, walk.stage2);
           this.finish(op, DMA_STATUS_FAULT);
           return;

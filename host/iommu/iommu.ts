@@ -7,6 +7,7 @@
  */
 import { PAGE_SIZE } from '../../shared/guest-memory.ts';
 import { F_STREAM_DISABLED } from '../../shared/records/event-types.ts';
+import { type EventRecordFields, FaultRecorder, newTranslationFault } from './event-recorder.ts';
 import { HostMemory, REGION_STRIDE } from './host-memory.ts';
 import { type IopfHandler, IopfQueue } from './iopf.ts';
 import { ANY_PASID, Iotlb, TLB_PERM_EXEC, TLB_PERM_UNPRIV, TLB_PERM_WRITE } from './iotlb.ts';
@@ -32,6 +33,11 @@ export interface TranslationStats {
   stage2Faults: number;
   /** IOTLB invalidation operations. */
   invalidations: number;
+  /** Event records of terminated transactions: recorded, forwarded to a vIOMMU, kept by the host. */
+  eventsRecorded: number;
+  eventsForwarded: number;
+  /** Stage-2 events (the host's) and events of streams without a vIOMMU to report to. */
+  eventsHostOnly: number;
 }
 
 export interface IommuOptions {
@@ -51,7 +57,19 @@ export class Iommu {
   readonly iotlb: Iotlb;
   /** Host-physical memory: where stage 2 points and DMA lands. */
   readonly host = new HostMemory();
-  private readonly counts = { translations: 0, walks: 0, stage1Faults: 0, stage2Faults: 0 };
+  private readonly counts = {
+    translations: 0,
+    walks: 0,
+    stage1Faults: 0,
+    stage2Faults: 0,
+    eventsRecorded: 0,
+    eventsForwarded: 0,
+    eventsHostOnly: 0,
+  };
+  /** The terminate model's recording: at most one event record per transaction. */
+  readonly recorder = new FaultRecorder({ record: (event) => this.deliverEvent(event) });
+  private readonly fault = newTranslationFault();
+  private readonly eventHandlers = new Map<number, (event: Readonly<EventRecordFields>) => void>();
   private readonly streams = new Map<number, StreamEntry>();
   private nextTag = 1;
   private readonly endpoints = new Map<number, PriEndpoint>();
@@ -92,6 +110,40 @@ export class Iommu {
     if (!entry) return;
     this.streams.delete(streamId);
     this.iotlb.invalidateDomain(entry.tag);
+  }
+
+  /**
+   * Where a stream's stage-1 events go (the driver's vIOMMU reporting); undefined: the host keeps
+   * them. Stage-2 events always stay with the host.
+   */
+  setEventHandler(
+    streamId: number,
+    handler: ((event: Readonly<EventRecordFields>) => void) | undefined,
+  ): void {
+    if (handler) this.eventHandlers.set(streamId, handler);
+    else this.eventHandlers.delete(streamId);
+  }
+
+  /**
+   * A faulted transaction that no page request will retry ends here (the terminate model): it is
+   * recorded as an event if it must be (always for configuration errors and stage 2's S2R, the CD's
+   * R bit for the four translation faults at stage 1).
+   */
+  terminate(streamId: number, pasid: number, va: number, access: number, walk: Readonly<WalkResult>): void {
+    const f = this.fault;
+    f.transaction = this.counts.translations;
+    f.eventType = walk.fault;
+    f.stage2 = walk.stage2;
+    f.faultClass = walk.faultClass;
+    f.streamId = streamId;
+    f.ssv = pasid !== 0;
+    f.ssid = pasid;
+    f.address = va;
+    f.fetchAddress = walk.fetchAddress;
+    f.access = access;
+    f.stall = false;
+    f.stag = 0;
+    this.recorder.record(f, walk.stage2 || walk.recordFaults);
   }
 
   /** A stream's installed configuration (for diagnostics and benchmarks). */
@@ -151,6 +203,17 @@ export class Iommu {
     if (out.stage2) this.counts.stage2Faults++;
     else this.counts.stage1Faults++;
     return false;
+  }
+
+  private deliverEvent(event: Readonly<EventRecordFields>): void {
+    this.counts.eventsRecorded++;
+    const handler = event.stage2 ? undefined : this.eventHandlers.get(event.streamId);
+    if (!handler) {
+      this.counts.eventsHostOnly++;
+      return;
+    }
+    this.counts.eventsForwarded++;
+    handler(event);
   }
 
   /** A Page Request Message from a device. */

@@ -7,6 +7,7 @@
  * A paging domain is real stage-2 tables in a host-only pool, kept in step with its IOAS by the
  * registry's map and unmap calls; the walker translates every guest physical address through them.
  */
+import { EVTQ_ENTRY_WORDS, encodeEvtqEntry, newEvtqEntry } from '../../shared/records/evtq-entry.ts';
 import { type Errno, ErrnoError } from './errno.ts';
 import { IoPageTable, S2AP_READ, S2AP_WRITE, TablePool } from './io-pagetable.ts';
 import type { Iommu } from './iommu.ts';
@@ -21,6 +22,7 @@ import type {
   NestedDomain,
   PagingDomain,
   PagingFlags,
+  ViommuEventSink,
   ViommuState,
 } from './iommu-ops.ts';
 import type { IopfHandler } from './iopf.ts';
@@ -125,6 +127,7 @@ export class Smmuv3NestedDomain implements NestedDomain {
     readonly ops: Smmuv3Ops,
     readonly parent: PagingDomain,
     readonly data: Uint8Array,
+    readonly viommu: Smmuv3Viommu,
   ) {
     const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
     this.ste0 = view.getBigUint64(0, true);
@@ -150,6 +153,7 @@ export class Smmuv3NestedDomain implements NestedDomain {
 
 class Smmuv3Viommu implements ViommuState {
   readonly type = IOMMU_VIOMMU_TYPE_ARM_SMMUV3;
+  constructor(readonly events: ViommuEventSink) {}
 }
 
 /** Build the 16-byte struct iommu_hwpt_arm_smmuv3 for an S1-translate vSTE. */
@@ -219,7 +223,7 @@ export class Smmuv3Ops implements IommuOps {
       throw new ErrnoError('EOPNOTSUPP', `unknown nested data type ${dataType}`);
     if (data.length !== 16)
       throw new ErrnoError('EINVAL', `struct iommu_hwpt_arm_smmuv3 is 16 bytes, got ${data.length}`);
-    const domain = new Smmuv3NestedDomain(this, parent, data);
+    const domain = new Smmuv3NestedDomain(this, parent, data, viommu as Smmuv3Viommu);
     if (!domain.valid) return domain;
     // Linux reserves EIO for STE bits a guest may not set and configurations it may not ask for.
     const allowed0 =
@@ -233,7 +237,7 @@ export class Smmuv3Ops implements IommuOps {
     return domain;
   }
 
-  attach(device: IommuDevice, pasid: number | undefined, domain: Domain): void {
+  attach(device: IommuDevice, pasid: number | undefined, domain: Domain, virtId?: bigint): void {
     const dev = device as Smmuv3Device;
     if (pasid !== undefined) {
       throw new ErrnoError(
@@ -244,11 +248,14 @@ export class Smmuv3Ops implements IommuOps {
     const s2 = (domain.kind === 'paging' ? domain : domain.parent) as Stage2Domain;
     const base = { s2: s2.table, host: this.iommu.host, cdTableGpa: 0, cdLog2: 0 };
     this.stage2Of.set(dev.streamId, s2);
+    this.iommu.setEventHandler(dev.streamId, undefined);
     if (domain.kind === 'paging') {
       this.iommu.installStream(dev.streamId, { ...base, s1Bypass: true });
       return;
     }
     const nested = domain as Smmuv3NestedDomain;
+    // Stage-1 events of the stream go to the vIOMMU, with the guest's StreamID (its vDEVICE's virt_id).
+    if (virtId !== undefined) this.reportEventsTo(dev.streamId, nested.viommu.events, Number(virtId));
     if (!nested.valid || nested.config === STE_CFG_ABORT) this.iommu.removeStream(dev.streamId);
     else if (nested.config === STE_CFG_BYPASS)
       this.iommu.installStream(dev.streamId, { ...base, s1Bypass: true });
@@ -263,20 +270,43 @@ export class Smmuv3Ops implements IommuOps {
   detach(device: IommuDevice, pasid: number | undefined): void {
     if (pasid !== undefined) return;
     this.stage2Of.delete(device.streamId);
+    this.iommu.setEventHandler(device.streamId, undefined);
     this.iommu.removeStream(device.streamId);
   }
 
-  allocViommu(_device: IommuDevice, parent: PagingDomain, type: number, data: Uint8Array): ViommuState {
+  allocViommu(
+    _device: IommuDevice,
+    parent: PagingDomain,
+    type: number,
+    data: Uint8Array,
+    events: ViommuEventSink,
+  ): ViommuState {
     if (type !== IOMMU_VIOMMU_TYPE_ARM_SMMUV3)
       throw new ErrnoError('EOPNOTSUPP', `unsupported vIOMMU type ${type}`);
     if (data.length !== 0) throw new ErrnoError('EINVAL', 'the SMMUv3 vIOMMU takes no data');
     if (!parent.flags.nestParent) throw new ErrnoError('EINVAL', 'a vIOMMU needs a nest parent');
-    return new Smmuv3Viommu();
+    return new Smmuv3Viommu(events);
   }
 
   checkHwQueue(): Errno | undefined {
     return 'EOPNOTSUPP';
   }
+
+  /** Report the stream's stage-1 events as 32-byte SMMUv3 event records on the vIOMMU's vEVENTQ. */
+  private reportEventsTo(streamId: number, sink: ViommuEventSink, vsid: number): void {
+    const entry = newEvtqEntry();
+    const bytes = new Uint8Array(EVTQ_ENTRY_WORDS * 4);
+    const words = new Int32Array(bytes.buffer);
+    this.iommu.setEventHandler(streamId, (event) => {
+      Object.assign(entry, event);
+      entry.streamId = vsid;
+      encodeEvtqEntry(words, 0, entry);
+      if (!sink.report(IOMMU_VEVENTQ_TYPE_ARM_SMMUV3, bytes)) this.eventsUnreported++;
+    });
+  }
+
+  /** Events for a vIOMMU that had no vEVENTQ to take them (the VMM never asked for events). */
+  eventsUnreported = 0;
 
   invalidationFormat(target: NestedDomain | ViommuState): InvalidationFormat | undefined {
     // Guest invalidations go through the vIOMMU as raw 16-byte commands; nested HWPTs take none.

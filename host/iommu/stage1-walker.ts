@@ -27,6 +27,7 @@ import {
 import {
   CD_BYTES,
   CD_HIGH_RES0,
+  CD_RECORD,
   CD_VALID,
   ENTRY_BYTES,
   LEVELS,
@@ -85,6 +86,8 @@ export interface WalkResult {
   fetchAddress: number;
   /** On success: the combined permissions of both stages as TLB_PERM_* bits, for the IOTLB. */
   leafPerm: number;
+  /** The CD's R bit once it was fetched: a terminated stage-1 fault is recorded as an event. */
+  recordFaults: boolean;
 }
 
 export function newWalkResult(): WalkResult {
@@ -98,6 +101,7 @@ export function newWalkResult(): WalkResult {
     faultClass: 0,
     fetchAddress: 0,
     leafPerm: 0,
+    recordFaults: true,
   };
 }
 
@@ -170,6 +174,7 @@ export function walkStage1(
     out.leafPerm = ((prot & S2AP_WRITE) !== 0 ? TLB_PERM_WRITE : 0) | TLB_PERM_UNPRIV | TLB_PERM_EXEC;
     return true;
   }
+  out.recordFaults = true;
   if (pasid < 0 || pasid >= 2 ** ctx.cdLog2) return fail(out, C_BAD_SUBSTREAMID, false, CLASS_CD);
   const cd = ctx.cdTableGpa + pasid * CD_BYTES;
   if (cd % 4 !== 0) return fail(out, F_TRANSLATION, true, CLASS_CD, cd);
@@ -177,6 +182,7 @@ export function walkStage1(
   let words = (out.memory as GuestMemory).words;
   const cdLow = Atomics.load(words, out.offset >>> 2);
   const cdHigh = words[(out.offset >>> 2) + 1];
+  out.recordFaults = (cdLow & CD_RECORD) !== 0;
   if ((cdLow & CD_VALID) === 0 || (cdHigh & CD_HIGH_RES0) !== 0) return fail(out, C_BAD_CD, false, CLASS_CD);
   if (va < 0 || va >= VA_LIMIT) return fail(out, F_TRANSLATION, false, CLASS_IN);
 

@@ -23,6 +23,14 @@ export interface VmReport {
   overflowsAcknowledged: number;
   /** Faults of this VM's devices that no page request could recover: stage 1 (no PRI) and stage 2 (the host's). */
   unrecoverableFaults: { stage1: number; stage2: number };
+  /**
+   * Event records written into the guest's event queue, discarded by its overflow rule, drained by
+   * the guest's driver, and the overflows the driver acknowledged.
+   */
+  eventsDelivered: number;
+  eventsDropped: number;
+  eventsHandled: number;
+  eventOverflowsAcknowledged: number;
   /** Bytes this VM's devices moved by DMA. */
   bytesMoved: number;
   /** The VM's iommufd fault queue: groups the VMM read, answered through it, answered INVALID by teardown. */
@@ -53,6 +61,9 @@ export interface RunReport {
     stage1Faults: number;
     stage2Faults: number;
     invalidations: number;
+    eventsRecorded: number;
+    eventsForwarded: number;
+    eventsHostOnly: number;
   };
   invariants: { ok: boolean; violations: Violation[]; counts: Record<string, number> };
 }

@@ -124,6 +124,10 @@ export async function runTopology(topology: Topology, options: RunOptions = {}):
       workloadDone: vm.guestStats?.workloadDone ?? false,
       overflowsAcknowledged: vm.guestStats?.overflowsAcknowledged ?? 0,
       unrecoverableFaults: { ...(oracle.byVm.get(vm.name) ?? { stage1: 0, stage2: 0 }) },
+      eventsDelivered: vm.vsmmu.stats.eventsDelivered,
+      eventsDropped: vm.vsmmu.stats.eventsDropped,
+      eventsHandled: vm.guestStats?.events ?? 0,
+      eventOverflowsAcknowledged: vm.guestStats?.eventOverflowsAcknowledged ?? 0,
       bytesMoved: vm.devices.reduce((n, d) => n + d.stats.bytesMoved, 0),
       faultQueue: {
         read: vm.viommu.fault.stats.read,

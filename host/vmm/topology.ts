@@ -49,6 +49,7 @@ export const WorkloadSchema = z
 export const QueuesSchema = z
   .object({
     priqLog2: log2(1, 19).default(8).describe('guest PRI queue: 2^n entries'),
+    evtqLog2: log2(1, 19).default(6).describe('guest event queue: 2^n entries'),
     cmdqLog2: log2(1, 19).default(8).describe('guest command queue: 2^n entries'),
     dmaQueueLog2: log2(1, 12).default(6).describe('per-device DMA descriptor and completion queues'),
   })
@@ -61,7 +62,7 @@ export const VmSchema = z
     viommu: z.enum(['smmuv3']).describe('guest vIOMMU flavour'),
     devices: z.array(DeviceSchema).min(1).max(4),
     workload: WorkloadSchema,
-    queues: QueuesSchema.default({ priqLog2: 8, cmdqLog2: 8, dmaQueueLog2: 6 }),
+    queues: QueuesSchema.default({ priqLog2: 8, evtqLog2: 6, cmdqLog2: 8, dmaQueueLog2: 6 }),
   })
   .strict()
   .superRefine((vm, ctx) => {

@@ -11,6 +11,7 @@ import type { GuestMemory } from '../../shared/guest-memory.ts';
 import {
   encodeVste,
   IOMMU_HWPT_DATA_ARM_SMMUV3,
+  IOMMU_VEVENTQ_TYPE_ARM_SMMUV3,
   IOMMU_VIOMMU_TYPE_ARM_SMMUV3,
   type Smmuv3Ops,
 } from '../iommu/smmuv3-ops.ts';
@@ -22,7 +23,11 @@ import {
   IOMMU_IOAS_MAP_WRITEABLE,
 } from '../iommufd/ioas.ts';
 import { Iommufd } from '../iommufd/iommufd.ts';
+import type { VeventqFd } from '../iommufd/veventq.ts';
 import type { VdeviceMap } from './vsmmu.ts';
+
+/** Events the host queues for the VMM before it reads them; more are lost (and say so). */
+const VEVENTQ_DEPTH = 256;
 
 export interface AssignedDevice {
   /** Physical StreamID. */
@@ -34,6 +39,8 @@ export class VmIommu implements VdeviceMap {
   readonly fd = new Iommufd();
   readonly faultFd: FaultFd;
   readonly fault: FaultObject;
+  /** The vIOMMU's event queue: the stage-1 events of terminated transactions. */
+  readonly veventqFd: VeventqFd;
   private readonly devIds: number[];
   private readonly viommuId: number;
   private readonly faultId: number;
@@ -77,6 +84,11 @@ export class VmIommu implements VdeviceMap {
     for (const [vsid, devId] of this.devIds.entries()) {
       fd.vdeviceAlloc({ viommuId: this.viommuId, devId, virtId: BigInt(vsid) });
     }
+    this.veventqFd = fd.veventqAlloc({
+      viommuId: this.viommuId,
+      type: IOMMU_VEVENTQ_TYPE_ARM_SMMUV3,
+      veventqDepth: VEVENTQ_DEPTH,
+    }).veventqFd;
   }
 
   get devices(): number {
@@ -113,6 +125,7 @@ export class VmIommu implements VdeviceMap {
     if (!this.fd.objects().length) return;
     for (const devId of this.devIds) this.fd.detachDevice({ devId });
     this.faultFd.close();
+    this.veventqFd.close();
     this.fd.close();
     this.ops.iommu.host.unregister(this.ramBase);
   }

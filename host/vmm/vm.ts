@@ -85,7 +85,7 @@ export class Vm {
     this.channel = new SharedArrayBuffer(layout.bytes);
     const bells = channelBells(this.channel, layout);
     this.hostBell = bells.host;
-    const { priq, cmdq, dma } = layout;
+    const { priq, evtq, cmdq, dma } = layout;
     this.cmdq = new RingConsumer(this.channel, cmdq.offset, cmdq.geometry);
     const priqProducer = new RingProducer(this.channel, priq.offset, priq.geometry, bells.guest);
     this.submitQueues = dma.map((q) => new RingConsumer(this.channel, q.submit.offset, q.submit.geometry));
@@ -113,9 +113,11 @@ export class Vm {
     this.vsmmu = new Vsmmu(
       config.name,
       priqProducer,
+      new RingProducer(this.channel, evtq.offset, evtq.geometry, bells.guest),
       this.cmdq,
       this.viommu,
       this.viommu.faultFd,
+      this.viommu.veventqFd,
       wiring.invariants,
       wiring.ownerOf,
     );
@@ -241,7 +243,7 @@ export class Vm {
   private pump(): number {
     let work = this.vsmmu.serviceCommands();
     for (const device of this.devices) work += device.service();
-    return work + this.vsmmu.drainFaults();
+    return work + this.vsmmu.drainFaults() + this.vsmmu.drainEvents();
   }
 
   /** `pump()`, with any exception counted as the `host-exception` violation instead of thrown. */
@@ -260,7 +262,7 @@ export class Vm {
   }
 
   private hasWork(): boolean {
-    if (!this.cmdq.empty() || this.vsmmu.faultsPending) return true;
+    if (!this.cmdq.empty() || this.vsmmu.faultsPending || this.vsmmu.eventsPending) return true;
     for (let i = 0; i < this.devices.length; i++) {
       if (this.devices[i].hasWork || !this.submitQueues[i].empty()) return true;
     }

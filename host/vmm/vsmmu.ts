@@ -19,10 +19,12 @@ import {
   PRI_RESP_INVALID,
   PRI_RESP_SUCCESS,
 } from '../../shared/records/cmdq-entry.ts';
+import { decodeEvtqEntry, EVTQ_ENTRY_WORDS, newEvtqEntry } from '../../shared/records/evtq-entry.ts';
 import { encodePriqEntry, newPriqEntry } from '../../shared/records/priq-entry.ts';
 import type { RingConsumer, RingProducer } from '../../shared/ring.ts';
 import { IommufdError } from '../iommufd/errors.ts';
 import {
+  IOMMU_VEVENTQ_FLAG_LOST_EVENTS,
   IOMMUFD_PAGE_RESP_INVALID,
   IOMMUFD_PAGE_RESP_SUCCESS,
   newPgfaultFields,
@@ -36,8 +38,11 @@ import {
   PGFAULT_FLAGS_PASID_VALID,
   pgfaultAddress,
   readPgfaultInto,
+  VEVENT_HEADER_BYTES,
 } from '../iommufd/eventq-records.ts';
 import type { FaultFd } from '../iommufd/fault.ts';
+import type { VeventqFd } from '../iommufd/veventq.ts';
+import { EventQueueModel } from './evtq-model.ts';
 import type { InvariantChecker } from './invariants.ts';
 
 export interface VsmmuStats {
@@ -58,6 +63,12 @@ export interface VsmmuStats {
   noVdevice: number;
   /** Groups the guest answered (the response reached the fault fd). */
   guestAnswered: number;
+  /** Event records written into the guest's event queue. */
+  eventsDelivered: number;
+  /** Event records the guest's event queue discarded under its overflow rule. */
+  eventsDropped: number;
+  /** Lost-events markers read from the vEVENTQ (the host queue overflowed before the VMM read it). */
+  eventsLost: number;
 }
 
 /** This VM's devices as the fault fd names them. */
@@ -70,6 +81,9 @@ export interface VdeviceMap {
 }
 
 const PRG_INDICES = 512;
+/** One vEVENTQ entry: the header and an SMMUv3 event record. */
+const EVENT_BYTES = VEVENT_HEADER_BYTES + EVTQ_ENTRY_WORDS * 4;
+const READ_EVENTS = 32;
 /** Records read from the fault fd per read(): whole groups only, up to this many records. */
 const READ_RECORDS = 64;
 
@@ -84,6 +98,9 @@ export class Vsmmu {
     syncs: 0,
     noVdevice: 0,
     guestAnswered: 0,
+    eventsDelivered: 0,
+    eventsDropped: 0,
+    eventsLost: 0,
   };
   /** Cookie of the group delivered as (vSID, PRG index), or -1. */
   private readonly delivered: Int32Array;
@@ -94,17 +111,58 @@ export class Vsmmu {
   private readonly faultView = new DataView(this.faultBuffer.buffer);
   private readonly response = new Uint8Array(PAGE_RESPONSE_BYTES);
   private readonly responseView = new DataView(this.response.buffer);
+  private readonly events: EventQueueModel;
+  private readonly eventBuffer = new Uint8Array(READ_EVENTS * EVENT_BYTES);
+  private readonly eventWords = new Int32Array(this.eventBuffer.buffer);
+  private readonly event = newEvtqEntry();
 
   constructor(
     private readonly vmName: string,
     private readonly priq: RingProducer,
+    evtq: RingProducer,
     private readonly cmdq: RingConsumer,
     private readonly vdevices: VdeviceMap,
     private readonly faultFd: FaultFd,
+    private readonly veventqFd: VeventqFd,
     private readonly invariants: InvariantChecker,
     private readonly ownerOf: (streamId: number, pasid: number) => string | undefined,
   ) {
     this.delivered = new Int32Array(vdevices.devices * PRG_INDICES).fill(-1);
+    this.events = new EventQueueModel(evtq);
+  }
+
+  /** Something waits on the vEVENTQ fd. */
+  get eventsPending(): boolean {
+    return this.veventqFd.readable;
+  }
+
+  /**
+   * Read the vIOMMU's events (header + 32-byte SMMUv3 record each, the StreamID already the
+   * guest's) into the guest's event queue, under the event queue's rules. Returns records moved.
+   */
+  drainEvents(): number {
+    let moved = 0;
+    const words = this.eventWords;
+    for (
+      let bytes = this.veventqFd.read(this.eventBuffer);
+      bytes > 0;
+      bytes = this.veventqFd.read(this.eventBuffer)
+    ) {
+      for (let at = 0; at < bytes; ) {
+        if ((words[at >>> 2] & IOMMU_VEVENTQ_FLAG_LOST_EVENTS) !== 0) {
+          this.stats.eventsLost++;
+          at += VEVENT_HEADER_BYTES;
+          continue;
+        }
+        decodeEvtqEntry(words, (at + VEVENT_HEADER_BYTES) >>> 2, this.event);
+        if (this.events.write(this.event) === 'discarded') this.stats.eventsDropped++;
+        else this.stats.eventsDelivered++;
+        at += EVENT_BYTES;
+        moved++;
+      }
+    }
+    this.events.flush();
+    return moved;
   }
 
   /** Something waits on the fault fd (poll EPOLLIN). */

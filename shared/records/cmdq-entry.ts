@@ -3,13 +3,22 @@
  * Opcodes and fields from SMMU spec 4.x / fault-queues.md 1.4-1.5:
  *   CMD_PRI_RESP 0x41: dword0 [7:0] op, [11] SSV, [31:12] SSID, [63:32] SID;
  *                      dword1 [8:0] PRGIndex, [13:12] Resp (0 Failure, 1 InvalidRequest, 2 Success)
+ *   CMD_RESUME   0x44: dword0 [13:12] action (Linux: 0 terminate RAZ/WI, 1 retry, 2 abort),
+ *                      [63:32] SID; dword1 [15:0] STAG
  *   CMD_SYNC     0x46: dword0 [7:0] op
- * Only these two are decoded so far; the host model counts any other opcode as an illegal command.
+ * The host model counts any other opcode as an illegal command.
  */
 export const CMDQ_ENTRY_WORDS = 4;
 
 export const CMD_PRI_RESP = 0x41;
+export const CMD_RESUME = 0x44;
 export const CMD_SYNC = 0x46;
+
+/** CMD_RESUME actions as Linux packs dword0 [13:12]: terminate (RAZ/WI), retry, abort. */
+export const RESUME_TERMINATE = 0;
+export const RESUME_RETRY = 1;
+export const RESUME_ABORT = 2;
+const RESUME_ACTION_SHIFT = 12;
 
 /** CMD_PRI_RESP Resp field. Linux names them DENY, FAIL, SUCC. */
 export const PRI_RESP_FAILURE = 0;
@@ -61,4 +70,29 @@ export function encodeSync(words: Int32Array, at: number): void {
   words[at + 1] = 0;
   words[at + 2] = 0;
   words[at + 3] = 0;
+}
+
+export interface ResumeCommand {
+  streamId: number;
+  stag: number;
+  /** RESUME_TERMINATE | RESUME_RETRY | RESUME_ABORT; 3 is an illegal encoding. */
+  action: number;
+}
+
+export function newResumeCommand(): ResumeCommand {
+  return { streamId: 0, stag: 0, action: 0 };
+}
+
+export function encodeResume(words: Int32Array, at: number, c: ResumeCommand): void {
+  words[at] = CMD_RESUME | ((c.action & 3) << RESUME_ACTION_SHIFT);
+  words[at + 1] = c.streamId;
+  words[at + 2] = c.stag & 0xffff;
+  words[at + 3] = 0;
+}
+
+export function decodeResume(words: Int32Array, at: number, out: ResumeCommand): ResumeCommand {
+  out.action = (words[at] >>> RESUME_ACTION_SHIFT) & 3;
+  out.streamId = words[at + 1] >>> 0;
+  out.stag = words[at + 2] & 0xffff;
+  return out;
 }
