@@ -29,6 +29,7 @@ export function emptyStats(): GuestStats {
     partialGroupsDropped: 0,
     events: 0,
     eventOverflowsAcknowledged: 0,
+    stallsResumed: 0,
     pagesMapped: 0,
     dmaSubmitted: 0,
     dmaCompleted: 0,
@@ -98,7 +99,7 @@ export class GuestVm implements GuestControl {
     this.memory.touch();
     // CD 0 is the RID's own address space (requests without a PASID).
     return this.config.devices.map((device) =>
-      this.spaces.installDevice(device.streamId, [0, ...device.pasids]),
+      this.spaces.installDevice(device.streamId, [0, ...device.pasids], device.stall),
     );
   }
 

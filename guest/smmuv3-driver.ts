@@ -14,9 +14,13 @@
 import type { GuestStats } from '../shared/control.ts';
 import {
   encodePriResp,
+  encodeResume,
   newPriRespCommand,
+  newResumeCommand,
   PRI_RESP_INVALID,
   PRI_RESP_SUCCESS,
+  RESUME_ABORT,
+  RESUME_RETRY,
 } from '../shared/records/cmdq-entry.ts';
 import { decodeEvtqEntry, newEvtqEntry } from '../shared/records/evtq-entry.ts';
 import { decodePriqEntry, isStopMarker, newPriqEntry } from '../shared/records/priq-entry.ts';
@@ -32,6 +36,7 @@ export class Smmuv3Driver {
 
   private readonly entry = newPriqEntry();
   private readonly event = newEvtqEntry();
+  private readonly resume = newResumeCommand();
   private readonly command = newPriRespCommand();
   /** Partial groups by (StreamID, PRGIndex): the worst page-in outcome so far. */
   private readonly partial = new Map<number, number>();
@@ -46,7 +51,10 @@ export class Smmuv3Driver {
 
   /** Drain both output queues once; returns the number of records consumed. */
   poll(): number {
-    return this.pollEvents() + this.pollPageRequests();
+    this.blockedOnCommandQueue = false;
+    const consumed = this.pollEvents() + (this.blockedOnCommandQueue ? 0 : this.pollPageRequests());
+    this.cmdq.publish();
+    return consumed;
   }
 
   /**
@@ -56,20 +64,44 @@ export class Smmuv3Driver {
   private pollEvents(): number {
     let consumed = 0;
     for (let ready = this.evtq.poll(); ready > 0; ready = this.evtq.poll()) {
-      for (let i = 0; i < ready; i++) decodeEvtqEntry(this.evtq.words, this.evtq.at(i), this.event);
-      this.evtq.release(ready);
-      consumed += ready;
+      let done = 0;
+      while (done < ready) {
+        decodeEvtqEntry(this.evtq.words, this.evtq.at(done), this.event);
+        if (this.event.stall) {
+          if (this.cmdq.claim() < 0) {
+            this.blockedOnCommandQueue = true;
+            break;
+          }
+          this.resumeStall();
+        }
+        done++;
+      }
+      this.evtq.release(done);
+      consumed += done;
+      if (this.blockedOnCommandQueue) break;
     }
     this.stats.events += consumed;
-    if (this.evtq.overflowPending()) {
+    if (!this.blockedOnCommandQueue && this.evtq.overflowPending() && this.evtq.empty()) {
       this.evtq.acknowledgeOverflow();
       this.stats.eventOverflowsAcknowledged++;
     }
     return consumed;
   }
 
+  /** A stalled transaction: page in what it touched, then CMD_RESUME retry (or abort if that failed). */
+  private resumeStall(): void {
+    const e = this.event;
+    const outcome = this.pager.pageIn(e.ssv ? e.substreamId : RID_PASID, e.inputAddress);
+    const c = this.resume;
+    c.streamId = e.streamId;
+    c.stag = e.stag;
+    c.action = outcome === PAGE_IN_OK ? RESUME_RETRY : RESUME_ABORT;
+    encodeResume(this.cmdq.words, this.cmdq.claim(), c);
+    this.cmdq.commit();
+    this.stats.stallsResumed++;
+  }
+
   private pollPageRequests(): number {
-    this.blockedOnCommandQueue = false;
     let consumed = 0;
     for (let ready = this.priq.poll(); ready > 0; ready = this.priq.poll()) {
       let done = 0;
@@ -87,7 +119,6 @@ export class Smmuv3Driver {
       consumed += done;
       if (this.blockedOnCommandQueue) break;
     }
-    this.cmdq.publish();
     if (!this.blockedOnCommandQueue && this.priq.overflowPending() && this.priq.empty()) {
       // Every entry up to PROD is processed: partials whose Last was discarded are gone for good.
       this.stats.partialGroupsDropped += this.partial.size;

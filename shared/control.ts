@@ -22,6 +22,8 @@ export interface GuestDeviceConfig {
   streamId: number;
   pasids: number[];
   pri: boolean;
+  /** Stalls instead of PRI: the guest sets CD.S for it and answers stall events with CMD_RESUME. */
+  stall: boolean;
 }
 
 /** workerData of a guest worker. */
@@ -55,6 +57,8 @@ export interface GuestStats {
   /** Event records drained from the event queue, and event-queue overflows acknowledged. */
   events: number;
   eventOverflowsAcknowledged: number;
+  /** Stall events answered with CMD_RESUME. */
+  stallsResumed: number;
   pagesMapped: number;
   dmaSubmitted: number;
   dmaCompleted: number;

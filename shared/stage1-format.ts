@@ -10,7 +10,8 @@
  *   high [15:0] output address [47:32], [21:16] RES0 (set: F_ADDR_SIZE), [22] XN, [31:23] ignored
  *
  * Context descriptor (CD), 16 bytes, one per PASID (SubstreamID) in a per-device CD table:
- *   w0 [0] V, [1] R (record faults of terminated transactions), [31:12] TTB0 [31:12];
+ *   w0 [0] V, [1] R (record faults of terminated transactions), [2] S (stall the four
+ *      translation faults instead of terminating, if the stream may stall), [31:12] TTB0 [31:12];
  *   w1 [15:0] TTB0 [47:32], [31:16] RES0;  w2, w3 RES0
  *
  * A writer stores the high word first and the low word (holding V) last with Atomics.store, so a
@@ -34,6 +35,7 @@ export const PTE_HIGH_XN = 1 << 22;
 export const CD_BYTES = 16;
 export const CD_VALID = 1 << 0;
 export const CD_RECORD = 1 << 1;
+export const CD_STALL = 1 << 2;
 export const CD_HIGH_RES0 = ~0xffff;
 
 /** Index into the level-`level` table for a VA given as (low 32 bits, high 16 bits). */

@@ -5,7 +5,14 @@
 import type { DeviceContext } from '../../shared/control.ts';
 import type { GuestMemory } from '../../shared/guest-memory.ts';
 import { addressHigh } from '../../shared/records/address.ts';
-import { CD_BYTES, CD_RECORD, CD_VALID, PTE_ADDR_LOW_MASK, writeEntry } from '../../shared/stage1-format.ts';
+import {
+  CD_BYTES,
+  CD_RECORD,
+  CD_STALL,
+  CD_VALID,
+  PTE_ADDR_LOW_MASK,
+  writeEntry,
+} from '../../shared/stage1-format.ts';
 import type { PageAllocator } from './page-allocator.ts';
 import { Stage1Table } from './stage1-table.ts';
 
@@ -36,7 +43,7 @@ export class AddressSpaces {
   }
 
   /** Build a device's CD table with a valid CD for each of its PASIDs. */
-  installDevice(streamId: number, pasids: readonly number[]): DeviceContext {
+  installDevice(streamId: number, pasids: readonly number[], stall = false): DeviceContext {
     const cdTableGpa = this.pages.allocZeroed();
     if (cdTableGpa < 0) throw new Error('guest RAM exhausted while allocating a CD table');
     for (const pasid of pasids) {
@@ -45,7 +52,7 @@ export class AddressSpaces {
       writeEntry(
         this.memory.words,
         cdTableGpa + pasid * CD_BYTES,
-        (ttb & PTE_ADDR_LOW_MASK) | CD_RECORD | CD_VALID,
+        (ttb & PTE_ADDR_LOW_MASK) | (stall ? CD_STALL : 0) | CD_RECORD | CD_VALID,
         addressHigh(ttb),
       );
     }

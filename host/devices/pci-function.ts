@@ -26,6 +26,7 @@ import type { RingConsumer, RingProducer } from '../../shared/ring.ts';
 import type { Iommu } from '../iommu/iommu.ts';
 import { newPageRequest, PRG_FAILURE, PRG_SUCCESS, type PriEndpoint } from '../iommu/page-request.ts';
 import { ACCESS_READ, newWalkResult } from '../iommu/stage1-walker.ts';
+import type { StallEndpoint, StallOutcome } from '../iommu/stall.ts';
 import { PriCapability } from './pri-capability.ts';
 
 /** Longest transfer one descriptor may ask for. */
@@ -38,6 +39,7 @@ const READY = 1;
 const WAITING_PRG = 2;
 const WAITING_CREDIT = 3;
 const COMPLETING = 4;
+const WAITING_STALL = 5;
 
 /** What the sandbox watches a device do; the device itself judges nothing. */
 export interface DmaObserver {
@@ -59,6 +61,11 @@ export interface PciFunctionOptions {
   name: string;
   streamId: number;
   pri: boolean;
+  /**
+   * The function can wait on a stalled transaction (a platform device behind an SMMU that stalls;
+   * PCIe functions never stall, they use PRI).
+   */
+  stall?: boolean;
   /** Outstanding Page Request Allocation. */
   priCredits: number;
 }
@@ -72,15 +79,19 @@ export interface PciFunctionStats {
   retries: number;
   completionStalls: number;
   unrecoverableFaults: number;
+  /** Transactions that stalled, and the stalls resumed with retry. */
+  stalls: number;
+  stallRetries: number;
   /** Bytes the DMA engine moved between guest memory and its buffer. */
   bytesMoved: number;
 }
 
-export class PciFunction implements PriEndpoint {
+export class PciFunction implements PriEndpoint, StallEndpoint {
   readonly name: string;
   readonly streamId: number;
   readonly pri: PriCapability;
   readonly hasPri: boolean;
+  readonly canStall: boolean;
   readonly stats: PciFunctionStats = {
     ops: 0,
     completed: 0,
@@ -90,6 +101,8 @@ export class PciFunction implements PriEndpoint {
     retries: 0,
     completionStalls: 0,
     unrecoverableFaults: 0,
+    stalls: 0,
+    stallRetries: 0,
     bytesMoved: 0,
   };
 
@@ -128,6 +141,7 @@ export class PciFunction implements PriEndpoint {
     this.name = options.name;
     this.streamId = options.streamId;
     this.hasPri = options.pri;
+    this.canStall = options.stall ?? false;
     this.pri = new PriCapability(options.priCredits);
     this.pri.enabled = options.pri;
     // One op per completion slot: a completion can always be written once the guest reaps.
@@ -184,6 +198,19 @@ export class PciFunction implements PriEndpoint {
       }
     }
     // A retry is ready, a completion is written, or a credit came back for a waiting op.
+    this.wake();
+  }
+
+  /** The SMMU resolved a stalled transaction of op `token` (a RESUME, STALL_TERM, or no STAG left). */
+  stallResolved(token: number, outcome: StallOutcome): void {
+    if (token < 0 || token >= this.capacity || this.opState[token] !== WAITING_STALL) return;
+    if (outcome === 'retry') {
+      this.stats.stallRetries++;
+      this.enqueue(token, READY);
+    } else {
+      // Abort, or RAZ/WI: the read returns no data the oracle could check; the transfer fails.
+      this.finish(token, DMA_STATUS_FAULT);
+    }
     this.wake();
   }
 
@@ -253,7 +280,28 @@ export class PciFunction implements PriEndpoint {
     this.opState[op] = READY;
     while (this.opDone[op] < length) {
       const va = this.opVa[op] + this.opDone[op];
-      if (!this.iommu.translate(this.streamId, pasid, va, ACCESS_READ, walk)) {
+      // A stalling device waits from the moment it asks, so that a RESUME arriving before
+      // translate() returns (no handler, no STAG left) finds the op waiting.
+      if (this.canStall) this.opState[op] = WAITING_STALL;
+      const translated = this.iommu.translate(
+        this.streamId,
+        pasid,
+        va,
+        ACCESS_READ,
+        walk,
+        this.canStall ? op : -1,
+      );
+      if (this.canStall) {
+        if (this.opState[op] !== WAITING_STALL) return; // resolved already: queued for retry, or finished
+        if (!translated && walk.stalled) {
+          // The SMMU holds the transaction; its RESUME decides (stallResolved).
+          this.stats.stalls++;
+          this.opFaultedAt[op] = performance.now();
+          return;
+        }
+        this.opState[op] = READY;
+      }
+      if (!translated) {
         if (walk.stage2 || !recoverable(walk.fault) || !this.pri.usable) {
           this.stats.unrecoverableFaults++;
           this.iommu.terminate(this.streamId, pasid, va, ACCESS_READ, walk);

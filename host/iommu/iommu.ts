@@ -7,7 +7,12 @@
  */
 import { PAGE_SIZE } from '../../shared/guest-memory.ts';
 import { F_STREAM_DISABLED } from '../../shared/records/event-types.ts';
-import { type EventRecordFields, FaultRecorder, newTranslationFault } from './event-recorder.ts';
+import {
+  type EventRecordFields,
+  FaultRecorder,
+  isConfigurableFault,
+  newTranslationFault,
+} from './event-recorder.ts';
 import { HostMemory, REGION_STRIDE } from './host-memory.ts';
 import { type IopfHandler, IopfQueue } from './iopf.ts';
 import { ANY_PASID, Iotlb, TLB_PERM_EXEC, TLB_PERM_UNPRIV, TLB_PERM_WRITE } from './iotlb.ts';
@@ -20,6 +25,7 @@ import {
   type WalkResult,
   walkStage1,
 } from './stage1-walker.ts';
+import { StallIopfBridge, StallModel } from './stall.ts';
 
 export interface TranslationStats {
   translations: number;
@@ -66,6 +72,9 @@ export class Iommu {
     eventsForwarded: 0,
     eventsHostOnly: 0,
   };
+  /** Stalled transactions (the stall model), and the bridge that reports them as IOPF groups. */
+  readonly stalls = new StallModel();
+  readonly stallIopf: StallIopfBridge;
   /** The terminate model's recording: at most one event record per transaction. */
   readonly recorder = new FaultRecorder({ record: (event) => this.deliverEvent(event) });
   private readonly fault = newTranslationFault();
@@ -77,13 +86,12 @@ export class Iommu {
 
   constructor(options: IommuOptions = {}) {
     this.iotlb = new Iotlb(options.iotlbEntries ?? 4096, options.iotlbWays ?? 4);
-    this.iopf = new IopfQueue(
-      // A PASID without a handler of its own falls back to the RID's: with a nested stream the
-      // guest owns the CD table, so every PASID's faults belong to the RID's attachment.
-      (streamId, pasid) =>
-        this.handlers.get(handlerKey(streamId, pasid)) ?? this.handlers.get(handlerKey(streamId, RID)),
-      (streamId) => this.endpoints.get(streamId),
-    );
+    // A PASID without a handler of its own falls back to the RID's: with a nested stream the
+    // guest owns the CD table, so every PASID's faults belong to the RID's attachment.
+    const handlerFor = (streamId: number, pasid: number) =>
+      this.handlers.get(handlerKey(streamId, pasid)) ?? this.handlers.get(handlerKey(streamId, RID));
+    this.iopf = new IopfQueue(handlerFor, (streamId) => this.endpoints.get(streamId));
+    this.stallIopf = new StallIopfBridge(this.stalls, handlerFor);
   }
 
   get stats(): TranslationStats {
@@ -110,6 +118,8 @@ export class Iommu {
     if (!entry) return;
     this.streams.delete(streamId);
     this.iotlb.invalidateDomain(entry.tag);
+    // The STE is gone: its stalled transactions terminate (CMD_STALL_TERM after the switch).
+    this.stalls.stallTerm(streamId);
   }
 
   /**
@@ -174,8 +184,20 @@ export class Iommu {
     else this.handlers.delete(handlerKey(streamId, pasid));
   }
 
-  /** Translate one access; on failure `out` holds the fault (SMMUv3 event fields). */
-  translate(streamId: number, pasid: number, va: number, access: number, out: WalkResult): boolean {
+  /**
+   * Translate one access; on failure `out` holds the fault (SMMUv3 event fields). A caller that can
+   * wait passes a `token`: a stage-1 translation fault on a stream and CD that stall then stalls
+   * the transaction (`out.stalled`), and the outcome of its RESUME comes back with that token.
+   */
+  translate(
+    streamId: number,
+    pasid: number,
+    va: number,
+    access: number,
+    out: WalkResult,
+    token = -1,
+  ): boolean {
+    out.stalled = false;
     this.counts.translations++;
     const entry = this.streams.get(streamId);
     if (!entry) {
@@ -202,11 +224,50 @@ export class Iommu {
     }
     if (out.stage2) this.counts.stage2Faults++;
     else this.counts.stage1Faults++;
+    if (token >= 0 && !out.stage2 && out.stallFaults && entry.ctx.stall && isConfigurableFault(out.fault)) {
+      this.stall(streamId, pasid, va, access, out, token);
+    }
     return false;
+  }
+
+  /**
+   * The stall model: hold the transaction under a STAG, record a Stall=1 event (never merged, never
+   * dropped) and report it as a one-request IOPF group to the address space's fault handler.
+   * Without a STAG or a slot the transaction terminates at once (the endpoint hears 'abort').
+   */
+  private stall(
+    streamId: number,
+    pasid: number,
+    va: number,
+    access: number,
+    out: WalkResult,
+    token: number,
+  ): void {
+    const r = this.stalls.stall(streamId, pasid !== 0 ? pasid : undefined, va, access, out, token);
+    if (r.stag < 0) return;
+    out.stalled = true;
+    if (r.suppressed) return;
+    const f = this.fault;
+    f.transaction = this.counts.translations;
+    f.eventType = out.fault;
+    f.stage2 = false;
+    f.faultClass = out.faultClass;
+    f.streamId = streamId;
+    f.ssv = pasid !== 0;
+    f.ssid = pasid;
+    f.address = va;
+    f.fetchAddress = 0;
+    f.access = access;
+    f.stall = true;
+    f.stag = r.stag;
+    this.recorder.record(f, true);
+    this.stallIopf.toIopf(streamId, r.stag);
   }
 
   private deliverEvent(event: Readonly<EventRecordFields>): void {
     this.counts.eventsRecorded++;
+    // A stall travels as an IOPF group (the fault queue), not as a vIOMMU event.
+    if (event.stall) return;
     const handler = event.stage2 ? undefined : this.eventHandlers.get(event.streamId);
     if (!handler) {
       this.counts.eventsHostOnly++;

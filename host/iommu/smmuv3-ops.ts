@@ -75,6 +75,8 @@ export class Smmuv3Device implements IommuDevice {
     readonly ops: Smmuv3Ops,
     readonly streamId: number,
     readonly pasidLog2: number,
+    /** The device can wait on a stalled transaction: the driver leaves STE.S1STALLD clear. */
+    readonly stall = false,
   ) {}
 
   get instance(): object {
@@ -191,8 +193,8 @@ export class Smmuv3Ops implements IommuOps {
     for (const [streamId, s2] of this.stage2Of) if (s2 === domain) this.iommu.invalidateStream(streamId);
   }
 
-  device(streamId: number, pasidLog2: number): Smmuv3Device {
-    return new Smmuv3Device(this, streamId, pasidLog2);
+  device(streamId: number, pasidLog2: number, stall = false): Smmuv3Device {
+    return new Smmuv3Device(this, streamId, pasidLog2, stall);
   }
 
   hwInfo(): HwInfo {
@@ -246,7 +248,7 @@ export class Smmuv3Ops implements IommuOps {
       );
     }
     const s2 = (domain.kind === 'paging' ? domain : domain.parent) as Stage2Domain;
-    const base = { s2: s2.table, host: this.iommu.host, cdTableGpa: 0, cdLog2: 0 };
+    const base = { s2: s2.table, host: this.iommu.host, cdTableGpa: 0, cdLog2: 0, stall: dev.stall };
     this.stage2Of.set(dev.streamId, s2);
     this.iommu.setEventHandler(dev.streamId, undefined);
     if (domain.kind === 'paging') {

@@ -28,6 +28,7 @@ import {
   CD_BYTES,
   CD_HIGH_RES0,
   CD_RECORD,
+  CD_STALL,
   CD_VALID,
   ENTRY_BYTES,
   LEVELS,
@@ -65,6 +66,8 @@ export interface Stage1Context {
   cdLog2: number;
   /** Stage 1 bypassed (STE Config bypass, or a plain paging domain): the input address is the IPA. */
   s1Bypass?: boolean;
+  /** The stream may stall (STE.S1STALLD clear: the device is not PCIe and can wait). */
+  stall?: boolean;
 }
 
 /** The outcome of one walk; reused by the caller, never allocated per walk. */
@@ -88,6 +91,10 @@ export interface WalkResult {
   leafPerm: number;
   /** The CD's R bit once it was fetched: a terminated stage-1 fault is recorded as an event. */
   recordFaults: boolean;
+  /** The CD's S bit: a stage-1 translation fault stalls (if the stream may stall). */
+  stallFaults: boolean;
+  /** Set by the IOMMU: the transaction is stalled, waiting for a RESUME. */
+  stalled: boolean;
 }
 
 export function newWalkResult(): WalkResult {
@@ -102,6 +109,8 @@ export function newWalkResult(): WalkResult {
     fetchAddress: 0,
     leafPerm: 0,
     recordFaults: true,
+    stallFaults: false,
+    stalled: false,
   };
 }
 
@@ -175,6 +184,7 @@ export function walkStage1(
     return true;
   }
   out.recordFaults = true;
+  out.stallFaults = false;
   if (pasid < 0 || pasid >= 2 ** ctx.cdLog2) return fail(out, C_BAD_SUBSTREAMID, false, CLASS_CD);
   const cd = ctx.cdTableGpa + pasid * CD_BYTES;
   if (cd % 4 !== 0) return fail(out, F_TRANSLATION, true, CLASS_CD, cd);
@@ -183,6 +193,7 @@ export function walkStage1(
   const cdLow = Atomics.load(words, out.offset >>> 2);
   const cdHigh = words[(out.offset >>> 2) + 1];
   out.recordFaults = (cdLow & CD_RECORD) !== 0;
+  out.stallFaults = (cdLow & CD_STALL) !== 0;
   if ((cdLow & CD_VALID) === 0 || (cdHigh & CD_HIGH_RES0) !== 0) return fail(out, C_BAD_CD, false, CLASS_CD);
   if (va < 0 || va >= VA_LIMIT) return fail(out, F_TRANSLATION, false, CLASS_IN);
 

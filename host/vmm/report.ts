@@ -31,6 +31,9 @@ export interface VmReport {
   eventsDropped: number;
   eventsHandled: number;
   eventOverflowsAcknowledged: number;
+  /** Stalled transactions reported to the guest as Stall=1 events, and the CMD_RESUMEs that answered them. */
+  stallsDelivered: number;
+  resumes: number;
   /** Bytes this VM's devices moved by DMA. */
   bytesMoved: number;
   /** The VM's iommufd fault queue: groups the VMM read, answered through it, answered INVALID by teardown. */

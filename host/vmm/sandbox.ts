@@ -72,7 +72,12 @@ export async function runTopology(topology: Topology, options: RunOptions = {}):
   // Faults reach a VM through the fault queue of the HWPT its device is attached to (the registry's
   // ioasid-owner routing). While every device's PASIDs belong to the VM the device is assigned to,
   // device-owner routing delivers to the same VM; topologies that split them come with workloads.
-  for (const vm of vms) for (const device of vm.devices) iommu.bindEndpoint(device.streamId, device);
+  for (const vm of vms) {
+    for (const device of vm.devices) {
+      iommu.bindEndpoint(device.streamId, device);
+      iommu.stalls.bindEndpoint(device.streamId, device);
+    }
+  }
 
   const started = performance.now();
   try {
@@ -92,7 +97,8 @@ export async function runTopology(topology: Topology, options: RunOptions = {}):
   }
   const elapsed = performance.now() - started;
 
-  const lost = iommu.iopf.pending;
+  // Page-request groups and stalled transactions both travel as IOPF groups; none may be left.
+  const lost = iommu.iopf.pending + iommu.stallIopf.pending;
   if (lost > 0) {
     invariants.violation({
       rule: 'group-lost',
@@ -109,7 +115,7 @@ export async function runTopology(topology: Topology, options: RunOptions = {}):
     durationMs: Math.round(elapsed),
     vms: vms.map((vm) => ({
       name: vm.name,
-      faultsDelivered: vm.vsmmu.stats.delivered,
+      faultsDelivered: vm.vsmmu.stats.delivered + vm.vsmmu.stats.stallsDelivered,
       responses: { ...vm.vsmmu.stats.responses },
       dmaOps: vm.devices.reduce((n, d) => n + d.stats.ops, 0),
       crashed: vm.crashed,
@@ -128,6 +134,8 @@ export async function runTopology(topology: Topology, options: RunOptions = {}):
       eventsDropped: vm.vsmmu.stats.eventsDropped,
       eventsHandled: vm.guestStats?.events ?? 0,
       eventOverflowsAcknowledged: vm.guestStats?.eventOverflowsAcknowledged ?? 0,
+      stallsDelivered: vm.vsmmu.stats.stallsDelivered,
+      resumes: vm.vsmmu.stats.resumes,
       bytesMoved: vm.devices.reduce((n, d) => n + d.stats.bytesMoved, 0),
       faultQueue: {
         read: vm.viommu.fault.stats.read,
@@ -136,12 +144,13 @@ export async function runTopology(topology: Topology, options: RunOptions = {}):
       },
     })),
     faults: {
-      raised: iommu.iopf.stats.groups,
-      delivered: sum((vm) => vm.vsmmu.stats.delivered),
+      raised: iommu.iopf.stats.groups + iommu.stallIopf.iopf.stats.groups,
+      delivered: sum((vm) => vm.vsmmu.stats.delivered + vm.vsmmu.stats.stallsDelivered),
       responded: sum((vm) => vm.vsmmu.stats.guestAnswered),
       autoResponded:
         sum((vm) => vm.vsmmu.stats.autoResponded + vm.viommu.fault.stats.autoResponded) +
-        iommu.iopf.stats.answeredWithoutHandler,
+        iommu.iopf.stats.answeredWithoutHandler +
+        iommu.stallIopf.iopf.stats.answeredWithoutHandler,
       dropped: sum((vm) => vm.vsmmu.stats.dropped),
       lost,
     },

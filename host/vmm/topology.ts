@@ -29,8 +29,18 @@ export const DeviceSchema = z
       .max(512)
       .default(32)
       .describe('Outstanding Page Request Allocation written to the PRI capability'),
+    stall: z
+      .boolean()
+      .default(false)
+      .describe(
+        'a platform device that can wait on stalled transactions (SMMUv3 stall model) instead of PRI',
+      ),
   })
-  .strict();
+  .strict()
+  .refine((d) => !(d.pri && d.stall), {
+    message: 'a device recovers with PRI (a PCIe function, which never stalls) or by stalling, not both',
+    path: ['stall'],
+  });
 
 export const WorkloadSchema = z
   .object({

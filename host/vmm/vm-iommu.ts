@@ -33,6 +33,8 @@ export interface AssignedDevice {
   /** Physical StreamID. */
   streamId: number;
   hasPasids: boolean;
+  /** A platform device that stalls (STE.S1STALLD clear) rather than using PRI. */
+  stall: boolean;
 }
 
 export class VmIommu implements VdeviceMap {
@@ -65,7 +67,7 @@ export class VmIommu implements VdeviceMap {
       iova: 0n,
     });
     this.devIds = assigned.map(
-      (d) => fd.bindDevice({ device: ops.device(d.streamId, d.hasPasids ? 20 : 0) }).devId,
+      (d) => fd.bindDevice({ device: ops.device(d.streamId, d.hasPasids ? 20 : 0, d.stall) }).devId,
     );
     const { hwptId: s2 } = fd.hwptAlloc({
       flags: IOMMU_HWPT_ALLOC_NEST_PARENT,
@@ -113,6 +115,11 @@ export class VmIommu implements VdeviceMap {
 
   vsidOf(devId: number): number {
     return this.devIds.indexOf(devId);
+  }
+
+  stalls(devId: number): boolean {
+    const vsid = this.devIds.indexOf(devId);
+    return vsid >= 0 && this.assigned[vsid].stall;
   }
 
   streamIdOf(devId: number): number {

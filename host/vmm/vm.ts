@@ -97,6 +97,7 @@ export class Vm {
             streamId: wiring.firstStreamId + i,
             pri: device.pri,
             priCredits: device.priCredits,
+            stall: device.stall,
           },
           wiring.iommu,
           this.submitQueues[i],
@@ -108,7 +109,11 @@ export class Vm {
     this.viommu = new VmIommu(
       wiring.smmu,
       this.memory,
-      this.devices.map((d, i) => ({ streamId: d.streamId, hasPasids: config.devices[i].pasids.length > 0 })),
+      this.devices.map((d, i) => ({
+        streamId: d.streamId,
+        hasPasids: config.devices[i].pasids.length > 0,
+        stall: config.devices[i].stall,
+      })),
     );
     this.vsmmu = new Vsmmu(
       config.name,
@@ -136,6 +141,7 @@ export class Vm {
         streamId: i,
         pasids: d.pasids,
         pri: d.pri,
+        stall: d.stall,
       })),
       workload: { ...this.config.workload, seed: this.seed },
       spinNs: this.wiring.spinNs,

@@ -11,14 +11,19 @@
  */
 import {
   CMD_PRI_RESP,
+  CMD_RESUME,
   CMD_SYNC,
   commandOpcode,
   decodePriResp,
+  decodeResume,
   newPriRespCommand,
+  newResumeCommand,
   PRI_RESP_FAILURE,
   PRI_RESP_INVALID,
   PRI_RESP_SUCCESS,
+  RESUME_RETRY,
 } from '../../shared/records/cmdq-entry.ts';
+import { CLASS_IN, F_TRANSLATION } from '../../shared/records/event-types.ts';
 import { decodeEvtqEntry, EVTQ_ENTRY_WORDS, newEvtqEntry } from '../../shared/records/evtq-entry.ts';
 import { encodePriqEntry, newPriqEntry } from '../../shared/records/priq-entry.ts';
 import type { RingConsumer, RingProducer } from '../../shared/ring.ts';
@@ -69,6 +74,11 @@ export interface VsmmuStats {
   eventsDropped: number;
   /** Lost-events markers read from the vEVENTQ (the host queue overflowed before the VMM read it). */
   eventsLost: number;
+  /** Stalled transactions reported to the guest as Stall=1 events, and answered by its CMD_RESUME. */
+  stallsDelivered: number;
+  resumes: number;
+  /** Stalls answered INVALID (terminated) because the guest's stall buffer was full. */
+  stallsRefused: number;
 }
 
 /** This VM's devices as the fault fd names them. */
@@ -77,10 +87,13 @@ export interface VdeviceMap {
   vsidOf(devId: number): number;
   /** Physical StreamID of iommufd DEVICE `devId`, or -1. */
   streamIdOf(devId: number): number;
+  /** DEVICE `devId` stalls (its groups are stalled transactions, reported as Stall=1 events). */
+  stalls(devId: number): boolean;
   readonly devices: number;
 }
 
 const PRG_INDICES = 512;
+const STAGS = 1 << 16;
 /** One vEVENTQ entry: the header and an SMMUv3 event record. */
 const EVENT_BYTES = VEVENT_HEADER_BYTES + EVTQ_ENTRY_WORDS * 4;
 const READ_EVENTS = 32;
@@ -101,6 +114,9 @@ export class Vsmmu {
     eventsDelivered: 0,
     eventsDropped: 0,
     eventsLost: 0,
+    stallsDelivered: 0,
+    resumes: 0,
+    stallsRefused: 0,
   };
   /** Cookie of the group delivered as (vSID, PRG index), or -1. */
   private readonly delivered: Int32Array;
@@ -115,6 +131,9 @@ export class Vsmmu {
   private readonly eventBuffer = new Uint8Array(READ_EVENTS * EVENT_BYTES);
   private readonly eventWords = new Int32Array(this.eventBuffer.buffer);
   private readonly event = newEvtqEntry();
+  private readonly resume = newResumeCommand();
+  /** Cookie of the stalled transaction delivered as (vSID, STAG), or -1. */
+  private readonly stalled: Int32Array;
 
   constructor(
     private readonly vmName: string,
@@ -128,6 +147,7 @@ export class Vsmmu {
     private readonly ownerOf: (streamId: number, pasid: number) => string | undefined,
   ) {
     this.delivered = new Int32Array(vdevices.devices * PRG_INDICES).fill(-1);
+    this.stalled = new Int32Array(vdevices.devices * STAGS).fill(-1);
     this.events = new EventQueueModel(evtq);
   }
 
@@ -141,7 +161,8 @@ export class Vsmmu {
    * guest's) into the guest's event queue, under the event queue's rules. Returns records moved.
    */
   drainEvents(): number {
-    let moved = 0;
+    // Stall records held for room go first: they are never dropped.
+    let moved = this.events.pump();
     const words = this.eventWords;
     for (
       let bytes = this.veventqFd.read(this.eventBuffer);
@@ -208,6 +229,10 @@ export class Vsmmu {
         });
       }
     }
+    if (this.vdevices.stalls(f.devId)) {
+      this.deliverStall(f, vsid);
+      return;
+    }
     const e = this.entry;
     e.streamId = vsid;
     e.ssv = (f.flags & PGFAULT_FLAGS_PASID_VALID) !== 0;
@@ -236,6 +261,36 @@ export class Vsmmu {
       this.stats.delivered++;
       this.delivered[vsid * PRG_INDICES + f.grpid] = f.cookie;
     }
+  }
+
+  /**
+   * A stalled transaction (a one-request group, grpid = STAG) goes to the guest as a Stall=1
+   * event; stall records are never discarded, they wait in the event queue's stall buffer.
+   */
+  private deliverStall(f: ReturnType<typeof newPgfaultFields>, vsid: number): void {
+    if (this.events.stallRoom === 0) {
+      this.stats.stallsRefused++;
+      this.respond(f.cookie, IOMMUFD_PAGE_RESP_INVALID);
+      return;
+    }
+    const e = this.event;
+    e.eventType = F_TRANSLATION;
+    e.streamId = vsid;
+    e.ssv = (f.flags & PGFAULT_FLAGS_PASID_VALID) !== 0;
+    e.substreamId = e.ssv ? f.pasid : 0;
+    e.stag = f.grpid;
+    e.stall = true;
+    e.privileged = (f.perm & PERM_PRIV) !== 0;
+    e.instruction = (f.perm & PERM_EXEC) !== 0;
+    e.read = (f.perm & PERM_WRITE) === 0;
+    e.stage2 = false;
+    e.faultClass = CLASS_IN;
+    e.inputAddress = pgfaultAddress(f);
+    e.fetchAddress = 0;
+    this.events.write(e);
+    this.events.flush();
+    this.stats.stallsDelivered++;
+    this.stalled[vsid * STAGS + f.grpid] = f.cookie;
   }
 
   /** Write one iommu_hwpt_page_response; false when the fault fd refused the cookie (already answered). */
@@ -274,6 +329,9 @@ export class Vsmmu {
     switch (commandOpcode(words, at)) {
       case CMD_PRI_RESP:
         this.priResponse(words, at);
+        return;
+      case CMD_RESUME:
+        this.resumeStall(words, at);
         return;
       case CMD_SYNC:
         // Commands take effect as they are consumed, so a sync has nothing left to wait for.
@@ -314,8 +372,33 @@ export class Vsmmu {
     }
   }
 
-  /** Forget delivered groups (the fault fd answered them on teardown). */
+  /** CMD_RESUME (vSID, STAG): retry answers the stall's group SUCCESS, abort or terminate INVALID. */
+  private resumeStall(words: Int32Array, at: number): void {
+    const c = decodeResume(words, at, this.resume);
+    if (c.action === 3) {
+      this.stats.illegalCommands++;
+      return;
+    }
+    const slot = c.streamId < this.vdevices.devices ? c.streamId * STAGS + c.stag : -1;
+    const cookie = slot >= 0 ? this.stalled[slot] : -1;
+    if (cookie < 0) {
+      // A RESUME that matches no stall is a no-op, not an error (SMMU spec 4.7).
+      this.stats.unknownResponses++;
+      return;
+    }
+    this.stalled[slot] = -1;
+    this.stats.resumes++;
+    const retry = c.action === RESUME_RETRY;
+    if (this.respond(cookie, retry ? IOMMUFD_PAGE_RESP_SUCCESS : IOMMUFD_PAGE_RESP_INVALID)) {
+      this.stats.guestAnswered++;
+      if (retry) this.stats.responses.success++;
+      else this.stats.responses.invalid++;
+    }
+  }
+
+  /** Forget delivered groups and stalls (the fault fd answered them on teardown). */
   forgetDelivered(): void {
     this.delivered.fill(-1);
+    this.stalled.fill(-1);
   }
 }
