@@ -176,3 +176,50 @@ describe('PRI on a PCIe function', () => {
     expect(device.stats.unrecoverableFaults).toBe(1);
   });
 });
+
+describe('Stop PASID', () => {
+  test('a stopped PASID emits one Stop Marker for its outstanding groups, which the IOPF layer drops unanswered', () => {
+    const memory = GuestMemory.allocate(4);
+    const spaces = new AddressSpaces(memory, new PageAllocator(memory));
+    const ctx = spaces.installDevice(0, [0, 1]);
+    const iommu = new Iommu();
+    iommu.installStream(SID, { memory, cdTableGpa: ctx.cdTableGpa, cdLog2: ctx.cdLog2 });
+    const groups: IopfGroup[] = [];
+    iommu.setFaultHandler(SID, undefined, { handleGroup: (g) => groups.push(g) });
+    const g = { log2Size: 4, recordWords: DMA_DESCRIPTOR_WORDS };
+    const c = { log2Size: 4, recordWords: DMA_COMPLETION_WORDS };
+    const buffer = new SharedArrayBuffer(ringBytes(g) + ringBytes(c));
+    const submit = new RingProducer(buffer, 0, g);
+    const observer: DmaObserver = { dmaRead() {}, faultResolved() {}, unrecoverableFault() {} };
+    const device = new PciFunction(
+      { name: 'dev', streamId: SID, pri: true, priCredits: 4 },
+      iommu,
+      new RingConsumer(buffer, 0, g),
+      new RingProducer(buffer, ringBytes(g), c),
+      observer,
+      () => {},
+    );
+    iommu.bindEndpoint(SID, device);
+    encodeDmaDescriptor(submit.words, submit.claim(), {
+      opcode: DMA_OP_READ,
+      pasid: 1,
+      tag: 1,
+      length: PAGE,
+      va: VA,
+      flags: 0,
+    });
+    submit.push();
+    device.service();
+    expect(groups).toHaveLength(1);
+    device.stopPasid(1);
+    expect(device.stats.stopMarkers).toBe(1);
+    expect(iommu.iopf.stats.stopMarkers).toBe(1);
+    expect(groups).toHaveLength(1); // the marker made no group
+    // The outstanding group still gets its one response; no new page request for PASID 1.
+    groups[0].respond(PRG_SUCCESS);
+    device.service();
+    expect(groups).toHaveLength(1);
+    expect(device.stats.unrecoverableFaults).toBe(1);
+    expect(iommu.iopf.pending).toBe(0);
+  });
+});

@@ -65,6 +65,12 @@ describe('topology files', () => {
     expect(e.yamlPath).toBe('vms[0].workload.pages');
   });
 
+  test('an IOTLB size that is not a power of two is refused', () => {
+    const e = errorOf(`name: t\niommu: { iotlbEntries: 1000 }\nvms:${vm()}`);
+    expect(e.yamlPath).toBe('iommu.iotlbEntries');
+    expect(e.reason).toMatch(/power of two/);
+  });
+
   test('broken YAML is reported with its line', () => {
     const e = errorOf('name: t\nvms: [\n');
     expect(e.reason).toMatch(/not valid YAML/);

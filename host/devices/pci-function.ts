@@ -82,6 +82,8 @@ export interface PciFunctionStats {
   /** Transactions that stalled, and the stalls resumed with retry. */
   stalls: number;
   stallRetries: number;
+  /** Stop PASID markers the function emitted. */
+  stopMarkers: number;
   /** Bytes the DMA engine moved between guest memory and its buffer. */
   bytesMoved: number;
 }
@@ -103,6 +105,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     unrecoverableFaults: 0,
     stalls: 0,
     stallRetries: 0,
+    stopMarkers: 0,
     bytesMoved: 0,
   };
 
@@ -123,6 +126,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
   private runHead = 0;
   private runCount = 0;
   private readonly prgOp = new Int32Array(512).fill(-1);
+  private readonly stoppedPasids = new Set<number>();
   private readonly staging = new Int32Array(PAGE_WORDS);
   private readonly stagingBytes = new Uint8Array(this.staging.buffer);
   private readonly descriptor = newDmaDescriptor();
@@ -199,6 +203,40 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     }
     // A retry is ready, a completion is written, or a credit came back for a waiting op.
     this.wake();
+  }
+
+  /**
+   * The Stop PASID protocol (PCIe PRI): the function issues no more page requests for `pasid`
+   * (its faults become unrecoverable) and, if groups of it are still outstanding, emits a Stop
+   * Marker (Last, no R/W, with the PASID) instead of waiting for their responses. Those groups still
+   * get their one response each.
+   */
+  stopPasid(pasid: number): void {
+    this.stoppedPasids.add(pasid);
+    let outstanding = false;
+    for (let prgIndex = 0; prgIndex < this.prgOp.length; prgIndex++) {
+      const op = this.prgOp[prgIndex];
+      if (op >= 0 && this.opPasid[op] === pasid) outstanding = true;
+    }
+    if (!outstanding || pasid === 0) return;
+    const r = this.request;
+    r.streamId = this.streamId;
+    r.pasid = pasid;
+    r.ssv = true;
+    r.address = 0;
+    r.prgIndex = 0;
+    r.read = false;
+    r.write = false;
+    r.exec = false;
+    r.privileged = false;
+    r.last = true;
+    this.stats.stopMarkers++;
+    this.iommu.pageRequest(r);
+  }
+
+  /** Let the function issue page requests for `pasid` again. */
+  startPasid(pasid: number): void {
+    this.stoppedPasids.delete(pasid);
   }
 
   /** The SMMU resolved a stalled transaction of op `token` (a RESUME, STALL_TERM, or no STAG left). */
@@ -302,7 +340,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
         this.opState[op] = READY;
       }
       if (!translated) {
-        if (walk.stage2 || !recoverable(walk.fault) || !this.pri.usable) {
+        if (walk.stage2 || !recoverable(walk.fault) || !this.pri.usable || this.stoppedPasids.has(pasid)) {
           this.stats.unrecoverableFaults++;
           this.iommu.terminate(this.streamId, pasid, va, ACCESS_READ, walk);
           this.observer.unrecoverableFault(this, pasid, va, walk.fault, walk.stage2);

@@ -51,6 +51,8 @@ export interface IopfHandler {
 
 export interface IopfStats {
   requests: number;
+  /** Stop PASID markers: filtered here, never grouped, never answered (fault-queues.md 3, 5). */
+  stopMarkers: number;
   groups: number;
   answered: number;
   answeredWithoutHandler: number;
@@ -65,6 +67,7 @@ export function accessBits(r: PageRequest): number {
 export class IopfQueue {
   readonly stats: IopfStats = {
     requests: 0,
+    stopMarkers: 0,
     groups: 0,
     answered: 0,
     answeredWithoutHandler: 0,
@@ -87,6 +90,12 @@ export class IopfQueue {
   }
 
   report(r: PageRequest): void {
+    // A Stop Marker (Last, no R/W, with a PASID) needs no response; Linux has the IOMMU driver drop
+    // it before the IOPF core, and flushes its queues before a PASID is freed instead.
+    if (r.last && !r.read && !r.write && r.ssv) {
+      this.stats.stopMarkers++;
+      return;
+    }
     this.stats.requests++;
     const key = r.streamId * 512 + r.prgIndex;
     let group = this.partial.get(key);

@@ -39,7 +39,7 @@ export function vmSeed(runSeed: number | undefined, configured: number, vmIndex:
 export async function runTopology(topology: Topology, options: RunOptions = {}): Promise<RunReport> {
   const log = options.log ?? makeLogger({ side: 'host' });
   const durationMs = options.durationMs ?? DEFAULT_DURATION_MS;
-  const iommu = new Iommu();
+  const iommu = new Iommu(topology.iommu);
   const smmu = new Smmuv3Ops(iommu);
   const invariants = new InvariantChecker();
   const latency = new LatencyHistogram();

@@ -99,10 +99,32 @@ export const VmSchema = z
     }
   });
 
+const pow2 = (min: number, max: number) =>
+  z
+    .number()
+    .int()
+    .min(min)
+    .max(max)
+    .refine((n) => (n & (n - 1)) === 0, 'expected a power of two');
+
+export const IommuSchema = z
+  .object({
+    iotlbEntries: pow2(1, 1 << 20)
+      .default(4096)
+      .describe('IOTLB entries (a power of two)'),
+    iotlbWays: pow2(1, 64).default(4).describe('IOTLB associativity (a power of two, at most the entries)'),
+  })
+  .strict()
+  .refine((i) => i.iotlbWays <= i.iotlbEntries, {
+    message: 'expected iotlbWays <= iotlbEntries',
+    path: ['iotlbWays'],
+  });
+
 export const TopologySchema = z
   .object({
     name,
     routing: z.enum(['ioasid-owner', 'device-owner']).default('ioasid-owner'),
+    iommu: IommuSchema.default({ iotlbEntries: 4096, iotlbWays: 4 }).describe('the physical IOMMU'),
     vms: z.array(VmSchema).min(1).max(64),
     spinNs: z
       .number()
