@@ -18,6 +18,7 @@
  * like the record's fields, to an EventSink.
  */
 import { F_ACCESS, F_ADDR_SIZE, F_PERMISSION, F_TRANSLATION } from '../../shared/records/event-types.ts';
+import { type EvtqEntry, newEvtqEntry } from '../../shared/records/evtq-entry.ts';
 import { ACCESS_EXEC, ACCESS_PRIV, ACCESS_WRITE } from './stage1-walker.ts';
 
 const STAG_MASK = 0xffff;
@@ -76,49 +77,9 @@ export function newTranslationFault(): TranslationFault {
   };
 }
 
-/** The fields of one event record, named after the record's own fields. */
-export interface EventRecordFields {
-  /** EventType. */
-  eventType: number;
-  ssv: boolean;
-  /** 0 when `ssv` is clear. */
-  substreamId: number;
-  streamId: number;
-  /** 0 unless `stall`. */
-  stag: number;
-  stall: boolean;
-  /** PnU: privileged. */
-  privileged: boolean;
-  /** InD: instruction fetch. */
-  instruction: boolean;
-  /** RnW: read. */
-  read: boolean;
-  /** S2. */
-  stage2: boolean;
-  /** CLASS. */
-  faultClass: number;
-  inputAddress: number;
-  /** dword3: IPA, or fetch address of a fetch abort; 0 for a stage-1 translation fault (UNKNOWN there). */
-  fetchAddress: number;
-}
-
-export function newEventRecordFields(): EventRecordFields {
-  return {
-    eventType: 0,
-    ssv: false,
-    substreamId: 0,
-    streamId: 0,
-    stag: 0,
-    stall: false,
-    privileged: false,
-    instruction: false,
-    read: false,
-    stage2: false,
-    faultClass: 0,
-    inputAddress: 0,
-    fetchAddress: 0,
-  };
-}
+/** The fields of one event record: the SMMUv3 event record layout of shared/records/evtq-entry.ts. */
+export type EventRecordFields = EvtqEntry;
+export const newEventRecordFields = newEvtqEntry;
 
 /**
  * Where records go: the event queue, which encodes them. The fields are reused after the call
