@@ -67,6 +67,8 @@ export class Vm {
   private control: Comlink.Remote<GuestControl> | undefined;
   private exited: Promise<never> | undefined;
   private serving = false;
+  /** Inside pump(): devices made runnable now run before pump() returns. */
+  private pumping = false;
   /** The host is ending the worker on purpose: its exit is not a crash. */
   private terminating = false;
   private serveLoop: Promise<void> | undefined;
@@ -103,7 +105,11 @@ export class Vm {
           this.submitQueues[i],
           new RingProducer(this.channel, dma[i].complete.offset, dma[i].complete.geometry, bells.guest),
           wiring.observer,
-          () => this.hostBell.ring(),
+          // A device made runnable from inside this VM's own pump is served by that same pump;
+          // only a wake from elsewhere (another VM's pump, teardown) needs the interrupt.
+          () => {
+            if (!this.pumping) this.hostBell.ring();
+          },
         ),
     );
     this.viommu = new VmIommu(
@@ -247,9 +253,14 @@ export class Vm {
 
   /** One pass over everything the guest may have produced. Returns records handled. */
   private pump(): number {
-    let work = this.vsmmu.serviceCommands();
-    for (const device of this.devices) work += device.service();
-    return work + this.vsmmu.drainFaults() + this.vsmmu.drainEvents();
+    this.pumping = true;
+    try {
+      let work = this.vsmmu.serviceCommands();
+      for (const device of this.devices) work += device.service();
+      return work + this.vsmmu.drainFaults() + this.vsmmu.drainEvents();
+    } finally {
+      this.pumping = false;
+    }
   }
 
   /** `pump()`, with any exception counted as the `host-exception` violation instead of thrown. */
