@@ -109,6 +109,29 @@ describe('ioasid-sandbox run', () => {
   });
 });
 
+describe('ioasid-sandbox validate', () => {
+  test('a good file is reported valid with exit 0, and --json prints it with defaults filled in', () => {
+    const p = cli('validate', 'configs/default.yaml');
+    expect(p.status).toBe(0);
+    expect(p.stdout).toMatch(/valid: topology default, 2 VM\(s\), 2 device\(s\), routing ioasid-owner/);
+    const j = cli('validate', 'configs/stray-dma.yaml', '--json');
+    expect(j.status).toBe(0);
+    expect(JSON.parse(j.stdout).vms[1].queues.priqLog2).toBe(8);
+  });
+
+  test('a bad file exits 2 with the field path, and nothing runs', () => {
+    const file = join(tmp, 'bad-validate.yaml');
+    writeFileSync(
+      file,
+      'name: t\nvms:\n  - name: vm0\n    memoryMiB: 64\n    viommu: vtd9\n    devices: []\n    workload: { kind: idle }\n',
+    );
+    const p = cli('validate', file);
+    expect(p.status).toBe(2);
+    expect(p.stderr).toContain('vms[0].viommu');
+    expect(p.stdout).toBe('');
+  });
+});
+
 describe('ioasid-sandbox bench', () => {
   test('--quick --json prints translation figures and ratios measured in one run', () => {
     const p = cli('bench', '--quick', '--json');

@@ -73,6 +73,21 @@ export async function main(argv: string[]): Promise<number> {
     });
 
   program
+    .command('validate')
+    .description('check a topology file without running it')
+    .argument('<topology>', 'topology file (YAML)')
+    .option('--json', 'print the topology with its defaults filled in, as JSON')
+    .action((file: string, opts: { json?: boolean }) => {
+      const topology = loadTopology(file);
+      const devices = topology.vms.reduce((n, vm) => n + vm.devices.length, 0);
+      process.stdout.write(
+        opts.json
+          ? `${JSON.stringify(topology)}\n`
+          : `${file}: valid: topology ${topology.name}, ${topology.vms.length} VM(s), ${devices} device(s), routing ${topology.routing}\n`,
+      );
+    });
+
+  program
     .command('bench')
     .description('measure speed figures side by side in one run (translation so far)')
     .option('--quick', 'short measurement windows (noisier)')
