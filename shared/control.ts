@@ -5,7 +5,7 @@
  */
 import type { ChannelConfig } from './vm-channel.ts';
 
-export type WorkloadKind = 'sva-stream' | 'stray-dma' | 'idle';
+export type WorkloadKind = 'sva-stream' | 'fault-storm' | 'stray-dma' | 'idle';
 
 export interface WorkloadConfig {
   kind: WorkloadKind;

@@ -177,4 +177,23 @@ vms:
       ),
     ).toThrow(/vms\[0\]\.devices\[0\]\.stall: a device recovers with PRI/);
   });
+
+  test('overflow.yaml: tiny queues under a fault storm drop by their rules, answer every dropped Last, lose nothing', async () => {
+    const r = await runTopology(loadTopology('configs/overflow.yaml'));
+    const [pri, terminate] = r.vms;
+    expect(r.invariants.ok).toBe(true);
+    expect(r.faults.lost).toBe(0);
+    // PRI queue: discarded entries, each dropped Last answered Success, the device retried; every page arrived.
+    expect(r.faults.dropped).toBeGreaterThan(0);
+    expect(r.faults.autoResponded).toBeGreaterThanOrEqual(r.faults.dropped);
+    expect(r.faults.responded + r.faults.autoResponded).toBe(r.faults.raised);
+    expect(pri.overflowsAcknowledged).toBeGreaterThan(0);
+    expect(pri.faultsByKind).toEqual({ pageRequest: 2048, stall: 0, terminate: 0 });
+    expect(pri.bytesVerified).toBe(2048 * PAGE);
+    // Event queue: kept writing, the newest records were dropped, the guest acknowledged.
+    expect(terminate.eventsDropped).toBeGreaterThan(0);
+    expect(terminate.eventOverflowsAcknowledged).toBeGreaterThan(0);
+    expect(terminate.faultsByKind.terminate + terminate.eventsDropped).toBe(r.iommu.eventsForwarded);
+    expect(terminate.flavour).toBe('smmuv3');
+  });
 });

@@ -18,6 +18,8 @@ const MAX_PAGES_PER_DESCRIPTOR = 4;
 
 export class SvaStream extends DescriptorWorkload {
   private readonly prng: Prng;
+  /** Pages one descriptor may cover (drawn from 1 to this). */
+  protected maxPagesPerDescriptor = MAX_PAGES_PER_DESCRIPTOR;
 
   constructor(
     config: WorkloadConfig,
@@ -34,9 +36,17 @@ export class SvaStream extends DescriptorWorkload {
   }
 
   protected fill(d: DmaDescriptor, _page: number, pagesLeft: number): number {
-    const pages = Math.min(1 + this.prng.below(MAX_PAGES_PER_DESCRIPTOR), pagesLeft);
+    const pages = Math.min(1 + this.prng.below(this.maxPagesPerDescriptor), pagesLeft);
     d.length = pages * PAGE_SIZE;
     d.flags = DMA_FLAG_VERIFY;
     return pages;
   }
+}
+
+/**
+ * fault-storm: sva-stream at the highest fault rate the guest can take: one page per descriptor,
+ * so every descriptor in flight is a page request in flight, to drive the queues into overflow.
+ */
+export class FaultStorm extends SvaStream {
+  protected override maxPagesPerDescriptor = 1;
 }

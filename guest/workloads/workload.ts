@@ -8,7 +8,7 @@ import type { AddressSpaces } from '../mm/address-spaces.ts';
 import type { DemandPager } from '../mm/demand-pager.ts';
 import { Idle } from './idle.ts';
 import { StrayDma } from './stray-dma.ts';
-import { SvaStream } from './sva-stream.ts';
+import { FaultStorm, SvaStream } from './sva-stream.ts';
 
 /** The guest's handle on one device's work queue. */
 export interface DeviceQueues {
@@ -46,6 +46,8 @@ export function createWorkload(
   switch (config.kind) {
     case 'sva-stream':
       return new SvaStream(config, device, mm.pager, stats);
+    case 'fault-storm':
+      return new FaultStorm(config, device, mm.pager, stats);
     case 'stray-dma':
       return new StrayDma(config, device, mm.spaces, mm.ramSize, stats);
     case 'idle':

@@ -27,6 +27,8 @@ export class DmaOracle implements DmaObserver {
   bytesVerified = 0;
   unrecoverableFaults = 0;
   readonly byVm = new Map<string, UnrecoverableFaults>();
+  /** Bytes checked against the pattern, per VM. */
+  readonly verifiedByVm = new Map<string, number>();
   private readonly owners = new Map<PciFunction, DeviceOwner>();
 
   constructor(
@@ -52,6 +54,7 @@ export class DmaOracle implements DmaObserver {
     const bad = verifyWords(words, at, count, owner.seed, va - offset, offset >>> 2);
     if (bad < 0) {
       this.bytesVerified += count * 4;
+      this.verifiedByVm.set(owner.vm, (this.verifiedByVm.get(owner.vm) ?? 0) + count * 4);
       return;
     }
     this.invariants.violation({

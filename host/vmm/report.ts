@@ -6,6 +6,12 @@ import type { Violation } from './invariants.ts';
 
 export interface VmReport {
   name: string;
+  /** The guest's vIOMMU flavour. */
+  flavour: string;
+  /** Faults that reached the guest, by how: page-request groups, stalls, terminate-model events. */
+  faultsByKind: { pageRequest: number; stall: number; terminate: number };
+  /** Bytes this VM's devices read that the oracle checked against the pattern. */
+  bytesVerified: number;
   faultsDelivered: number;
   responses: { success: number; invalid: number; failure: number };
   dmaOps: number;

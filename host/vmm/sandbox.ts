@@ -115,6 +115,13 @@ export async function runTopology(topology: Topology, options: RunOptions = {}):
     durationMs: Math.round(elapsed),
     vms: vms.map((vm) => ({
       name: vm.name,
+      flavour: vm.config.viommu,
+      faultsByKind: {
+        pageRequest: vm.vsmmu.stats.delivered,
+        stall: vm.vsmmu.stats.stallsDelivered,
+        terminate: vm.vsmmu.stats.eventsDelivered,
+      },
+      bytesVerified: oracle.verifiedByVm.get(vm.name) ?? 0,
       faultsDelivered: vm.vsmmu.stats.delivered + vm.vsmmu.stats.stallsDelivered,
       responses: { ...vm.vsmmu.stats.responses },
       dmaOps: vm.devices.reduce((n, d) => n + d.stats.ops, 0),
