@@ -12,6 +12,7 @@
 import {
   CMD_PRI_RESP,
   CMD_RESUME,
+  CMD_STALL_TERM,
   CMD_SYNC,
   commandOpcode,
   decodePriResp,
@@ -79,6 +80,8 @@ export interface VsmmuStats {
   resumes: number;
   /** Stalls answered INVALID (terminated) because the guest's stall buffer was full. */
   stallsRefused: number;
+  /** Stalls terminated by the guest's CMD_STALL_TERM. */
+  stallsTerminated: number;
 }
 
 /** This VM's devices as the fault fd names them. */
@@ -117,6 +120,7 @@ export class Vsmmu {
     stallsDelivered: 0,
     resumes: 0,
     stallsRefused: 0,
+    stallsTerminated: 0,
   };
   /** Cookie of the group delivered as (vSID, PRG index), or -1. */
   private readonly delivered: Int32Array;
@@ -333,6 +337,9 @@ export class Vsmmu {
       case CMD_RESUME:
         this.resumeStall(words, at);
         return;
+      case CMD_STALL_TERM:
+        this.terminateStalls(words[at + 1] >>> 0);
+        return;
       case CMD_SYNC:
         // Commands take effect as they are consumed, so a sync has nothing left to wait for.
         this.stats.syncs++;
@@ -393,6 +400,20 @@ export class Vsmmu {
       this.stats.guestAnswered++;
       if (retry) this.stats.responses.success++;
       else this.stats.responses.invalid++;
+    }
+  }
+
+  /** CMD_STALL_TERM (vSID): every stall delivered for that stream is answered INVALID (terminated). */
+  private terminateStalls(vsid: number): void {
+    if (vsid >= this.vdevices.devices) {
+      this.stats.illegalCommands++;
+      return;
+    }
+    for (let slot = vsid * STAGS; slot < (vsid + 1) * STAGS; slot++) {
+      const cookie = this.stalled[slot];
+      if (cookie < 0) continue;
+      this.stalled[slot] = -1;
+      if (this.respond(cookie, IOMMUFD_PAGE_RESP_INVALID)) this.stats.stallsTerminated++;
     }
   }
 

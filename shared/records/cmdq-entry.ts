@@ -12,6 +12,8 @@ export const CMDQ_ENTRY_WORDS = 4;
 
 export const CMD_PRI_RESP = 0x41;
 export const CMD_RESUME = 0x44;
+/** CMD_STALL_TERM 0x45: dword0 [63:32] SID: terminate every stalled transaction of the stream. */
+export const CMD_STALL_TERM = 0x45;
 export const CMD_SYNC = 0x46;
 
 /** CMD_RESUME actions as Linux packs dword0 [13:12]: terminate (RAZ/WI), retry, abort. */
@@ -95,4 +97,11 @@ export function decodeResume(words: Int32Array, at: number, out: ResumeCommand):
   out.streamId = words[at + 1] >>> 0;
   out.stag = words[at + 2] & 0xffff;
   return out;
+}
+
+export function encodeStallTerm(words: Int32Array, at: number, streamId: number): void {
+  words[at] = CMD_STALL_TERM;
+  words[at + 1] = streamId;
+  words[at + 2] = 0;
+  words[at + 3] = 0;
 }
