@@ -30,6 +30,7 @@ export function emptyStats(): GuestStats {
     events: 0,
     eventOverflowsAcknowledged: 0,
     stallsResumed: 0,
+    unmaps: 0,
     pagesMapped: 0,
     dmaSubmitted: 0,
     dmaCompleted: 0,
@@ -68,7 +69,17 @@ export class GuestVm implements GuestControl {
     this.priq = new RingConsumer(config.channel, layout.priq.offset, layout.priq.geometry);
     this.evtq = new RingConsumer(config.channel, layout.evtq.offset, layout.evtq.geometry);
     this.cmdq = new RingProducer(config.channel, layout.cmdq.offset, layout.cmdq.geometry, bells.host);
-    this.driver = new Smmuv3Driver(this.priq, this.evtq, this.cmdq, this.pager, this.counters);
+    const syncWord = pages.allocZeroed();
+    if (syncWord < 0) throw new Error('guest RAM exhausted before boot');
+    this.driver = new Smmuv3Driver(
+      this.priq,
+      this.evtq,
+      this.cmdq,
+      this.pager,
+      this.counters,
+      this.memory,
+      syncWord,
+    );
     this.devices = config.devices.map((device, index) => ({
       index,
       streamId: device.streamId,
@@ -89,7 +100,14 @@ export class GuestVm implements GuestControl {
       createWorkload(
         config.workload,
         device,
-        { pager: this.pager, spaces: this.spaces, ramSize: this.memory.size },
+        {
+          pager: this.pager,
+          spaces: this.spaces,
+          pages,
+          memoryWords: this.memory.words,
+          ramSize: this.memory.size,
+          tlb: this.driver,
+        },
         this.counters,
       ),
     );

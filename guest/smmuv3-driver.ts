@@ -12,9 +12,12 @@
  * - One CONS store per drained batch and one PROD store per batch of commands.
  */
 import type { GuestStats } from '../shared/control.ts';
+import type { GuestMemory } from '../shared/guest-memory.ts';
 import {
   encodePriResp,
   encodeResume,
+  encodeSync,
+  encodeTlbiNhVa,
   newPriRespCommand,
   newResumeCommand,
   PRI_RESP_INVALID,
@@ -41,17 +44,57 @@ export class Smmuv3Driver {
   /** Partial groups by (StreamID, PRGIndex): the worst page-in outcome so far. */
   private readonly partial = new Map<number, number>();
 
+  /** Sequence number of the last CMD_SYNC issued; the SMMU writes it to `syncWordGpa` on completion. */
+  private syncSequence = 0;
+  private syncOwed = false;
+
   constructor(
     private readonly priq: RingConsumer,
     private readonly evtq: RingConsumer,
     private readonly cmdq: RingProducer,
     private readonly pager: DemandPager,
     private readonly stats: GuestStats,
+    private readonly memory: GuestMemory,
+    /** A word of guest RAM that CMD_SYNC completions are written to (MSI address). */
+    private readonly syncWordGpa: number,
   ) {}
+
+  /**
+   * Invalidate the IOTLB for `va` (all PASIDs: the model has no ASIDs): CMD_TLBI_NH_VA, then a
+   * CMD_SYNC that signals completion. Returns the sync's sequence number (wait for
+   * `syncCompleted()` to reach it before reusing the page), or -1 if the command queue is full.
+   */
+  invalidateVa(va: number): number {
+    const at = this.cmdq.claim();
+    if (at < 0) return -1;
+    encodeTlbiNhVa(this.cmdq.words, at, va);
+    this.cmdq.commit();
+    this.syncOwed = true;
+    this.issueSync();
+    this.cmdq.publish();
+    return this.syncSequence + (this.syncOwed ? 1 : 0);
+  }
+
+  /** The sequence number of the last CMD_SYNC the SMMU completed. */
+  syncCompleted(): number {
+    return Atomics.load(this.memory.words, this.syncWordGpa >>> 2) >>> 0;
+  }
+
+  /** Issue the CMD_SYNC an invalidation still owes, if the command queue has room. */
+  private issueSync(): void {
+    if (!this.syncOwed) return;
+    const at = this.cmdq.claim();
+    if (at < 0) return;
+    this.syncSequence++;
+    encodeSync(this.cmdq.words, at, this.syncWordGpa, this.syncSequence);
+    this.cmdq.commit();
+    this.syncOwed = false;
+  }
 
   /** Drain both output queues once; returns the number of records consumed. */
   poll(): number {
     this.blockedOnCommandQueue = false;
+    this.issueSync();
     const consumed = this.pollEvents() + (this.blockedOnCommandQueue ? 0 : this.pollPageRequests());
     this.cmdq.publish();
     return consumed;

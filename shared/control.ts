@@ -5,7 +5,7 @@
  */
 import type { ChannelConfig } from './vm-channel.ts';
 
-export type WorkloadKind = 'sva-stream' | 'fault-storm' | 'stray-dma' | 'idle';
+export type WorkloadKind = 'sva-stream' | 'fault-storm' | 'map-churn' | 'stray-dma' | 'idle';
 
 export interface WorkloadConfig {
   kind: WorkloadKind;
@@ -59,6 +59,8 @@ export interface GuestStats {
   eventOverflowsAcknowledged: number;
   /** Stall events answered with CMD_RESUME. */
   stallsResumed: number;
+  /** Pages unmapped (and invalidated) by map-churn. */
+  unmaps: number;
   pagesMapped: number;
   dmaSubmitted: number;
   dmaCompleted: number;

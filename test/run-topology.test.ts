@@ -196,4 +196,25 @@ vms:
     expect(terminate.faultsByKind.terminate + terminate.eventsDropped).toBe(r.iommu.eventsForwarded);
     expect(terminate.flavour).toBe('smmuv3');
   });
+
+  test('map-churn: pages unmapped under DMA are invalidated before reuse; no DMA uses a stale translation', async () => {
+    const topology = parseTopology(
+      oneVm(
+        `    devices: [{ name: d, pri: true, pasids: [1] }]\n    workload: { kind: map-churn, pages: 128, seed: 3, queueDepth: 8 }\n`,
+      ),
+    );
+    const r = await runTopology(topology);
+    const [vm] = r.vms;
+    expect(r.invariants.ok).toBe(true);
+    expect(vm.unmaps).toBeGreaterThan(10);
+    // Every unmap sent CMD_TLBI_NH_VA through the vIOMMU (HWPT_INVALIDATE), then CMD_SYNC.
+    expect(vm.invalidations).toBe(vm.unmaps);
+    expect(vm.staleTranslationUses).toBe(0);
+    // Four rounds over the buffer: IOTLB hits, and unmapped pages faulted back in.
+    expect(r.dma.ops).toBe(512);
+    expect(r.iommu.iotlbHits).toBeGreaterThan(0);
+    expect(r.faults.raised).toBeGreaterThan(128);
+    expect(r.faults.lost).toBe(0);
+    expect(vm.bytesVerified).toBe(512 * PAGE);
+  });
 });

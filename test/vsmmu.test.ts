@@ -14,6 +14,7 @@ import {
   CMDQ_ENTRY_WORDS,
   encodeResume,
   encodeStallTerm,
+  encodeSync,
   RESUME_RETRY,
 } from '../shared/records/cmdq-entry.ts';
 import {
@@ -63,6 +64,7 @@ function setup() {
     vm.veventqFd,
     new InvariantChecker(),
     () => 'vm',
+    memory,
   );
   const observer: DmaObserver = { dmaRead() {}, faultResolved() {}, unrecoverableFault() {} };
   const device = new PciFunction(
@@ -104,7 +106,7 @@ function setup() {
     guest.complete.release(n);
     return out;
   };
-  return { spaces, iommu, vm, vsmmu, device, guest, read, completions };
+  return { spaces, iommu, vm, vsmmu, device, guest, read, completions, memory };
 }
 
 describe('vSMMU model: stalls', () => {
@@ -146,5 +148,18 @@ describe('vSMMU model: stalls', () => {
     expect(vsmmu.stats).toMatchObject({ stallsTerminated: 2, unknownResponses: 1, resumes: 0 });
     expect(iommu.stallIopf.pending).toBe(0);
     expect(iommu.stalls.held).toBe(0);
+  });
+});
+
+describe('vSMMU model: CMD_SYNC', () => {
+  test('a sync with an MSI address writes its data into guest RAM; an address outside RAM is refused', () => {
+    const { vsmmu, guest, memory } = setup();
+    encodeSync(guest.cmdq.words, guest.cmdq.claim(), 0x3000, 42);
+    guest.cmdq.push();
+    encodeSync(guest.cmdq.words, guest.cmdq.claim(), memory.size + 0x1000, 43);
+    guest.cmdq.push();
+    vsmmu.serviceCommands();
+    expect(memory.words[0x3000 / 4]).toBe(42);
+    expect(vsmmu.stats).toMatchObject({ syncs: 2, syncsSignalled: 1, illegalCommands: 1 });
   });
 });

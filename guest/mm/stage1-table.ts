@@ -5,6 +5,7 @@
 import type { GuestMemory } from '../../shared/guest-memory.ts';
 import { addressHigh, addressLow } from '../../shared/records/address.ts';
 import {
+  clearEntry,
   ENTRY_BYTES,
   LEVELS,
   PTE_ADDR_LOW_MASK,
@@ -85,5 +86,26 @@ export class Stage1Table {
         ((low & PTE_ADDR_LOW_MASK) >>> 0) + (words[(slot >>> 2) + 1] & PTE_HIGH_ADDR_MASK) * 0x1_0000_0000;
     }
     return table;
+  }
+
+  /**
+   * Clear the leaf entry of `va`: returns the GPA it mapped, or -1 if none. The caller must
+   * invalidate the IOTLB (TLBI + SYNC) before it reuses that page.
+   */
+  unmap(va: number): number {
+    const gpa = this.lookup(va);
+    if (gpa < 0) return -1;
+    const vaLow = addressLow(va);
+    const vaHigh = addressHigh(va);
+    const words = this.memory.words;
+    let table = this.rootGpa;
+    for (let level = 0; level < LEVELS - 1; level++) {
+      const slot = table + tableIndex(vaLow, vaHigh, level) * ENTRY_BYTES;
+      const low = words[slot >>> 2];
+      table =
+        ((low & PTE_ADDR_LOW_MASK) >>> 0) + (words[(slot >>> 2) + 1] & PTE_HIGH_ADDR_MASK) * 0x1_0000_0000;
+    }
+    clearEntry(words, table + tableIndex(vaLow, vaHigh, LEVELS - 1) * ENTRY_BYTES);
+    return gpa;
   }
 }

@@ -48,8 +48,18 @@ export abstract class DescriptorWorkload implements Workload {
     return this.inFlightCount;
   }
 
+  /** Pages the workload reads in all (the buffer once, unless a workload goes round it again). */
+  protected get totalPages(): number {
+    return this.config.pages;
+  }
+
+  /** VA of the `page`-th page read. */
+  protected vaOf(page: number): number {
+    return this.base + page * PAGE_SIZE;
+  }
+
   get done(): boolean {
-    return this.inFlightCount === 0 && (this.quiesced || this.nextPage >= this.config.pages);
+    return this.inFlightCount === 0 && (this.quiesced || this.nextPage >= this.totalPages);
   }
 
   quiesce(): void {
@@ -80,18 +90,14 @@ export abstract class DescriptorWorkload implements Workload {
     const submit = this.device.submit;
     const d = this.descriptor;
     let submitted = 0;
-    while (
-      !this.quiesced &&
-      this.nextPage < this.config.pages &&
-      this.inFlightCount < this.config.queueDepth
-    ) {
+    while (!this.quiesced && this.nextPage < this.totalPages && this.inFlightCount < this.config.queueDepth) {
       const at = submit.claim();
       if (at < 0) break;
       d.opcode = DMA_OP_READ;
       d.pasid = this.device.pasid;
       d.tag = this.nextPage;
-      d.va = this.base + this.nextPage * PAGE_SIZE;
-      this.nextPage += this.fill(d, this.nextPage, this.config.pages - this.nextPage);
+      d.va = this.vaOf(this.nextPage);
+      this.nextPage += this.fill(d, this.nextPage, this.totalPages - this.nextPage);
       encodeDmaDescriptor(submit.words, at, d);
       submit.commit();
       this.inFlightCount++;

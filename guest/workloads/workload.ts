@@ -6,7 +6,9 @@ import type { GuestStats, WorkloadConfig } from '../../shared/control.ts';
 import type { RingConsumer, RingProducer } from '../../shared/ring.ts';
 import type { AddressSpaces } from '../mm/address-spaces.ts';
 import type { DemandPager } from '../mm/demand-pager.ts';
+import type { PageAllocator } from '../mm/page-allocator.ts';
 import { Idle } from './idle.ts';
+import { MapChurn } from './map-churn.ts';
 import { StrayDma } from './stray-dma.ts';
 import { FaultStorm, SvaStream } from './sva-stream.ts';
 
@@ -33,6 +35,11 @@ export interface Workload {
 export interface GuestMm {
   pager: DemandPager;
   spaces: AddressSpaces;
+  pages: PageAllocator;
+  /** Guest RAM as words, to scrub freed pages. */
+  memoryWords: Int32Array;
+  /** IOTLB invalidation through the vIOMMU driver (TLBI + SYNC, and its completion). */
+  tlb: { invalidateVa(va: number): number; syncCompleted(): number };
   /** Bytes of guest RAM: the first guest-physical address past it. */
   ramSize: number;
 }
@@ -48,6 +55,8 @@ export function createWorkload(
       return new SvaStream(config, device, mm.pager, stats);
     case 'fault-storm':
       return new FaultStorm(config, device, mm.pager, stats);
+    case 'map-churn':
+      return new MapChurn(config, device, mm, stats);
     case 'stray-dma':
       return new StrayDma(config, device, mm.spaces, mm.ramSize, stats);
     case 'idle':

@@ -7,6 +7,13 @@
  * A paging domain is real stage-2 tables in a host-only pool, kept in step with its IOAS by the
  * registry's map and unmap calls; the walker translates every guest physical address through them.
  */
+import {
+  CMD_ATC_INV,
+  CMD_CFGI_CD,
+  CMD_CFGI_CD_ALL,
+  CMD_TLBI_NH_ASID,
+  CMD_TLBI_NH_VA,
+} from '../../shared/records/cmdq-entry.ts';
 import { EVTQ_ENTRY_WORDS, encodeEvtqEntry, newEvtqEntry } from '../../shared/records/evtq-entry.ts';
 import { type Errno, ErrnoError } from './errno.ts';
 import { IoPageTable, S2AP_READ, S2AP_WRITE, TablePool } from './io-pagetable.ts';
@@ -50,11 +57,6 @@ export const STE_CFG_BYPASS = 4;
 export const STE_CFG_S1_TRANS = 5;
 
 /** Command opcodes a guest may pass through vIOMMU invalidation. */
-const CMD_CFGI_CD = 0x05;
-const CMD_CFGI_CD_ALL = 0x06;
-const CMD_TLBI_NH_ASID = 0x11;
-const CMD_TLBI_NH_VA = 0x12;
-const CMD_ATC_INV = 0x40;
 const INVALIDATE_OPCODES = new Set([
   CMD_CFGI_CD,
   CMD_CFGI_CD_ALL,

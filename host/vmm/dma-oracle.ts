@@ -29,6 +29,11 @@ export class DmaOracle implements DmaObserver {
   readonly byVm = new Map<string, UnrecoverableFaults>();
   /** Bytes checked against the pattern, per VM. */
   readonly verifiedByVm = new Map<string, number>();
+  /**
+   * Reads whose bytes were not their VA's pattern, per VM: what a DMA through a stale translation
+   * (a page the guest unmapped, invalidated and freed) returns. Must stay 0.
+   */
+  readonly staleByVm = new Map<string, number>();
   private readonly owners = new Map<PciFunction, DeviceOwner>();
 
   constructor(
@@ -57,6 +62,7 @@ export class DmaOracle implements DmaObserver {
       this.verifiedByVm.set(owner.vm, (this.verifiedByVm.get(owner.vm) ?? 0) + count * 4);
       return;
     }
+    this.staleByVm.set(owner.vm, (this.staleByVm.get(owner.vm) ?? 0) + 1);
     this.invariants.violation({
       rule: 'dma-data-mismatch',
       vm: owner.vm,

@@ -12,6 +12,11 @@ export interface VmReport {
   faultsByKind: { pageRequest: number; stall: number; terminate: number };
   /** Bytes this VM's devices read that the oracle checked against the pattern. */
   bytesVerified: number;
+  /** Reads that returned another page's bytes (a translation used after its invalidation): must be 0. */
+  staleTranslationUses: number;
+  /** Pages the guest unmapped, and its invalidation commands the vIOMMU carried out. */
+  unmaps: number;
+  invalidations: number;
   faultsDelivered: number;
   responses: { success: number; invalid: number; failure: number };
   dmaOps: number;

@@ -44,7 +44,7 @@ export const DeviceSchema = z
 
 export const WorkloadSchema = z
   .object({
-    kind: z.enum(['sva-stream', 'fault-storm', 'stray-dma', 'idle']),
+    kind: z.enum(['sva-stream', 'fault-storm', 'map-churn', 'stray-dma', 'idle']),
     pages: z
       .number()
       .int()
@@ -85,7 +85,7 @@ export const VmSchema = z
           message: `duplicate device name "${n}"`,
         });
     });
-    if (vm.workload.kind === 'sva-stream' || vm.workload.kind === 'fault-storm') {
+    if (['sva-stream', 'fault-storm', 'map-churn'].includes(vm.workload.kind)) {
       // Buffer pages plus up to four table pages per 512 data pages, per device, must fit in RAM.
       const needed = vm.devices.length * (vm.workload.pages + 4 * Math.ceil(vm.workload.pages / 512) + 8);
       const available = vm.memoryMiB * 256 - 16;

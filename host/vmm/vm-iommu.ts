@@ -12,9 +12,11 @@ import {
   encodeVste,
   IOMMU_HWPT_DATA_ARM_SMMUV3,
   IOMMU_VEVENTQ_TYPE_ARM_SMMUV3,
+  IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
   IOMMU_VIOMMU_TYPE_ARM_SMMUV3,
   type Smmuv3Ops,
 } from '../iommu/smmuv3-ops.ts';
+import { IommufdError } from '../iommufd/errors.ts';
 import type { FaultFd, FaultObject } from '../iommufd/fault.ts';
 import { IOMMU_HWPT_ALLOC_NEST_PARENT, IOMMU_HWPT_FAULT_ID_VALID } from '../iommufd/hwpt.ts';
 import {
@@ -115,6 +117,26 @@ export class VmIommu implements VdeviceMap {
 
   vsidOf(devId: number): number {
     return this.devIds.indexOf(devId);
+  }
+
+  /**
+   * One guest invalidation command (16 bytes) through the vIOMMU (HWPT_INVALIDATE on the vIOMMU):
+   * done when this returns. False when the driver refused it.
+   */
+  invalidate(command: Uint8Array): boolean {
+    try {
+      this.fd.hwptInvalidate({
+        hwptId: this.viommuId,
+        dataType: IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
+        entryLen: 16,
+        entryNum: 1,
+        data: command,
+      });
+      return true;
+    } catch (error) {
+      if (error instanceof IommufdError) return false;
+      throw error;
+    }
   }
 
   stalls(devId: number): boolean {

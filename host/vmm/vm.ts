@@ -131,6 +131,7 @@ export class Vm {
       this.viommu.veventqFd,
       wiring.invariants,
       wiring.ownerOf,
+      this.memory,
     );
   }
 

@@ -1,19 +1,27 @@
 /**
  * The host side of one VM's virtual SMMUv3 (what a VMM's vSMMU model does): it reads the VM's
- * iommufd fault fd (40-byte iommu_hwpt_pgfault records, whole groups) into the guest's PRI queue
- * with the guest's StreamIDs, and turns the guest's CMD_PRI_RESP commands back into 8-byte page
- * responses by cookie on that fd.
+ * iommufd fault fd (40-byte iommu_hwpt_pgfault records, whole groups) into the guest's PRI queue,
+ * or as Stall=1 events into its event queue for a stalling device, and its vEVENTQ into the event
+ * queue; it turns the guest's CMD_PRI_RESP and CMD_RESUME back into 8-byte page responses by
+ * cookie, passes its invalidation commands to the vIOMMU, and signals CMD_SYNC completions.
  *
  * PRI queue rules (SMMU spec 8, fault-queues.md 1.5): when the queue is full the entry is discarded
  * and OVFLG raised; while the overflow is unacknowledged every entry is discarded; a discarded
  * entry with Last gets an automatic Success response (the device retries and faults again).
  * Guest commands are untrusted: unknown groups, illegal codes and unknown opcodes are counted drops.
  */
+import type { GuestMemory } from '../../shared/guest-memory.ts';
 import {
+  CMD_ATC_INV,
+  CMD_CFGI_CD,
+  CMD_CFGI_CD_ALL,
   CMD_PRI_RESP,
   CMD_RESUME,
   CMD_STALL_TERM,
   CMD_SYNC,
+  CMD_TLBI_NH_ASID,
+  CMD_TLBI_NH_VA,
+  CMDQ_ENTRY_WORDS,
   commandOpcode,
   decodePriResp,
   decodeResume,
@@ -23,6 +31,8 @@ import {
   PRI_RESP_INVALID,
   PRI_RESP_SUCCESS,
   RESUME_RETRY,
+  syncMsiAddress,
+  syncMsiData,
 } from '../../shared/records/cmdq-entry.ts';
 import { CLASS_IN, F_TRANSLATION } from '../../shared/records/event-types.ts';
 import { decodeEvtqEntry, EVTQ_ENTRY_WORDS, newEvtqEntry } from '../../shared/records/evtq-entry.ts';
@@ -82,6 +92,9 @@ export interface VsmmuStats {
   stallsRefused: number;
   /** Stalls terminated by the guest's CMD_STALL_TERM. */
   stallsTerminated: number;
+  /** Guest invalidation commands passed to the vIOMMU, and CMD_SYNC completions written. */
+  invalidations: number;
+  syncsSignalled: number;
 }
 
 /** This VM's devices as the fault fd names them. */
@@ -92,6 +105,8 @@ export interface VdeviceMap {
   streamIdOf(devId: number): number;
   /** DEVICE `devId` stalls (its groups are stalled transactions, reported as Stall=1 events). */
   stalls(devId: number): boolean;
+  /** Pass one 16-byte guest invalidation command to the vIOMMU; false if the driver refused it. */
+  invalidate(command: Uint8Array): boolean;
   readonly devices: number;
 }
 
@@ -121,6 +136,8 @@ export class Vsmmu {
     resumes: 0,
     stallsRefused: 0,
     stallsTerminated: 0,
+    invalidations: 0,
+    syncsSignalled: 0,
   };
   /** Cookie of the group delivered as (vSID, PRG index), or -1. */
   private readonly delivered: Int32Array;
@@ -136,6 +153,8 @@ export class Vsmmu {
   private readonly eventWords = new Int32Array(this.eventBuffer.buffer);
   private readonly event = newEvtqEntry();
   private readonly resume = newResumeCommand();
+  private readonly passThrough = new Uint8Array(CMDQ_ENTRY_WORDS * 4);
+  private readonly passThroughWords = new Int32Array(this.passThrough.buffer);
   /** Cookie of the stalled transaction delivered as (vSID, STAG), or -1. */
   private readonly stalled: Int32Array;
 
@@ -149,6 +168,8 @@ export class Vsmmu {
     private readonly veventqFd: VeventqFd,
     private readonly invariants: InvariantChecker,
     private readonly ownerOf: (streamId: number, pasid: number) => string | undefined,
+    /** Guest RAM, where CMD_SYNC completions are written. */
+    private readonly memory: GuestMemory,
   ) {
     this.delivered = new Int32Array(vdevices.devices * PRG_INDICES).fill(-1);
     this.stalled = new Int32Array(vdevices.devices * STAGS).fill(-1);
@@ -341,8 +362,16 @@ export class Vsmmu {
         this.terminateStalls(words[at + 1] >>> 0);
         return;
       case CMD_SYNC:
-        // Commands take effect as they are consumed, so a sync has nothing left to wait for.
-        this.stats.syncs++;
+        this.sync(words, at);
+        return;
+      case CMD_TLBI_NH_VA:
+      case CMD_TLBI_NH_ASID:
+      case CMD_CFGI_CD:
+      case CMD_CFGI_CD_ALL:
+      case CMD_ATC_INV:
+        for (let i = 0; i < CMDQ_ENTRY_WORDS; i++) this.passThroughWords[i] = words[at + i];
+        if (this.vdevices.invalidate(this.passThrough)) this.stats.invalidations++;
+        else this.stats.illegalCommands++;
         return;
       default:
         this.stats.illegalCommands++;
@@ -401,6 +430,23 @@ export class Vsmmu {
       if (retry) this.stats.responses.success++;
       else this.stats.responses.invalid++;
     }
+  }
+
+  /**
+   * CMD_SYNC: every command before it has taken effect once it is consumed (invalidations complete
+   * inside HWPT_INVALIDATE), so completion is immediate; with an MSI address the completion is
+   * signalled by writing MSIData there, as the SMMU does. An address outside guest RAM is refused.
+   */
+  private sync(words: Int32Array, at: number): void {
+    this.stats.syncs++;
+    const address = syncMsiAddress(words, at);
+    if (address === 0) return;
+    if (address % 4 !== 0 || !this.memory.contains(address, 4)) {
+      this.stats.illegalCommands++;
+      return;
+    }
+    Atomics.store(this.memory.words, address >>> 2, syncMsiData(words, at));
+    this.stats.syncsSignalled++;
   }
 
   /** CMD_STALL_TERM (vSID): every stall delivered for that stream is answered INVALID (terminated). */

@@ -5,9 +5,13 @@
  *                      dword1 [8:0] PRGIndex, [13:12] Resp (0 Failure, 1 InvalidRequest, 2 Success)
  *   CMD_RESUME   0x44: dword0 [13:12] action (Linux: 0 terminate RAZ/WI, 1 retry, 2 abort),
  *                      [63:32] SID; dword1 [15:0] STAG
- *   CMD_SYNC     0x46: dword0 [7:0] op
+ *   CMD_TLBI_NH_VA 0x12: dword0 [63:48] ASID; dword1 [63:12] VA (the model has no ASIDs)
+ *   CMD_SYNC     0x46: dword0 [13:12] CS (0 none, 1 IRQ), [63:32] MSIData; dword1 [51:2] MSIAddress:
+ *                      when the SMMU reaches the sync it writes MSIData to MSIAddress (guest memory)
  * The host model counts any other opcode as an illegal command.
  */
+import { addressHigh, addressLow, joinAddress } from './address.ts';
+
 export const CMDQ_ENTRY_WORDS = 4;
 
 export const CMD_PRI_RESP = 0x41;
@@ -15,6 +19,12 @@ export const CMD_RESUME = 0x44;
 /** CMD_STALL_TERM 0x45: dword0 [63:32] SID: terminate every stalled transaction of the stream. */
 export const CMD_STALL_TERM = 0x45;
 export const CMD_SYNC = 0x46;
+/** Invalidation commands, which a vSMMU passes to the host through the vIOMMU. */
+export const CMD_CFGI_CD = 0x05;
+export const CMD_CFGI_CD_ALL = 0x06;
+export const CMD_TLBI_NH_ASID = 0x11;
+export const CMD_TLBI_NH_VA = 0x12;
+export const CMD_ATC_INV = 0x40;
 
 /** CMD_RESUME actions as Linux packs dword0 [13:12]: terminate (RAZ/WI), retry, abort. */
 export const RESUME_TERMINATE = 0;
@@ -67,11 +77,28 @@ export function decodePriResp(words: Int32Array, at: number, out: PriRespCommand
   return out;
 }
 
-export function encodeSync(words: Int32Array, at: number): void {
+/** CMD_SYNC; with `msiAddress` non-zero the SMMU writes `msiData` there on completion. */
+export function encodeSync(words: Int32Array, at: number, msiAddress = 0, msiData = 0): void {
   words[at] = CMD_SYNC;
+  words[at + 1] = msiData;
+  words[at + 2] = msiAddress & ~3;
+  words[at + 3] = addressHigh(msiAddress) & 0xf_ffff;
+}
+
+/** The MSI address and data of a CMD_SYNC (address 0: no completion write). */
+export function syncMsiAddress(words: Int32Array, at: number): number {
+  return joinAddress(words[at + 2] & ~3, words[at + 3] & 0xf_ffff);
+}
+
+export function syncMsiData(words: Int32Array, at: number): number {
+  return words[at + 1] >>> 0;
+}
+
+export function encodeTlbiNhVa(words: Int32Array, at: number, va: number): void {
+  words[at] = CMD_TLBI_NH_VA;
   words[at + 1] = 0;
-  words[at + 2] = 0;
-  words[at + 3] = 0;
+  words[at + 2] = addressLow(va) & ~0xfff;
+  words[at + 3] = addressHigh(va);
 }
 
 export interface ResumeCommand {
