@@ -2,6 +2,7 @@
  * The result of `ioasid-sandbox run`, printed as one JSON object with --json. Fields are a contract:
  * later versions add fields and never remove or rename one.
  */
+import type { TranslationStats } from '../iommu/iommu.ts';
 import type { Violation } from './invariants.ts';
 
 export interface VmReport {
