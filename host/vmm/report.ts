@@ -68,17 +68,7 @@ export interface RunReport {
   };
   dma: { ops: number; completed: number; failed: number; bytesVerified: number; unrecoverableFaults: number };
   latencyUs: { p50: number; p99: number; max: number; count: number };
-  iommu: {
-    translations: number;
-    iotlbHits: number;
-    iotlbMisses: number;
-    walks: number;
-    stage1Faults: number;
-    stage2Faults: number;
-    invalidations: number;
-    eventsRecorded: number;
-    eventsForwarded: number;
-    eventsHostOnly: number;
-  };
+  /** The physical IOMMU's counters. */
+  iommu: TranslationStats;
   invariants: { ok: boolean; violations: Violation[]; counts: Record<string, number> };
 }
