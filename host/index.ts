@@ -27,7 +27,7 @@ export { type IovaRange, U64_MAX } from './iommufd/iova.ts';
 export * from './iommufd/selftest.ts';
 export type { VeventqFd } from './iommufd/veventq.ts';
 export type { RunReport, VmReport } from './vmm/report.ts';
-export { type RunOptions, runTopology } from './vmm/sandbox.ts';
+export { type InjectedFault, type RunOptions, runTopology, Sandbox } from './vmm/sandbox.ts';
 export {
   loadTopology,
   parseTopology,

@@ -84,6 +84,8 @@ export interface PciFunctionStats {
   stallRetries: number;
   /** Stop PASID markers the function emitted. */
   stopMarkers: number;
+  /** Page requests injected by the host (no DMA waiting on them). */
+  injected: number;
   /** Bytes the DMA engine moved between guest memory and its buffer. */
   bytesMoved: number;
 }
@@ -106,6 +108,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     stalls: 0,
     stallRetries: 0,
     stopMarkers: 0,
+    injected: 0,
     bytesMoved: 0,
   };
 
@@ -203,6 +206,32 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     }
     // A retry is ready, a completion is written, or a credit came back for a waiting op.
     this.wake();
+  }
+
+  /**
+   * Send a one-request page-request group that no DMA is waiting on (fault injection): it takes a
+   * credit and a PRG index like any other, and its response only returns them. False when PRI
+   * cannot send one now (no PRI, stopped by Response Failure, no credit or index free).
+   */
+  injectPageRequest(pasid: number, address: number, write: boolean): boolean {
+    if (!this.pri.canRequest() || this.stoppedPasids.has(pasid)) return false;
+    const prgIndex = this.pri.allocate();
+    this.prgOp[prgIndex] = -1;
+    this.stats.pageRequests++;
+    this.stats.injected++;
+    const r = this.request;
+    r.streamId = this.streamId;
+    r.pasid = pasid;
+    r.ssv = pasid !== 0;
+    r.address = address - (address % PAGE_SIZE);
+    r.prgIndex = prgIndex;
+    r.read = !write;
+    r.write = write;
+    r.exec = false;
+    r.privileged = false;
+    r.last = true;
+    this.iommu.pageRequest(r);
+    return true;
   }
 
   /**

@@ -36,147 +36,232 @@ export function vmSeed(runSeed: number | undefined, configured: number, vmIndex:
   return (Math.imul(runSeed ^ 0x5bd1e995, 0x9e3779b1) + vmIndex * 0x632be5ab) >>> 0;
 }
 
-export async function runTopology(topology: Topology, options: RunOptions = {}): Promise<RunReport> {
-  const log = options.log ?? makeLogger({ side: 'host' });
-  const durationMs = options.durationMs ?? DEFAULT_DURATION_MS;
-  const iommu = new Iommu(topology.iommu);
-  const smmu = new Smmuv3Ops(iommu);
-  const invariants = new InvariantChecker();
-  const latency = new LatencyHistogram();
-  const oracle = new DmaOracle(invariants, latency);
-  const owners = new Map<number, string>();
-  const ownerOf = (streamId: number, pasid: number) => owners.get(streamId * 0x10_0000 + pasid);
+/** A fault the host raises into a VM on its own, not as a side effect of DMA. */
+export interface InjectedFault {
+  /** Device name within the VM (default: its first device). */
+  device?: string;
+  /** PASID of the request; 0 is the RID itself. */
+  pasid: number;
+  /** The address to fault in (page-aligned by the device). */
+  address: number;
+  /** Ask for write access (default read). */
+  write?: boolean;
+}
 
-  const vms = topology.vms.map(
-    (config, index) =>
-      new Vm(config, index, {
-        iommu,
-        smmu,
-        invariants,
-        observer: oracle,
-        ownerOf,
-        firstStreamId: firstStreamId(index),
-        spinNs: topology.spinNs,
-        seed: vmSeed(options.seed, config.workload.seed, index),
-        log,
-      }),
-  );
-  // Every PASID of a device (and its RID, PASID 0) belongs to the VM the device is assigned to.
-  for (const vm of vms) {
-    vm.devices.forEach((device, i) => {
-      oracle.watch(device, { vm: vm.name, seed: vm.seed });
-      for (const pasid of [0, ...vm.config.devices[i].pasids])
-        owners.set(device.streamId * 0x10_0000 + pasid, vm.name);
-    });
-  }
-  // Faults reach a VM through the fault queue of the HWPT its device is attached to (the registry's
-  // ioasid-owner routing). While every device's PASIDs belong to the VM the device is assigned to,
-  // device-owner routing delivers to the same VM; topologies that split them come with workloads.
-  for (const vm of vms) {
-    for (const device of vm.devices) {
-      iommu.bindEndpoint(device.streamId, device);
-      iommu.stalls.bindEndpoint(device.streamId, device);
+/**
+ * A running topology: launched VMs and their host side, live stats, fault injection, and a report
+ * at the end. `runTopology` is launch, wait for the workloads, stop; scripts and tests can drive
+ * the steps themselves.
+ */
+export class Sandbox {
+  private readonly log: Logger;
+  private readonly iommu: Iommu;
+  private readonly invariants = new InvariantChecker();
+  private readonly latency = new LatencyHistogram();
+  private readonly oracle: DmaOracle;
+  private readonly vms: Vm[];
+  private started = 0;
+  private elapsed = 0;
+  private state: 'new' | 'running' | 'stopped' = 'new';
+
+  constructor(
+    readonly topology: Topology,
+    private readonly options: RunOptions = {},
+  ) {
+    this.log = options.log ?? makeLogger({ side: 'host' });
+    this.iommu = new Iommu(topology.iommu);
+    const smmu = new Smmuv3Ops(this.iommu);
+    this.oracle = new DmaOracle(this.invariants, this.latency);
+    const owners = new Map<number, string>();
+    const ownerOf = (streamId: number, pasid: number) => owners.get(streamId * 0x10_0000 + pasid);
+    this.vms = topology.vms.map(
+      (config, index) =>
+        new Vm(config, index, {
+          iommu: this.iommu,
+          smmu,
+          invariants: this.invariants,
+          observer: this.oracle,
+          ownerOf,
+          firstStreamId: firstStreamId(index),
+          spinNs: topology.spinNs,
+          seed: vmSeed(options.seed, config.workload.seed, index),
+          log: this.log,
+        }),
+    );
+    // Every PASID of a device (and its RID, PASID 0) belongs to the VM the device is assigned to.
+    // Faults reach a VM through the fault queue of the HWPT its device is attached to (the
+    // registry's ioasid-owner routing). While every device's PASIDs belong to the VM the device is
+    // assigned to, device-owner routing delivers to the same VM.
+    for (const vm of this.vms) {
+      vm.devices.forEach((device, i) => {
+        this.oracle.watch(device, { vm: vm.name, seed: vm.seed });
+        for (const pasid of [0, ...vm.config.devices[i].pasids])
+          owners.set(device.streamId * 0x10_0000 + pasid, vm.name);
+        this.iommu.bindEndpoint(device.streamId, device);
+        this.iommu.stalls.bindEndpoint(device.streamId, device);
+      });
     }
   }
 
-  const started = performance.now();
+  /** Spawn the guests, install their STEs, start the workloads. */
+  async launch(): Promise<void> {
+    if (this.state !== 'new') throw new Error('a sandbox is launched once');
+    this.state = 'running';
+    this.started = performance.now();
+    try {
+      for (const vm of this.vms) vm.launch();
+      await Promise.all(this.vms.map((vm) => vm.boot()));
+      await Promise.all(this.vms.map((vm) => vm.start()));
+    } catch (error) {
+      await this.teardown();
+      throw error;
+    }
+    this.log.info({ topology: this.topology.name, vms: this.vms.length }, 'topology running');
+  }
+
+  /** True once every VM's workload is done (or its guest crashed). */
+  async workloadsDone(): Promise<boolean> {
+    const stats = await Promise.all(this.vms.map((vm) => vm.stats().catch(() => undefined)));
+    return stats.every((s, i) => this.vms[i].crashed || s?.workloadDone);
+  }
+
+  /**
+   * Raise a page request from a VM's device, as the host's own act: it travels the whole fault
+   * path (IOPF group, fault queue, the guest's PRI queue, its answer) like one raised by a DMA.
+   */
+  inject(vmName: string, fault: InjectedFault): void {
+    if (this.state !== 'running') throw new Error('inject needs a running sandbox');
+    const vm = this.vms.find((v) => v.name === vmName);
+    if (!vm) throw new Error(`no VM named ${vmName}`);
+    const index =
+      fault.device === undefined ? 0 : vm.config.devices.findIndex((d) => d.name === fault.device);
+    const device = vm.devices[index];
+    if (!device) throw new Error(`VM ${vmName} has no device named ${fault.device}`);
+    if (!device.injectPageRequest(fault.pasid, fault.address, fault.write ?? false)) {
+      throw new Error(`${device.name} cannot raise a page request now (no PRI, PRI stopped, or no credit)`);
+    }
+  }
+
+  /** The report so far (live while running; final after stop). */
+  report(): RunReport {
+    return this.buildReport(this.state === 'stopped' ? this.elapsed : performance.now() - this.started);
+  }
+
+  /** Stop the guests (in-flight DMA may finish), take everything down, and report. */
+  async stop(): Promise<RunReport> {
+    if (this.state === 'running') {
+      await Promise.all(this.vms.map((vm) => vm.stop(this.options.graceMs ?? DEFAULT_GRACE_MS)));
+    }
+    await this.teardown();
+    // Page-request groups and stalled transactions both travel as IOPF groups; none may be left.
+    const lost = this.iommu.iopf.pending + this.iommu.stallIopf.pending;
+    if (lost > 0) {
+      this.invariants.violation({
+        rule: 'group-lost',
+        detail: `${lost} page-request group(s) ended the run unanswered`,
+      });
+    }
+    return this.report();
+  }
+
+  private async teardown(): Promise<void> {
+    if (this.state === 'stopped') return;
+    await Promise.all(this.vms.map((vm) => vm.shutdown()));
+    this.elapsed = performance.now() - this.started;
+    this.state = 'stopped';
+  }
+
+  private buildReport(elapsed: number): RunReport {
+    const { vms, iommu, oracle, invariants, latency, topology } = this;
+    const lost = this.state === 'stopped' ? iommu.iopf.pending + iommu.stallIopf.pending : 0;
+    const sum = (f: (vm: Vm) => number) => vms.reduce((n, vm) => n + f(vm), 0);
+    const sumDevices = (f: (d: Vm['devices'][number]) => number) =>
+      sum((vm) => vm.devices.reduce((n, d) => n + f(d), 0));
+    return {
+      topology: topology.name,
+      routing: topology.routing,
+      seed: this.options.seed ?? null,
+      durationMs: Math.round(elapsed),
+      vms: vms.map((vm) => ({
+        name: vm.name,
+        flavour: vm.config.viommu,
+        faultsByKind: {
+          pageRequest: vm.vsmmu.stats.delivered,
+          stall: vm.vsmmu.stats.stallsDelivered,
+          terminate: vm.vsmmu.stats.eventsDelivered,
+        },
+        bytesVerified: oracle.verifiedByVm.get(vm.name) ?? 0,
+        staleTranslationUses: oracle.staleByVm.get(vm.name) ?? 0,
+        unmaps: vm.guestStats?.unmaps ?? 0,
+        invalidations: vm.vsmmu.stats.invalidations,
+        faultsDelivered: vm.vsmmu.stats.delivered + vm.vsmmu.stats.stallsDelivered,
+        responses: { ...vm.vsmmu.stats.responses },
+        dmaOps: vm.devices.reduce((n, d) => n + d.stats.ops, 0),
+        crashed: vm.crashed,
+        ...(vm.crashReason ? { crashReason: vm.crashReason } : {}),
+        pageRequests: vm.devices.reduce((n, d) => n + d.stats.pageRequests, 0),
+        pagesMapped: vm.guestStats?.pagesMapped ?? 0,
+        dmaCompleted: vm.devices.reduce((n, d) => n + d.stats.completed, 0),
+        dmaFailed: vm.devices.reduce((n, d) => n + d.stats.failed, 0),
+        dropped: vm.vsmmu.stats.dropped,
+        unknownResponses: vm.vsmmu.stats.unknownResponses,
+        illegalCommands: vm.vsmmu.stats.illegalCommands,
+        workloadDone: vm.guestStats?.workloadDone ?? false,
+        overflowsAcknowledged: vm.guestStats?.overflowsAcknowledged ?? 0,
+        unrecoverableFaults: { ...(oracle.byVm.get(vm.name) ?? { stage1: 0, stage2: 0 }) },
+        eventsDelivered: vm.vsmmu.stats.eventsDelivered,
+        eventsDropped: vm.vsmmu.stats.eventsDropped,
+        eventsHandled: vm.guestStats?.events ?? 0,
+        eventOverflowsAcknowledged: vm.guestStats?.eventOverflowsAcknowledged ?? 0,
+        stallsDelivered: vm.vsmmu.stats.stallsDelivered,
+        resumes: vm.vsmmu.stats.resumes,
+        bytesMoved: vm.devices.reduce((n, d) => n + d.stats.bytesMoved, 0),
+        faultQueue: {
+          read: vm.viommu.fault.stats.read,
+          responded: vm.viommu.fault.stats.responded,
+          autoResponded: vm.viommu.fault.stats.autoResponded,
+        },
+      })),
+      faults: {
+        raised: iommu.iopf.stats.groups + iommu.stallIopf.iopf.stats.groups,
+        delivered: sum((vm) => vm.vsmmu.stats.delivered + vm.vsmmu.stats.stallsDelivered),
+        responded: sum((vm) => vm.vsmmu.stats.guestAnswered),
+        autoResponded:
+          sum((vm) => vm.vsmmu.stats.autoResponded + vm.viommu.fault.stats.autoResponded) +
+          iommu.iopf.stats.answeredWithoutHandler +
+          iommu.stallIopf.iopf.stats.answeredWithoutHandler,
+        dropped: sum((vm) => vm.vsmmu.stats.dropped),
+        lost,
+      },
+      dma: {
+        ops: sumDevices((d) => d.stats.ops),
+        completed: sumDevices((d) => d.stats.completed),
+        failed: sumDevices((d) => d.stats.failed),
+        bytesVerified: oracle.bytesVerified,
+        unrecoverableFaults: oracle.unrecoverableFaults,
+      },
+      latencyUs: latency.summary(),
+      iommu: iommu.stats,
+      invariants: {
+        ok: invariants.ok,
+        violations: invariants.violations,
+        counts: Object.fromEntries(invariants.counts),
+      },
+    };
+  }
+}
+
+export async function runTopology(topology: Topology, options: RunOptions = {}): Promise<RunReport> {
+  const sandbox = new Sandbox(topology, options);
+  await sandbox.launch();
+  const deadline = performance.now() + (options.durationMs ?? DEFAULT_DURATION_MS);
   try {
-    for (const vm of vms) vm.launch();
-    await Promise.all(vms.map((vm) => vm.boot()));
-    await Promise.all(vms.map((vm) => vm.start()));
-    log.info({ topology: topology.name, vms: vms.length }, 'topology running');
-    const deadline = started + durationMs;
     while (performance.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-      const stats = await Promise.all(vms.map((vm) => vm.stats().catch(() => undefined)));
-      if (stats.every((s, i) => vms[i].crashed || s?.workloadDone)) break;
+      if (await sandbox.workloadsDone()) break;
     }
-    await Promise.all(vms.map((vm) => vm.stop(options.graceMs ?? DEFAULT_GRACE_MS)));
   } finally {
-    await Promise.all(vms.map((vm) => vm.shutdown()));
+    await sandbox.stop();
   }
-  const elapsed = performance.now() - started;
-
-  // Page-request groups and stalled transactions both travel as IOPF groups; none may be left.
-  const lost = iommu.iopf.pending + iommu.stallIopf.pending;
-  if (lost > 0) {
-    invariants.violation({
-      rule: 'group-lost',
-      detail: `${lost} page-request group(s) ended the run unanswered`,
-    });
-  }
-  const sum = (f: (vm: Vm) => number) => vms.reduce((n, vm) => n + f(vm), 0);
-  const sumDevices = (f: (d: Vm['devices'][number]) => number) =>
-    sum((vm) => vm.devices.reduce((n, d) => n + f(d), 0));
-  return {
-    topology: topology.name,
-    routing: topology.routing,
-    seed: options.seed ?? null,
-    durationMs: Math.round(elapsed),
-    vms: vms.map((vm) => ({
-      name: vm.name,
-      flavour: vm.config.viommu,
-      faultsByKind: {
-        pageRequest: vm.vsmmu.stats.delivered,
-        stall: vm.vsmmu.stats.stallsDelivered,
-        terminate: vm.vsmmu.stats.eventsDelivered,
-      },
-      bytesVerified: oracle.verifiedByVm.get(vm.name) ?? 0,
-      staleTranslationUses: oracle.staleByVm.get(vm.name) ?? 0,
-      unmaps: vm.guestStats?.unmaps ?? 0,
-      invalidations: vm.vsmmu.stats.invalidations,
-      faultsDelivered: vm.vsmmu.stats.delivered + vm.vsmmu.stats.stallsDelivered,
-      responses: { ...vm.vsmmu.stats.responses },
-      dmaOps: vm.devices.reduce((n, d) => n + d.stats.ops, 0),
-      crashed: vm.crashed,
-      ...(vm.crashReason ? { crashReason: vm.crashReason } : {}),
-      pageRequests: vm.devices.reduce((n, d) => n + d.stats.pageRequests, 0),
-      pagesMapped: vm.guestStats?.pagesMapped ?? 0,
-      dmaCompleted: vm.devices.reduce((n, d) => n + d.stats.completed, 0),
-      dmaFailed: vm.devices.reduce((n, d) => n + d.stats.failed, 0),
-      dropped: vm.vsmmu.stats.dropped,
-      unknownResponses: vm.vsmmu.stats.unknownResponses,
-      illegalCommands: vm.vsmmu.stats.illegalCommands,
-      workloadDone: vm.guestStats?.workloadDone ?? false,
-      overflowsAcknowledged: vm.guestStats?.overflowsAcknowledged ?? 0,
-      unrecoverableFaults: { ...(oracle.byVm.get(vm.name) ?? { stage1: 0, stage2: 0 }) },
-      eventsDelivered: vm.vsmmu.stats.eventsDelivered,
-      eventsDropped: vm.vsmmu.stats.eventsDropped,
-      eventsHandled: vm.guestStats?.events ?? 0,
-      eventOverflowsAcknowledged: vm.guestStats?.eventOverflowsAcknowledged ?? 0,
-      stallsDelivered: vm.vsmmu.stats.stallsDelivered,
-      resumes: vm.vsmmu.stats.resumes,
-      bytesMoved: vm.devices.reduce((n, d) => n + d.stats.bytesMoved, 0),
-      faultQueue: {
-        read: vm.viommu.fault.stats.read,
-        responded: vm.viommu.fault.stats.responded,
-        autoResponded: vm.viommu.fault.stats.autoResponded,
-      },
-    })),
-    faults: {
-      raised: iommu.iopf.stats.groups + iommu.stallIopf.iopf.stats.groups,
-      delivered: sum((vm) => vm.vsmmu.stats.delivered + vm.vsmmu.stats.stallsDelivered),
-      responded: sum((vm) => vm.vsmmu.stats.guestAnswered),
-      autoResponded:
-        sum((vm) => vm.vsmmu.stats.autoResponded + vm.viommu.fault.stats.autoResponded) +
-        iommu.iopf.stats.answeredWithoutHandler +
-        iommu.stallIopf.iopf.stats.answeredWithoutHandler,
-      dropped: sum((vm) => vm.vsmmu.stats.dropped),
-      lost,
-    },
-    dma: {
-      ops: sumDevices((d) => d.stats.ops),
-      completed: sumDevices((d) => d.stats.completed),
-      failed: sumDevices((d) => d.stats.failed),
-      bytesVerified: oracle.bytesVerified,
-      unrecoverableFaults: oracle.unrecoverableFaults,
-    },
-    latencyUs: latency.summary(),
-    iommu: iommu.stats,
-    invariants: {
-      ok: invariants.ok,
-      violations: invariants.violations,
-      counts: Object.fromEntries(invariants.counts),
-    },
-  };
+  return sandbox.report();
 }
