@@ -1,7 +1,9 @@
 /**
  * The guest's SMMUv3 driver: drains the PRI queue, pages in what each request asks for, and answers
  * each page-request group once with CMD_PRI_RESP on the command queue; drains the event queue
- * (faults of terminated transactions, counted) and acknowledges its overflows.
+ * (faults of terminated transactions are counted; a Stall=1 event is paged in and answered with
+ * CMD_RESUME) and acknowledges its overflows; and invalidates the IOTLB for the memory manager
+ * (CMD_TLBI_NH_VA, then a CMD_SYNC whose completion the SMMU writes into guest RAM).
  *
  * Ordering rules it keeps (fault-queues.md 1.5-1.7):
  * - A group is answered after its Last entry; until then its members are partial.
