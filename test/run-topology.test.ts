@@ -217,4 +217,35 @@ vms:
     expect(r.faults.lost).toBe(0);
     expect(vm.bytesVerified).toBe(512 * PAGE);
   });
+
+  test('an injector raises multi-request groups on its own; each is answered once, with Last on the final request', async () => {
+    const topology = parseTopology(
+      oneVm(`    devices: [{ name: d, pri: true, pasids: [1], priCredits: 64, inject: { ratePerSec: 2000, groupSize: 4, pasid: 1 } }]
+    workload: { kind: idle }\n`),
+    );
+    const r = await runTopology(topology, { durationMs: 300 });
+    const [vm] = r.vms;
+    expect(r.invariants.ok).toBe(true);
+    expect(vm.injected).toBeGreaterThan(0);
+    // One group of four requests each; the guest's driver answers a group only after its Last.
+    expect(vm.pageRequests).toBe(4 * vm.injected);
+    expect(r.faults).toMatchObject({
+      raised: vm.injected,
+      delivered: vm.injected,
+      responded: vm.injected,
+      lost: 0,
+    });
+    // An idle guest backs no memory: every group is an Invalid Request.
+    expect(vm.responses).toEqual({ success: 0, invalid: vm.injected, failure: 0 });
+  });
+
+  test('an injector needs a PRI-capable device', () => {
+    expect(() =>
+      parseTopology(
+        oneVm(
+          `    devices: [{ name: d, pri: false, inject: { ratePerSec: 10 } }]\n    workload: { kind: idle }\n`,
+        ),
+      ),
+    ).toThrow(/vms\[0\]\.devices\[0\]\.inject: an injector raises page requests/);
+  });
 });

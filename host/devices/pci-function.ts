@@ -209,28 +209,31 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
   }
 
   /**
-   * Send a one-request page-request group that no DMA is waiting on (fault injection): it takes a
-   * credit and a PRG index like any other, and its response only returns them. False when PRI
-   * cannot send one now (no PRI, stopped by Response Failure, no credit or index free).
+   * Send a page-request group that no DMA is waiting on (fault injection): `count` requests for
+   * consecutive pages from `address`, one PRG index, Last on the final one. It takes a credit per
+   * request like any group, and its response only returns them. False when PRI cannot send it now
+   * (no PRI, stopped by Response Failure, not enough credits, no index free).
    */
-  injectPageRequest(pasid: number, address: number, write: boolean): boolean {
-    if (!this.pri.canRequest() || this.stoppedPasids.has(pasid)) return false;
-    const prgIndex = this.pri.allocate();
+  injectPageRequest(pasid: number, address: number, write: boolean, count = 1): boolean {
+    if (!this.pri.canRequest(count) || this.stoppedPasids.has(pasid)) return false;
+    const prgIndex = this.pri.allocate(count);
     this.prgOp[prgIndex] = -1;
-    this.stats.pageRequests++;
+    this.stats.pageRequests += count;
     this.stats.injected++;
     const r = this.request;
     r.streamId = this.streamId;
     r.pasid = pasid;
     r.ssv = pasid !== 0;
-    r.address = address - (address % PAGE_SIZE);
     r.prgIndex = prgIndex;
     r.read = !write;
     r.write = write;
     r.exec = false;
     r.privileged = false;
-    r.last = true;
-    this.iommu.pageRequest(r);
+    for (let i = 0; i < count; i++) {
+      r.address = address - (address % PAGE_SIZE) + i * PAGE_SIZE;
+      r.last = i === count - 1;
+      this.iommu.pageRequest(r);
+    }
     return true;
   }
 

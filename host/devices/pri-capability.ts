@@ -16,8 +16,12 @@ export class PriCapability {
   /** Status.UPRGI: a response named a PRG index with no outstanding group. */
   unexpectedPrgIndex = false;
   unexpectedResponses = 0;
+  /** Page requests outstanding (each holds a credit until its group's response). */
   outstanding = 0;
+  /** Groups outstanding (each holds a PRG index). */
+  groups = 0;
 
+  /** Credits held by the group of each PRG index (0: free). */
   private readonly inUse = new Uint8Array(PRG_INDICES);
   private cursor = 0;
 
@@ -29,19 +33,21 @@ export class PriCapability {
     return this.enabled && !this.responseFailure;
   }
 
-  /** A credit and a free PRG index are available for a one-request group. */
-  canRequest(): boolean {
-    return this.usable && this.outstanding < this.allocation && this.outstanding < PRG_INDICES;
+  /** Credits for a group of `requests` page requests, and a free PRG index, are available. */
+  canRequest(requests = 1): boolean {
+    return this.usable && this.outstanding + requests <= this.allocation && this.groups < PRG_INDICES;
   }
 
-  /** Take a credit and a PRG index (call only after `canRequest()`). */
-  allocate(): number {
+  /** Take `requests` credits and a PRG index for one group (call only after `canRequest()`). */
+  allocate(requests = 1): number {
     for (let n = 0; n < PRG_INDICES; n++) {
       const index = (this.cursor + n) & (PRG_INDICES - 1);
       if (this.inUse[index] === 0) {
-        this.inUse[index] = 1;
+        // The index remembers how many credits its group holds; the response returns them all.
+        this.inUse[index] = requests;
         this.cursor = (index + 1) & (PRG_INDICES - 1);
-        this.outstanding++;
+        this.outstanding += requests;
+        this.groups++;
         return index;
       }
     }
@@ -58,8 +64,9 @@ export class PriCapability {
       this.unexpectedResponses++;
       return false;
     }
+    this.outstanding -= this.inUse[prgIndex];
     this.inUse[prgIndex] = 0;
-    this.outstanding--;
+    this.groups--;
     if (responseFailure) this.responseFailure = true;
     return true;
   }
@@ -68,6 +75,7 @@ export class PriCapability {
   reset(): void {
     this.inUse.fill(0);
     this.outstanding = 0;
+    this.groups = 0;
     this.responseFailure = false;
     this.unexpectedPrgIndex = false;
   }

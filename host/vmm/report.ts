@@ -46,6 +46,8 @@ export interface VmReport {
   /** Stalled transactions reported to the guest as Stall=1 events, and the CMD_RESUMEs that answered them. */
   stallsDelivered: number;
   resumes: number;
+  /** Page-request groups the host injected from this VM's devices (`inject` in the topology). */
+  injected: number;
   /** Bytes this VM's devices moved by DMA. */
   bytesMoved: number;
   /** The VM's iommufd fault queue: groups the VMM read, answered through it, answered INVALID by teardown. */

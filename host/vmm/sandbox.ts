@@ -119,8 +119,12 @@ export class Sandbox {
     this.log.info({ topology: this.topology.name, vms: this.vms.length }, 'topology running');
   }
 
-  /** True once every VM's workload is done (or its guest crashed). */
+  /**
+   * True once every VM's workload is done (or its guest crashed). Injectors never finish: a
+   * topology with one runs until it is stopped (`--duration`).
+   */
   async workloadsDone(): Promise<boolean> {
+    if (this.topology.vms.some((vm) => vm.devices.some((d) => d.inject))) return false;
     const stats = await Promise.all(this.vms.map((vm) => vm.stats().catch(() => undefined)));
     return stats.every((s, i) => this.vms[i].crashed || s?.workloadDone);
   }
@@ -215,6 +219,7 @@ export class Sandbox {
         eventOverflowsAcknowledged: vm.guestStats?.eventOverflowsAcknowledged ?? 0,
         stallsDelivered: vm.vsmmu.stats.stallsDelivered,
         resumes: vm.vsmmu.stats.resumes,
+        injected: vm.devices.reduce((n, d) => n + d.stats.injected, 0),
         bytesMoved: vm.devices.reduce((n, d) => n + d.stats.bytesMoved, 0),
         faultQueue: {
           read: vm.viommu.fault.stats.read,

@@ -12,6 +12,35 @@ const name = z
 
 const log2 = (min: number, max: number) => z.number().int().min(min).max(max);
 
+export const InjectorSchema = z
+  .object({
+    ratePerSec: z.number().int().min(1).max(1_000_000).describe('page-request groups per second'),
+    groupSize: z
+      .number()
+      .int()
+      .min(1)
+      .max(16)
+      .default(1)
+      .describe('requests per group; Last on the final one'),
+    pasid: z.number().int().min(0).max(255).default(1).describe('PASID of the requests (0: the RID)'),
+    base: z
+      .number()
+      .int()
+      .min(0)
+      .max(2 ** 48 - 4096)
+      .default(0x4000_0000_0000)
+      .describe('first address'),
+    pages: z
+      .number()
+      .int()
+      .min(1)
+      .max(1 << 20)
+      .default(1024)
+      .describe('addresses cycle over this many pages'),
+    write: z.boolean().default(false),
+  })
+  .strict();
+
 export const DeviceSchema = z
   .object({
     name,
@@ -35,8 +64,13 @@ export const DeviceSchema = z
       .describe(
         'a platform device that can wait on stalled transactions (SMMUv3 stall model) instead of PRI',
       ),
+    inject: InjectorSchema.optional().describe('the host raises faults from this device on its own'),
   })
   .strict()
+  .refine((d) => !d.inject || d.pri, {
+    message: 'an injector raises page requests: the device needs pri: true',
+    path: ['inject'],
+  })
   .refine((d) => !(d.pri && d.stall), {
     message: 'a device recovers with PRI (a PCIe function, which never stalls) or by stalling, not both',
     path: ['stall'],

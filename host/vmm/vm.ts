@@ -26,6 +26,8 @@ const GUEST_ENTRY = sibling('../../guest/worker', import.meta.url);
 const HOST_SLEEP_MS = 100;
 /** Busy passes between visits to the event loop, so other VMs and the control plane get a turn. */
 const YIELD_EVERY = 32;
+/** How often injectors refill their budget and send. */
+const INJECT_TICK_MS = 5;
 /** A control-plane call that takes longer than this means the guest is hung. */
 const CONTROL_TIMEOUT_MS = 10_000;
 
@@ -69,6 +71,7 @@ export class Vm {
   private serving = false;
   /** Inside pump(): devices made runnable now run before pump() returns. */
   private pumping = false;
+  private readonly injectors: NodeJS.Timeout[] = [];
   /** The host is ending the worker on purpose: its exit is not a crash. */
   private terminating = false;
   private serveLoop: Promise<void> | undefined;
@@ -192,6 +195,41 @@ export class Vm {
     this.serving = true;
     this.serveLoop = this.serve();
     await this.call((c) => c.start());
+    this.startInjectors();
+  }
+
+  /**
+   * Devices with an `inject` section raise page-request groups on the host's own initiative, at
+   * their configured rate (a token bucket refilled every few ms). A group that finds no credit waits
+   * for the next tick: the injector is paced by the guest's answers like any PRI device.
+   */
+  private startInjectors(): void {
+    this.config.devices.forEach((config, i) => {
+      const inject = config.inject;
+      if (!inject) return;
+      const device = this.devices[i];
+      let last = performance.now();
+      let budget = 0;
+      let next = 0;
+      const timer = setInterval(() => {
+        const now = performance.now();
+        budget = Math.min(budget + ((now - last) * inject.ratePerSec) / 1000, inject.ratePerSec);
+        last = now;
+        let sent = 0;
+        while (budget >= 1) {
+          const page = next % inject.pages;
+          if (
+            !device.injectPageRequest(inject.pasid, inject.base + page * 4096, inject.write, inject.groupSize)
+          )
+            break;
+          next += inject.groupSize;
+          budget--;
+          sent++;
+        }
+        if (sent > 0) this.hostBell.ring();
+      }, INJECT_TICK_MS);
+      this.injectors.push(timer);
+    });
   }
 
   async stats(): Promise<GuestStats | undefined> {
@@ -202,6 +240,8 @@ export class Vm {
 
   /** Ask the guest to finish in-flight work and stop; keeps serving it meanwhile. */
   async stop(graceMs: number): Promise<void> {
+    for (const timer of this.injectors) clearInterval(timer);
+    this.injectors.length = 0;
     if (!this.crashed) {
       try {
         this.guestStats = await this.call((c) => c.stop(graceMs));
