@@ -14,7 +14,7 @@
  */
 import { describe, expect, test } from 'vitest';
 import type { DeviceObject } from '../host/iommufd/device.ts';
-import { type Errno, IommufdError } from '../host/iommufd/errors.ts';
+import { IommufdError } from '../host/iommufd/errors.ts';
 import {
   decodePgfault,
   decodeVeventHeader,
@@ -79,6 +79,7 @@ import {
 } from '../host/iommufd/selftest.ts';
 import { PAGE_SIZE } from '../host/iommufd/user-memory.ts';
 import type { VeventqFd } from '../host/iommufd/veventq.ts';
+import { errnoOf, errorOf } from './support/iommufd-errors.ts';
 
 const UINT32_MAX = 0xffff_ffff;
 const IOMMU_HW_INFO_TYPE_DEFAULT = 0;
@@ -98,21 +99,6 @@ const IOPF_ADDR = 0xdeadbeafn;
 const RW = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE;
 
 // --- helpers -----------------------------------------------------------------------------------------
-
-/** The IommufdError `run` throws; fails the test if it throws nothing or something else. */
-function errorOf(run: () => unknown): IommufdError {
-  try {
-    run();
-  } catch (error) {
-    if (error instanceof IommufdError) return error;
-    throw error;
-  }
-  throw new Error('expected an IommufdError, nothing was thrown');
-}
-
-function errnoOf(run: () => unknown): Errno {
-  return errorOf(run).errno;
-}
 
 /** Little-endian u32s, the way the selftest structs are laid out. */
 function u32s(...values: number[]): Uint8Array {

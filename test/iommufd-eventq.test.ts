@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
-import { type Errno, IommufdError } from '../host/iommufd/errors.ts';
+import { IommufdError } from '../host/iommufd/errors.ts';
 import {
   decodePageResponse,
   decodePgfault,
@@ -32,19 +32,9 @@ import { FaultInjector } from '../host/iommufd/fault-injector.ts';
 import { IommufdObject } from '../host/iommufd/object.ts';
 import { ObjectTable } from '../host/iommufd/object-table.ts';
 import { VeventqObject } from '../host/iommufd/veventq.ts';
+import { errnoOf } from './support/iommufd-errors.ts';
 
 const INT_MAX = 0x7fff_ffff;
-
-/** The errno of what `run` throws; fails the test if it does not throw an IommufdError. */
-function errnoOf(run: () => unknown): Errno {
-  try {
-    run();
-  } catch (error) {
-    if (error instanceof IommufdError) return error.errno;
-    throw error;
-  }
-  throw new Error('expected an IommufdError, nothing was thrown');
-}
 
 // --- FAULT helpers ---------------------------------------------------------------------------------
 

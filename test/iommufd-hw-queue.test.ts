@@ -1,7 +1,5 @@
 // HW_QUEUE_ALLOC (iommufd-model.md section 7), after the kernel selftest iommufd_viommu.hw_queue.
 import { beforeEach, describe, expect, test } from 'vitest';
-import type { Errno } from '../host/iommufd/errors.ts';
-import { IommufdError } from '../host/iommufd/errors.ts';
 import { IOMMU_HWPT_ALLOC_NEST_PARENT } from '../host/iommufd/hwpt.ts';
 import {
   IOMMU_IOAS_MAP_FIXED_IOVA,
@@ -10,19 +8,10 @@ import {
 } from '../host/iommufd/ioas.ts';
 import { Iommufd } from '../host/iommufd/iommufd.ts';
 import { IOMMU_HW_QUEUE_TYPE_SELFTEST, IOMMU_VIOMMU_TYPE_SELFTEST } from '../host/iommufd/selftest.ts';
+import { errnoOf } from './support/iommufd-errors.ts';
 
 const PAGE = 4096n;
 const IOVA = 0x100_0000n;
-
-function errnoOf(run: () => unknown): Errno | 'none' {
-  try {
-    run();
-    return 'none';
-  } catch (error) {
-    if (error instanceof IommufdError) return error.errno;
-    throw error;
-  }
-}
 
 describe('HW_QUEUE_ALLOC', () => {
   let fd: Iommufd;

@@ -9,7 +9,7 @@
  * `checkRefs` is IOMMU_TEST_OP_MD_CHECK_REFS and `checkMockIova` is IOMMU_TEST_OP_MD_CHECK_MAP.
  */
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-import { type Errno, IommufdError } from '../host/iommufd/errors.ts';
+import { IommufdError } from '../host/iommufd/errors.ts';
 import { FaultInjector } from '../host/iommufd/fault-injector.ts';
 import { HwptPaging, IOMMU_HWPT_ALLOC_NEST_PARENT, IOMMU_HWPT_FAULT_ID_VALID } from '../host/iommufd/hwpt.ts';
 import {
@@ -35,6 +35,7 @@ import {
   type MockPagingDomain,
 } from '../host/iommufd/selftest.ts';
 import { PAGE_SIZE } from '../host/iommufd/user-memory.ts';
+import { errnoOf, errorOf } from './support/iommufd-errors.ts';
 
 const RW = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE;
 const FIXED = IOMMU_IOAS_MAP_FIXED_IOVA;
@@ -44,21 +45,6 @@ const BUFFER_SIZE = PAGE_SIZE * 16n;
 const HUGEPAGE_SIZE = 2n * 1024n * 1024n;
 
 // --- helpers -------------------------------------------------------------------------------------
-
-function failure(run: () => unknown): IommufdError {
-  try {
-    run();
-  } catch (error) {
-    if (error instanceof IommufdError) return error;
-    throw error;
-  }
-  throw new Error('expected an IommufdError, the call succeeded');
-}
-
-/** The errno of what `run` throws; fails the test if it succeeds. */
-function errnoOf(run: () => unknown): Errno {
-  return failure(run).errno;
-}
 
 function mapFixed(
   fd: Iommufd,
@@ -534,7 +520,7 @@ for (const [variant, mockDomains] of IOAS_VARIANTS) {
       }
 
       // Buffer too small
-      let error = failure(() => fd.ioasIovaRanges({ ioasId, numIovas: 0 }));
+      let error = errorOf(() => fd.ioasIovaRanges({ ioasId, numIovas: 0 }));
       expect(error.errno).toBe('EMSGSIZE');
       expect(error.output.numIovas).toBe(1);
       expect(error.output.allowedIovas).toEqual([]);
@@ -547,7 +533,7 @@ for (const [variant, mockDomains] of IOAS_VARIANTS) {
           { start: 0n, last: PAGE_SIZE - 1n },
           { start: PAGE_SIZE * 2n, last: U64_MAX },
         ]);
-        error = failure(() => fd.ioasIovaRanges({ ioasId, numIovas: 1 }));
+        error = errorOf(() => fd.ioasIovaRanges({ ioasId, numIovas: 1 }));
         expect(error.errno).toBe('EMSGSIZE');
         expect(error.output.numIovas).toBe(2);
         expect(error.output.allowedIovas).toEqual([{ start: 0n, last: PAGE_SIZE - 1n }]);
@@ -1237,7 +1223,7 @@ describe('IOAS_UNMAP (iommufd-model.md 3.3)', () => {
     mapFixed(fd, ioasId, buffer, PAGE_SIZE, base);
     mapFixed(fd, ioasId, buffer + PAGE_SIZE, PAGE_SIZE * 2n, base + PAGE_SIZE * 2n);
     checkRefs(fd, buffer, PAGE_SIZE * 3n, 1);
-    const error = failure(() => unmap(fd, ioasId, base, PAGE_SIZE * 3n));
+    const error = errorOf(() => unmap(fd, ioasId, base, PAGE_SIZE * 3n));
     expect(error.errno).toBe('ENOENT');
     expect(error.output.length).toBeUndefined();
     expect(ioasOf(fd, ioasId).areas.map((a) => a.start)).toEqual([base + PAGE_SIZE * 2n]);
