@@ -6,7 +6,7 @@
  * (design.md: the hardware reports faults through a handler interface).
  */
 import { PAGE_SIZE } from '../../shared/guest-memory.ts';
-import { F_STREAM_DISABLED } from '../../shared/records/event-types.ts';
+import { CLASS_IN, F_STREAM_DISABLED, F_TRANSLATION } from '../../shared/records/event-types.ts';
 import {
   type EventRecordFields,
   FaultRecorder,
@@ -156,6 +156,28 @@ export class Iommu {
     this.recorder.record(f, walk.stage2 || walk.recordFaults);
   }
 
+  /**
+   * Fault injection: a stage-1 translation fault of a new transaction (counted in `translations`)
+   * on (stream, PASID, va), recorded as an event record and reported like any terminated
+   * transaction's (to the stream's vIOMMU if it has one, else kept by the host).
+   */
+  injectEvent(streamId: number, pasid: number, va: number, access: number): void {
+    const f = this.fault;
+    f.transaction = ++this.counts.translations;
+    f.eventType = F_TRANSLATION;
+    f.stage2 = false;
+    f.faultClass = CLASS_IN;
+    f.streamId = streamId;
+    f.ssv = pasid !== 0;
+    f.ssid = pasid;
+    f.address = va;
+    f.fetchAddress = 0;
+    f.access = access;
+    f.stall = false;
+    f.stag = 0;
+    this.recorder.record(f, true);
+  }
+
   /** A stream's installed configuration (for diagnostics and benchmarks). */
   contextOf(streamId: number): Stage1Context | undefined {
     return this.streams.get(streamId)?.ctx;
@@ -212,8 +234,8 @@ export class Iommu {
       const hpa = page + (va % PAGE_SIZE);
       const ctx = entry.ctx;
       out.hpa = hpa;
-      out.memory = ctx.s2 ? this.host.regionOf(hpa) : ctx.memory;
-      out.offset = ctx.s2 ? hpa % REGION_STRIDE : hpa;
+      out.memory = ctx.host ? this.host.regionOf(hpa) : ctx.memory;
+      out.offset = ctx.host ? hpa % REGION_STRIDE : hpa;
       out.fault = 0;
       return true;
     }

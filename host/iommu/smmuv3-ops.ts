@@ -16,7 +16,7 @@ import {
 } from '../../shared/records/cmdq-entry.ts';
 import { EVTQ_ENTRY_WORDS, encodeEvtqEntry, newEvtqEntry } from '../../shared/records/evtq-entry.ts';
 import { type Errno, ErrnoError } from './errno.ts';
-import { IoPageTable, S2AP_READ, S2AP_WRITE, TablePool } from './io-pagetable.ts';
+import { TablePool } from './io-pagetable.ts';
 import type { Iommu } from './iommu.ts';
 import type {
   AddressRange,
@@ -34,6 +34,7 @@ import type {
 } from './iommu-ops.ts';
 import type { IopfHandler } from './iopf.ts';
 import { ANY_PASID } from './iotlb.ts';
+import { Stage2Domain, type Stage2Owner } from './stage2-domain.ts';
 
 /** uAPI constants for the ARM SMMUv3 flavour (include/uapi/linux/iommufd.h). */
 export const IOMMU_HW_INFO_TYPE_ARM_SMMUV3 = 2;
@@ -65,8 +66,6 @@ const INVALIDATE_OPCODES = new Set([
   CMD_ATC_INV,
 ]);
 
-const VA_APERTURE: AddressRange = { start: 0n, last: (1n << 48n) - 1n };
-
 /** A PCIe function behind the SMMU, as the driver knows it. */
 export class Smmuv3Device implements IommuDevice {
   readonly group = {};
@@ -83,42 +82,6 @@ export class Smmuv3Device implements IommuDevice {
 
   get instance(): object {
     return this.ops.iommu;
-  }
-}
-
-/** A paging domain: the VM's stage 2, as real IO page tables in the driver's host-only table pool. */
-export class Stage2Domain implements PagingDomain {
-  readonly kind = 'paging';
-  readonly pageSize = 4096n;
-  readonly aperture = VA_APERTURE;
-  readonly table: IoPageTable;
-  mappedBytes = 0n;
-
-  constructor(
-    readonly ops: Smmuv3Ops,
-    readonly flags: PagingFlags,
-    pool: TablePool,
-  ) {
-    this.table = new IoPageTable(pool);
-  }
-
-  /** Map user page frames (host-physical page numbers for memory a VMM mapped from its RAM). */
-  map(iova: bigint, length: bigint, frames: readonly number[], offset: bigint, writable: boolean): void {
-    const first = Number(offset / 4096n);
-    this.table.map(
-      Number(iova),
-      Number(length),
-      (i) => frames[first + i] * 4096,
-      S2AP_READ | (writable ? S2AP_WRITE : 0),
-    );
-    this.mappedBytes += length;
-  }
-
-  /** Unmap: every stream translating through this stage 2 is invalidated before this returns. */
-  unmap(iova: bigint, length: bigint): void {
-    this.table.unmap(Number(iova), Number(length));
-    this.mappedBytes -= length;
-    this.ops.invalidateStage2(this);
   }
 }
 
@@ -172,7 +135,7 @@ export function encodeVste(cdTableGpa: number, cdLog2: number): Uint8Array {
   return data;
 }
 
-export class Smmuv3Ops implements IommuOps {
+export class Smmuv3Ops implements IommuOps, Stage2Owner {
   readonly name = 'arm-smmu-v3';
   readonly viommuType = IOMMU_VIOMMU_TYPE_ARM_SMMUV3;
   readonly veventqType = IOMMU_VEVENTQ_TYPE_ARM_SMMUV3;

@@ -68,6 +68,19 @@ export interface Stage1Context {
   s1Bypass?: boolean;
   /** The stream may stall (STE.S1STALLD clear: the device is not PCIe and can wait). */
   stall?: boolean;
+  /**
+   * A host-owned PASID table (VT-d scalable mode): each PASID carries its own stage-1 root and its
+   * own stage 2, so two PASIDs of one device may translate in two VMs. When present, the CD fields
+   * are unused.
+   */
+  pasidTable?: ReadonlyMap<number, PasidEntry>;
+}
+
+/** One PASID's entry of a host-owned PASID table: its stage 2 and the guest's stage-1 root (a GPA). */
+export interface PasidEntry extends Stage1Context {
+  ttbGpa: number;
+  /** Record faults of terminated transactions (the fault-processing-disable bit clear). */
+  recordFaults: boolean;
 }
 
 /** The outcome of one walk; reused by the caller, never allocated per walk. */
@@ -185,21 +198,40 @@ export function walkStage1(
   }
   out.recordFaults = true;
   out.stallFaults = false;
+  if (ctx.pasidTable) {
+    const entry = ctx.pasidTable.get(pasid);
+    if (!entry) return fail(out, C_BAD_SUBSTREAMID, false, CLASS_CD);
+    if (entry.s1Bypass) return walkStage1(entry, pasid, va, access, out);
+    out.recordFaults = entry.recordFaults;
+    if (va < 0 || va >= VA_LIMIT) return fail(out, F_TRANSLATION, false, CLASS_IN);
+    return walkTables(entry, entry.ttbGpa, va, access, out);
+  }
   if (pasid < 0 || pasid >= 2 ** ctx.cdLog2) return fail(out, C_BAD_SUBSTREAMID, false, CLASS_CD);
   const cd = ctx.cdTableGpa + pasid * CD_BYTES;
   if (cd % 4 !== 0) return fail(out, F_TRANSLATION, true, CLASS_CD, cd);
   if (stage2(ctx, cd, CD_BYTES, ACCESS_READ, CLASS_CD, out) < 0) return false;
-  let words = (out.memory as GuestMemory).words;
+  const words = (out.memory as GuestMemory).words;
   const cdLow = Atomics.load(words, out.offset >>> 2);
   const cdHigh = words[(out.offset >>> 2) + 1];
   out.recordFaults = (cdLow & CD_RECORD) !== 0;
   out.stallFaults = (cdLow & CD_STALL) !== 0;
   if ((cdLow & CD_VALID) === 0 || (cdHigh & CD_HIGH_RES0) !== 0) return fail(out, C_BAD_CD, false, CLASS_CD);
   if (va < 0 || va >= VA_LIMIT) return fail(out, F_TRANSLATION, false, CLASS_IN);
+  return walkTables(
+    ctx,
+    ((cdLow & PTE_ADDR_LOW_MASK) >>> 0) + (cdHigh & PTE_HIGH_ADDR_MASK) * TWO_32,
+    va,
+    access,
+    out,
+  );
+}
 
+/** The four levels of a stage-1 table rooted at `root` (a GPA), each fetch through `ctx`'s stage 2. */
+function walkTables(ctx: Stage1Context, root: number, va: number, access: number, out: WalkResult): boolean {
   const vaLow = va >>> 0;
   const vaHigh = Math.floor(va / TWO_32);
-  let table = ((cdLow & PTE_ADDR_LOW_MASK) >>> 0) + (cdHigh & PTE_HIGH_ADDR_MASK) * TWO_32;
+  let table = root;
+  let words: Int32Array;
   let low = 0;
   let high = 0;
   for (let level = 0; level < LEVELS; level++) {
