@@ -149,6 +149,63 @@ describe('ioasid-sandbox bench', () => {
   });
 });
 
+describe('ioasid-sandbox fail-nth', () => {
+  test('--json prints one report object for the chosen scenario and exits 0', () => {
+    const p = cli('fail-nth', '--scenario', 'plain-ioas', '--json');
+    expect(p.stderr).toBe('');
+    expect(p.status).toBe(0);
+    const lines = p.stdout.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    const r = JSON.parse(lines[0]);
+    expect(Object.keys(r)).toEqual(['scenarios', 'runs', 'failures']);
+    expect(r.failures).toEqual([]);
+    expect(r.scenarios).toHaveLength(1);
+    const s = r.scenarios[0];
+    expect(s).toMatchObject({
+      name: 'plain-ioas',
+      points: expect.any(Number),
+      tried: s.points + 1,
+      failedAt: { 'id-reserve': expect.any(Number), 'interval-alloc': expect.any(Number) },
+      teardown: { runs: s.points + 1, passed: s.points + 1 },
+      resume: { runs: s.points, passed: s.points },
+      failures: 0,
+    });
+    expect(s.points).toBeGreaterThan(5);
+    expect(r.runs).toBe(s.runs);
+  });
+
+  test('an unknown scenario exits 2 and names the known ones', () => {
+    const p = cli('fail-nth', '--scenario', 'plain-ioas', 'nope', '--json');
+    expect(p.status).toBe(2);
+    expect(p.stdout).toBe('');
+    expect(p.stderr).toMatch(
+      /'nope' is invalid\. unknown scenario; known scenarios: plain-ioas, mock-device/,
+    );
+  });
+
+  test('a registry that leaks pins on a failed map exits 3 and lists the failures', () => {
+    // The CLI's main() in a process whose ioasMap pins the range again when it fails.
+    const code = `
+      const { Iommufd } = await import('./host/iommufd/iommufd.ts');
+      const { main } = await import('./host/cli/main.ts');
+      const map = Iommufd.prototype.ioasMap;
+      Iommufd.prototype.ioasMap = function (args) {
+        try { return map.call(this, args); } catch (e) { this.memory.pin(args.userVa, args.length); throw e; }
+      };
+      process.exitCode = await main(['fail-nth', '--scenario', 'plain-ioas']);`;
+    const p = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], {
+      encoding: 'utf8',
+      env,
+      timeout: 60_000,
+    });
+    expect(p.stderr).toBe('');
+    expect(p.status).toBe(3);
+    expect(p.stdout).toMatch(/^scenario +points +runs +failures\nplain-ioas +\d+ +\d+ +[1-9]\d*\n/);
+    expect(p.stdout).toMatch(/unchanged: the failed call left a change: state\.pinnedPages is \d+, not 0/);
+    expect(p.stdout).toMatch(/teardown: close\(\) left \d+ pinned page/);
+  });
+});
+
 describe('packaging', () => {
   test('a script in the repo imports the library entry by package name under tsx', () => {
     const p = spawnSync(process.execPath, ['--import', 'tsx', 'test/fixtures/library-user.ts'], {

@@ -5,6 +5,7 @@
  */
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { makeLogger } from '../../shared/logger.ts';
+import { FAIL_NTH_SCENARIOS, formatFailNth, runFailNthSweep } from '../iommufd/fail-nth.ts';
 import type { RunReport } from '../vmm/report.ts';
 import { runTopology } from '../vmm/sandbox.ts';
 import { loadTopology, TopologyError } from '../vmm/topology.ts';
@@ -95,6 +96,28 @@ export async function main(argv: string[]): Promise<number> {
     .action((opts: { quick?: boolean; json?: boolean }) => {
       const report = runBench(opts.quick ?? false);
       process.stdout.write(opts.json ? `${JSON.stringify(report)}\n` : formatBench(report));
+    });
+
+  program
+    .command('fail-nth')
+    .description("sweep the /dev/ioasid registry's fail-nth fault injection over its scenarios")
+    .option(
+      '--scenario <name...>',
+      'sweep only these scenarios (default all)',
+      (name, names: string[] = []) => {
+        if (!FAIL_NTH_SCENARIOS.includes(name)) {
+          throw new InvalidArgumentError(
+            `unknown scenario; known scenarios: ${FAIL_NTH_SCENARIOS.join(', ')}`,
+          );
+        }
+        return [...names, name];
+      },
+    )
+    .option('--json', 'print exactly one JSON object on stdout')
+    .action((opts: { scenario?: string[]; json?: boolean }) => {
+      const report = runFailNthSweep({ scenarios: opts.scenario });
+      process.stdout.write(opts.json ? `${JSON.stringify(report)}\n` : formatFailNth(report));
+      exitCode = report.failures.length === 0 ? EXIT_OK : EXIT_INVARIANT;
     });
 
   try {
