@@ -12,12 +12,23 @@ import { AddressSpaces } from './mm/address-spaces.ts';
 import { DemandPager } from './mm/demand-pager.ts';
 import { PageAllocator } from './mm/page-allocator.ts';
 import { Smmuv3Driver } from './smmuv3-driver.ts';
+import { VtdDriver } from './vtd-driver.ts';
 import { createWorkload, type DeviceQueues, type Workload } from './workloads/workload.ts';
 
 /** Busy iterations between visits to the event loop, so the control plane is never starved. */
 const YIELD_EVERY = 64;
 /** Longest sleep on the doorbell before the loop looks around anyway. */
 const SLEEP_MS = 1000;
+
+/** What the main loop and the memory manager need of a vIOMMU driver, whatever its flavour. */
+interface IommuDriver {
+  poll(): number;
+  readonly blockedOnCommandQueue: boolean;
+  /** Its fault queues hold something. */
+  readonly pending: boolean;
+  invalidateVa(pasid: number, va: number): number;
+  syncCompleted(): number;
+}
 
 export function emptyStats(): GuestStats {
   return {
@@ -45,10 +56,8 @@ export class GuestVm implements GuestControl {
   private readonly memory: GuestMemory;
   private readonly spaces: AddressSpaces;
   private readonly pager: DemandPager;
-  private readonly driver: Smmuv3Driver;
+  private readonly driver: IommuDriver;
   private readonly cmdq: RingProducer;
-  private readonly priq: RingConsumer;
-  private readonly evtq: RingConsumer;
   private readonly bell: Doorbell;
   private readonly devices: DeviceQueues[];
   private readonly workloads: Workload[];
@@ -66,20 +75,32 @@ export class GuestVm implements GuestControl {
     const layout = channelLayout(config.channelConfig);
     const bells = channelBells(config.channel, layout);
     this.bell = bells.guest;
-    this.priq = new RingConsumer(config.channel, layout.priq.offset, layout.priq.geometry);
-    this.evtq = new RingConsumer(config.channel, layout.evtq.offset, layout.evtq.geometry);
     this.cmdq = new RingProducer(config.channel, layout.cmdq.offset, layout.cmdq.geometry, bells.host);
     const syncWord = pages.allocZeroed();
     if (syncWord < 0) throw new Error('guest RAM exhausted before boot');
-    this.driver = new Smmuv3Driver(
-      this.priq,
-      this.evtq,
-      this.cmdq,
-      this.pager,
-      this.counters,
-      this.memory,
-      syncWord,
-    );
+    if (layout.prq) {
+      this.driver = new VtdDriver(
+        config.channel,
+        layout.prq,
+        this.cmdq,
+        this.pager,
+        this.counters,
+        this.memory,
+        syncWord,
+      );
+    } else if (layout.priq && layout.evtq) {
+      this.driver = new Smmuv3Driver(
+        new RingConsumer(config.channel, layout.priq.offset, layout.priq.geometry),
+        new RingConsumer(config.channel, layout.evtq.offset, layout.evtq.geometry),
+        this.cmdq,
+        this.pager,
+        this.counters,
+        this.memory,
+        syncWord,
+      );
+    } else {
+      throw new Error(`channel layout has no fault queues for ${config.channelConfig.flavour}`);
+    }
     this.devices = config.devices.map((device, index) => ({
       index,
       streamId: device.streamId,
@@ -115,9 +136,13 @@ export class GuestVm implements GuestControl {
 
   boot(): DeviceContext[] {
     this.memory.touch();
-    // CD 0 is the RID's own address space (requests without a PASID).
+    // Entry 0 of the CD (or PASID) table is the RID's own address space (requests without a PASID).
     return this.config.devices.map((device) =>
-      this.spaces.installDevice(device.streamId, [0, ...device.pasids], device.stall),
+      this.spaces.installDevice(
+        device.streamId,
+        device.ownsRid ? [0, ...device.pasids] : device.pasids,
+        device.stall,
+      ),
     );
   }
 
@@ -161,7 +186,7 @@ export class GuestVm implements GuestControl {
   }
 
   private pending(): boolean {
-    if (!this.priq.empty() || !this.evtq.empty()) return true;
+    if (this.driver.pending) return true;
     return this.devices.some((device) => !device.complete.empty());
   }
 

@@ -61,12 +61,17 @@ export class Smmuv3Driver {
     private readonly syncWordGpa: number,
   ) {}
 
+  /** Entries wait in the PRI or event queue. */
+  get pending(): boolean {
+    return !this.priq.empty() || !this.evtq.empty();
+  }
+
   /**
-   * Invalidate the IOTLB for `va` (all PASIDs: the model has no ASIDs): CMD_TLBI_NH_VA, then a
+   * Invalidate the IOTLB for `va` (of every PASID: the model has no ASIDs): CMD_TLBI_NH_VA, then a
    * CMD_SYNC that signals completion. Returns the sync's sequence number (wait for
    * `syncCompleted()` to reach it before reusing the page), or -1 if the command queue is full.
    */
-  invalidateVa(va: number): number {
+  invalidateVa(_pasid: number, va: number): number {
     const at = this.cmdq.claim();
     if (at < 0) return -1;
     encodeTlbiNhVa(this.cmdq.words, at, va);

@@ -58,22 +58,28 @@ export class VtdPrqDriver {
 
   /**
    * One pass of the page request interrupt handler. `onRequest` gets each descriptor decoded into
-   * one reused object; `onOverflowCleared` runs just before PRO is cleared (where Linux discards
-   * partial groups). Returns the number of descriptors handled.
+   * one reused object; it may return false to leave that descriptor (and the rest) for the next pass,
+   * e.g. when there is no room for its response. `onOverflowCleared` runs just before PRO is cleared
+   * (where Linux discards partial groups). Returns the number of descriptors handled.
    */
-  service(onRequest: (request: VtdPageRequest) => void, onOverflowCleared?: () => void): number {
+  service(onRequest: (request: VtdPageRequest) => unknown, onOverflowCleared?: () => void): number {
     this.stats.passes++;
     this.status.write(PRS_PPR);
     const ring = this.ring;
     const ready = ring.poll();
-    for (let i = 0; i < ready; i++) onRequest(decodeVtdPageRequest(ring.words, ring.at(i), this.request));
-    ring.release(ready);
-    this.stats.handled += ready;
+    let handled = 0;
+    while (handled < ready) {
+      if (onRequest(decodeVtdPageRequest(ring.words, ring.at(handled), this.request)) === false) break;
+      handled++;
+    }
+    ring.release(handled);
+    this.stats.handled += handled;
+    if (handled < ready) return handled;
     if ((this.status.read() & PRS_PRO) !== 0 && ring.poll() === 0) {
       onOverflowCleared?.();
       this.status.write(PRS_PRO);
       this.stats.overflowsCleared++;
     }
-    return ready;
+    return handled;
   }
 }

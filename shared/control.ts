@@ -21,6 +21,11 @@ export interface GuestDeviceConfig {
   /** The StreamID the guest sees (its vSID); the host maps it to the physical one. */
   streamId: number;
   pasids: number[];
+  /**
+   * The device's RID (PASID 0) belongs to this VM. False for a VM's interface on a function another
+   * VM owns (a shared device): it gets only its PASIDs.
+   */
+  ownsRid: boolean;
   pri: boolean;
   /** Stalls instead of PRI: the guest sets CD.S for it and answers stall events with CMD_RESUME. */
   stall: boolean;

@@ -66,6 +66,17 @@ describe('ioasid-sandbox run', () => {
     expect(r.invariants.ok).toBe(true);
   });
 
+  test('shared-device-device-owner.yaml exits 3 and names fault-delivered-to-non-owner', () => {
+    const p = cli('run', 'configs/shared-device-device-owner.yaml', '--json');
+    expect(p.status).toBe(3);
+    const r = expectRunReport(p.stdout);
+    expect(r.invariants.ok).toBe(false);
+    expect(r.invariants.violations.map((v: { rule: string }) => v.rule)).toContain(
+      'fault-delivered-to-non-owner',
+    );
+    expect(r.faults.lost).toBe(0);
+  });
+
   test('without --json it prints a human summary naming each VM', () => {
     const p = cli('run', 'configs/default.yaml', '--seed', '7');
     expect(p.status).toBe(0);

@@ -180,7 +180,7 @@ vms:
 
   test('overflow.yaml: tiny queues under a fault storm drop by their rules, answer every dropped Last, lose nothing', async () => {
     const r = await runTopology(loadTopology('configs/overflow.yaml'));
-    const [pri, terminate] = r.vms;
+    const [pri, terminate, vtd] = r.vms;
     expect(r.invariants.ok).toBe(true);
     expect(r.faults.lost).toBe(0);
     // PRI queue: discarded entries, each dropped Last answered Success, the device retried; every page arrived.
@@ -195,6 +195,15 @@ vms:
     expect(terminate.eventOverflowsAcknowledged).toBeGreaterThan(0);
     expect(terminate.faultsByKind.terminate + terminate.eventsDropped).toBe(r.iommu.eventsForwarded);
     expect(terminate.flavour).toBe('smmuv3');
+    // VT-d page request queue: PRO set on a full queue, every request dropped until the driver
+    // drained and cleared it; dropped LPIG requests answered; every page still arrived.
+    expect(vtd.flavour).toBe('vtd');
+    expect(vtd.dropped).toBeGreaterThan(0);
+    expect(vtd.overflows).toBeGreaterThan(0);
+    expect(vtd.overflowsAcknowledged).toBe(vtd.overflows);
+    expect(vtd.faultsByKind.pageRequest).toBe(2048);
+    expect(vtd.bytesVerified).toBe(2048 * PAGE);
+    expect(pri.overflows).toBeGreaterThan(0);
   });
 
   test('map-churn: pages unmapped under DMA are invalidated before reuse; no DMA uses a stale translation', async () => {
@@ -239,19 +248,35 @@ vms:
     expect(vm.responses).toEqual({ success: 0, invalid: vm.injected, failure: 0 });
   });
 
-  test('an injector needs a PRI-capable device', () => {
+  test('an event injector raises terminate-model events at its rate, no PRI needed', async () => {
+    const topology = parseTopology(
+      oneVm(`    devices: [{ name: d, pri: false, pasids: [1], inject: { kind: event, ratePerSec: 1000, groupSize: 2, pasid: 1 } }]
+    workload: { kind: idle }\n`),
+    );
+    const r = await runTopology(topology, { durationMs: 200 });
+    const [vm] = r.vms;
+    expect(r.invariants.ok).toBe(true);
+    expect(vm.injectedEvents).toBeGreaterThan(0);
+    expect(vm.injectedEvents % 2).toBe(0);
+    // The 64-entry event queue may drop some under its overflow rule; every one is accounted for.
+    expect(vm.faultsByKind.terminate + vm.eventsDropped).toBe(vm.injectedEvents);
+    expect(r.faults.raised).toBe(0);
+  });
+
+  test('a page-request injector needs a PRI-capable device', () => {
     expect(() =>
       parseTopology(
         oneVm(
           `    devices: [{ name: d, pri: false, inject: { ratePerSec: 10 } }]\n    workload: { kind: idle }\n`,
         ),
       ),
-    ).toThrow(/vms\[0\]\.devices\[0\]\.inject: an injector raises page requests/);
+    ).toThrow(/vms\[0\]\.devices\[0\]\.inject: an injector of page requests needs pri: true/);
   });
 
   test('many-vms.yaml: 16 VMs with every workload kind on one host IOMMU, none crashed, nothing lost', async () => {
     const r = await runTopology(loadTopology('configs/many-vms.yaml'));
     expect(r.vms).toHaveLength(16);
+    expect(new Set(r.vms.map((vm) => vm.flavour))).toEqual(new Set(['smmuv3', 'vtd']));
     expect(r.invariants.ok).toBe(true);
     expect(r.faults.lost).toBe(0);
     expect(r.vms.every((vm) => !vm.crashed && vm.workloadDone)).toBe(true);

@@ -41,4 +41,33 @@ describe('Sandbox (library API)', () => {
     }
     expect(() => sandbox.inject('quiet', { pasid: 1, address: 0 })).toThrow(/running sandbox/);
   });
+
+  test('injected events reach an SMMUv3 guest through the vEVENTQ and its event queue; VT-d keeps them', async () => {
+    const sandbox = new Sandbox(
+      parseTopology(`name: events
+vms:
+  - { name: arm, memoryMiB: 16, viommu: smmuv3, devices: [{ name: d, pri: false, pasids: [1] }], workload: { kind: idle } }
+  - { name: x86, memoryMiB: 16, viommu: vtd, devices: [{ name: d, pri: false, pasids: [1] }], workload: { kind: idle } }
+`),
+    );
+    await sandbox.launch();
+    try {
+      for (let i = 0; i < 3; i++)
+        sandbox.inject('arm', { kind: 'event', pasid: 1, address: 0x5000 + i * 4096 });
+      sandbox.inject('x86', { kind: 'event', pasid: 1, address: 0x5000 });
+      await until(() => sandbox.report().vms[0].eventsDelivered === 3);
+    } finally {
+      const final = await sandbox.stop();
+      const [arm, x86] = final.vms;
+      expect(arm.faultsByKind).toEqual({ pageRequest: 0, stall: 0, terminate: 3 });
+      expect(arm.eventsHandled).toBe(3);
+      expect(arm.injectedEvents).toBe(3);
+      expect(x86.injectedEvents).toBe(1);
+      expect(x86.eventsDelivered).toBe(0);
+      expect(final.iommu.eventsForwarded).toBe(3);
+      expect(final.iommu.eventsHostOnly).toBe(1);
+      // No page request was involved.
+      expect(final.faults.raised).toBe(0);
+    }
+  });
 });

@@ -39,7 +39,7 @@ function setup() {
   const spaces = new AddressSpaces(memory, new PageAllocator(memory));
   const iommu = new Iommu();
   const vm = new VmIommu(new Smmuv3Ops(iommu), memory, [{ streamId: SID, hasPasids: true, stall: true }]);
-  vm.installStes([spaces.installDevice(0, [0, 1], true)]);
+  vm.installContexts([spaces.installDevice(0, [0, 1], true)]);
   const geometry = {
     priq: { log2Size: 2, recordWords: PRIQ_ENTRY_WORDS },
     evtq: { log2Size: 2, recordWords: EVTQ_ENTRY_WORDS },

@@ -71,7 +71,7 @@ export class MapChurn extends DescriptorWorkload {
     const gpa = this.mm.spaces.table(this.device.pasid).unmap(va);
     this.readsSinceUnmap = 0;
     if (gpa < 0) return;
-    const sync = this.mm.tlb.invalidateVa(va);
+    const sync = this.mm.tlb.invalidateVa(this.device.pasid, va);
     const slot = (this.pendingHead + this.pendingCount) % PENDING_FREES;
     this.pendingGpa[slot] = gpa;
     // No room for the TLBI: the page is never freed until a later sync covers everything before it.

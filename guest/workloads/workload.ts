@@ -38,8 +38,8 @@ export interface GuestMm {
   pages: PageAllocator;
   /** Guest RAM as words, to scrub freed pages. */
   memoryWords: Int32Array;
-  /** IOTLB invalidation through the vIOMMU driver (TLBI + SYNC, and its completion). */
-  tlb: { invalidateVa(va: number): number; syncCompleted(): number };
+  /** IOTLB invalidation through the vIOMMU driver (TLBI + SYNC or its VT-d pair, and its completion). */
+  tlb: { invalidateVa(pasid: number, va: number): number; syncCompleted(): number };
   /** Bytes of guest RAM: the first guest-physical address past it. */
   ramSize: number;
 }

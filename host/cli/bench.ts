@@ -53,7 +53,7 @@ function nestedVm(iotlbEntries: number, pages: number) {
   for (let p = 0; p < pages; p++)
     table.map(BASE_VA + p * PAGE_SIZE, (p % (memory.pages - 4096)) * PAGE_SIZE + 0x100_0000);
   const vm = new VmIommu(new Smmuv3Ops(iommu), memory, [{ streamId: SID, hasPasids: true, stall: false }]);
-  vm.installStes([ctx]);
+  vm.installContexts([ctx]);
   return { iommu, memory, ctx, stage1: iommu.contextOf(SID) as Stage1Context };
 }
 

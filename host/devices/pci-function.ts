@@ -25,9 +25,10 @@ import { F_ACCESS, F_PERMISSION, F_TRANSLATION } from '../../shared/records/even
 import type { RingConsumer, RingProducer } from '../../shared/ring.ts';
 import type { Iommu } from '../iommu/iommu.ts';
 import { newPageRequest, PRG_FAILURE, PRG_SUCCESS, type PriEndpoint } from '../iommu/page-request.ts';
-import { ACCESS_READ, newWalkResult } from '../iommu/stage1-walker.ts';
+import { ACCESS_READ, ACCESS_WRITE, newWalkResult } from '../iommu/stage1-walker.ts';
 import type { StallEndpoint, StallOutcome } from '../iommu/stall.ts';
 import { PriCapability } from './pri-capability.ts';
+import type { SharedPri } from './shared-pri.ts';
 
 /** Longest transfer one descriptor may ask for. */
 export const MAX_DMA_LENGTH = 1 << 20;
@@ -68,6 +69,8 @@ export interface PciFunctionOptions {
   stall?: boolean;
   /** Outstanding Page Request Allocation. */
   priCredits: number;
+  /** The function is shared between VMs: this interface uses the function's one PRI capability. */
+  sharedPri?: SharedPri;
 }
 
 export interface PciFunctionStats {
@@ -84,8 +87,10 @@ export interface PciFunctionStats {
   stallRetries: number;
   /** Stop PASID markers the function emitted. */
   stopMarkers: number;
-  /** Page requests injected by the host (no DMA waiting on them). */
+  /** Page-request groups injected by the host (no DMA waiting on them). */
   injected: number;
+  /** Stage-1 fault events injected by the host. */
+  injectedEvents: number;
   /** Bytes the DMA engine moved between guest memory and its buffer. */
   bytesMoved: number;
 }
@@ -109,9 +114,11 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     stallRetries: 0,
     stopMarkers: 0,
     injected: 0,
+    injectedEvents: 0,
     bytesMoved: 0,
   };
 
+  private readonly sharedPri: SharedPri | undefined;
   private readonly capacity: number;
   private readonly opState: Uint8Array;
   private readonly opTag: Int32Array;
@@ -149,7 +156,8 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     this.streamId = options.streamId;
     this.hasPri = options.pri;
     this.canStall = options.stall ?? false;
-    this.pri = new PriCapability(options.priCredits);
+    this.sharedPri = options.sharedPri;
+    this.pri = options.sharedPri?.capability ?? new PriCapability(options.priCredits);
     this.pri.enabled = options.pri;
     // One op per completion slot: a completion can always be written once the guest reaps.
     this.capacity = complete.size;
@@ -217,6 +225,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
   injectPageRequest(pasid: number, address: number, write: boolean, count = 1): boolean {
     if (!this.pri.canRequest(count) || this.stoppedPasids.has(pasid)) return false;
     const prgIndex = this.pri.allocate(count);
+    this.sharedPri?.claim(prgIndex, this);
     this.prgOp[prgIndex] = -1;
     this.stats.pageRequests += count;
     this.stats.injected++;
@@ -235,6 +244,18 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
       this.iommu.pageRequest(r);
     }
     return true;
+  }
+
+  /**
+   * Raise `count` stage-1 fault events (fault injection) for consecutive pages from `address`, as
+   * transactions that ended terminated: no PRI involved, the IOMMU records each as an event.
+   */
+  injectEvents(pasid: number, address: number, write: boolean, count = 1): void {
+    for (let i = 0; i < count; i++) {
+      const va = address - (address % PAGE_SIZE) + i * PAGE_SIZE;
+      this.iommu.injectEvent(this.streamId, pasid, va, write ? ACCESS_WRITE : ACCESS_READ);
+      this.stats.injectedEvents++;
+    }
   }
 
   /**
@@ -399,6 +420,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
 
   private requestPage(op: number, pasid: number, va: number): void {
     const prgIndex = this.pri.allocate();
+    this.sharedPri?.claim(prgIndex, this);
     this.prgOp[prgIndex] = op;
     this.opState[op] = WAITING_PRG;
     this.opFaultedAt[op] = performance.now();

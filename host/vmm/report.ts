@@ -28,6 +28,8 @@ export interface VmReport {
   dmaCompleted: number;
   dmaFailed: number;
   dropped: number;
+  /** Overflow conditions the guest's page request queue raised (SMMUv3 OVFLG, VT-d PRO). */
+  overflows: number;
   unknownResponses: number;
   illegalCommands: number;
   workloadDone: boolean;
@@ -48,6 +50,8 @@ export interface VmReport {
   resumes: number;
   /** Page-request groups the host injected from this VM's devices (`inject` in the topology). */
   injected: number;
+  /** Stage-1 fault events the host injected from this VM's devices. */
+  injectedEvents: number;
   /** Bytes this VM's devices moved by DMA. */
   bytesMoved: number;
   /** The VM's iommufd fault queue: groups the VMM read, answered through it, answered INVALID by teardown. */

@@ -3,14 +3,16 @@
  * physical IOMMU; each VM gets its own guest RAM, channel, worker thread, fault queue and devices.
  */
 import { type Logger, makeLogger } from '../../shared/logger.ts';
+import { SharedPri } from '../devices/shared-pri.ts';
 import { Iommu } from '../iommu/iommu.ts';
 import { Smmuv3Ops } from '../iommu/smmuv3-ops.ts';
+import { VtdOps } from '../iommu/vtd-ops.ts';
 import { DmaOracle } from './dma-oracle.ts';
 import { InvariantChecker } from './invariants.ts';
 import { LatencyHistogram } from './latency.ts';
 import type { RunReport } from './report.ts';
 import type { Topology } from './topology.ts';
-import { Vm } from './vm.ts';
+import { type DevicePlacement, Vm } from './vm.ts';
 
 export interface RunOptions {
   /** Longest the workloads may run, in ms; the run ends earlier when every workload is done. */
@@ -26,9 +28,30 @@ export const DEFAULT_DURATION_MS = 30_000;
 const POLL_MS = 10;
 const DEFAULT_GRACE_MS = 2_000;
 
-/** Physical StreamIDs: VM i's devices start at (i + 1) << 8. */
-function firstStreamId(vmIndex: number): number {
-  return (vmIndex + 1) << 8;
+/** Physical StreamIDs: VM i's own devices start at (i + 1) << 8; shared functions at 0x8000. */
+const SHARED_FUNCTIONS = 0x8000;
+
+/**
+ * Where every VM's devices sit. A device naming a `function` is an interface on a function shared
+ * between VMs: the first VM to list it holds the RID, and every interface shares its StreamID and
+ * its PRI capability.
+ */
+export function placeDevices(topology: Topology): DevicePlacement[][] {
+  const shared = new Map<string, DevicePlacement>();
+  return topology.vms.map((vm, vmIndex) =>
+    vm.devices.map((device, i) => {
+      if (device.function === undefined) return { streamId: ((vmIndex + 1) << 8) + i, ownsRid: true };
+      const owner = shared.get(device.function);
+      if (owner) return { ...owner, ownsRid: false };
+      const placement = {
+        streamId: SHARED_FUNCTIONS + shared.size,
+        ownsRid: true,
+        sharedPri: new SharedPri(device.priCredits),
+      };
+      shared.set(device.function, placement);
+      return placement;
+    }),
+  );
 }
 
 export function vmSeed(runSeed: number | undefined, configured: number, vmIndex: number): number {
@@ -38,6 +61,8 @@ export function vmSeed(runSeed: number | undefined, configured: number, vmIndex:
 
 /** A fault the host raises into a VM on its own, not as a side effect of DMA. */
 export interface InjectedFault {
+  /** A page request (default, travels PRI and the fault queue) or a stage-1 fault event. */
+  kind?: 'page-request' | 'event';
   /** Device name within the VM (default: its first device). */
   device?: string;
   /** PASID of the request; 0 is the RID itself. */
@@ -71,34 +96,44 @@ export class Sandbox {
     this.log = options.log ?? makeLogger({ side: 'host' });
     this.iommu = new Iommu(topology.iommu);
     const smmu = new Smmuv3Ops(this.iommu);
+    const vtd = new VtdOps(this.iommu);
     this.oracle = new DmaOracle(this.invariants, this.latency);
     const owners = new Map<number, string>();
     const ownerOf = (streamId: number, pasid: number) => owners.get(streamId * 0x10_0000 + pasid);
+    const placements = placeDevices(topology);
     this.vms = topology.vms.map(
       (config, index) =>
         new Vm(config, index, {
           iommu: this.iommu,
           smmu,
+          vtd,
+          routing: topology.routing,
           invariants: this.invariants,
           observer: this.oracle,
           ownerOf,
-          firstStreamId: firstStreamId(index),
+          devices: placements[index],
           spinNs: topology.spinNs,
           seed: vmSeed(options.seed, config.workload.seed, index),
           log: this.log,
         }),
     );
-    // Every PASID of a device (and its RID, PASID 0) belongs to the VM the device is assigned to.
-    // Faults reach a VM through the fault queue of the HWPT its device is attached to (the
-    // registry's ioasid-owner routing). While every device's PASIDs belong to the VM the device is
-    // assigned to, device-owner routing delivers to the same VM.
+    // A PASID belongs to the VM whose device lists it, and the RID (PASID 0) to the VM that holds
+    // it. That VM owns the address space; a fault delivered anywhere else is a violation. With
+    // ioasid-owner routing a fault reaches the fault queue of the HWPT its PASID is attached to;
+    // with device-owner routing, the RID holder's, which differs only on a shared function.
     for (const vm of this.vms) {
       vm.devices.forEach((device, i) => {
+        const placement = placements[vm.index][i];
         this.oracle.watch(device, { vm: vm.name, seed: vm.seed });
-        for (const pasid of [0, ...vm.config.devices[i].pasids])
+        const pasids = vm.config.devices[i].pasids;
+        for (const pasid of placement.ownsRid ? [0, ...pasids] : pasids)
           owners.set(device.streamId * 0x10_0000 + pasid, vm.name);
-        this.iommu.bindEndpoint(device.streamId, device);
-        this.iommu.stalls.bindEndpoint(device.streamId, device);
+        if (placement.sharedPri) {
+          if (placement.ownsRid) this.iommu.bindEndpoint(device.streamId, placement.sharedPri);
+        } else {
+          this.iommu.bindEndpoint(device.streamId, device);
+          this.iommu.stalls.bindEndpoint(device.streamId, device);
+        }
       });
     }
   }
@@ -130,8 +165,10 @@ export class Sandbox {
   }
 
   /**
-   * Raise a page request from a VM's device, as the host's own act: it travels the whole fault
-   * path (IOPF group, fault queue, the guest's PRI queue, its answer) like one raised by a DMA.
+   * Raise a fault from a VM's device, as the host's own act. A page request travels the whole
+   * fault path (IOPF group, fault queue, the guest's page request queue, its answer) like one
+   * raised by a DMA; an event goes the way of a terminated transaction's record (vEVENTQ, the
+   * guest's event queue for SMMUv3; the host keeps it for VT-d).
    */
   inject(vmName: string, fault: InjectedFault): void {
     if (this.state !== 'running') throw new Error('inject needs a running sandbox');
@@ -141,6 +178,10 @@ export class Sandbox {
       fault.device === undefined ? 0 : vm.config.devices.findIndex((d) => d.name === fault.device);
     const device = vm.devices[index];
     if (!device) throw new Error(`VM ${vmName} has no device named ${fault.device}`);
+    if (fault.kind === 'event') {
+      device.injectEvents(fault.pasid, fault.address, fault.write ?? false);
+      return;
+    }
     if (!device.injectPageRequest(fault.pasid, fault.address, fault.write ?? false)) {
       throw new Error(`${device.name} cannot raise a page request now (no PRI, PRI stopped, or no credit)`);
     }
@@ -190,16 +231,16 @@ export class Sandbox {
         name: vm.name,
         flavour: vm.config.viommu,
         faultsByKind: {
-          pageRequest: vm.vsmmu.stats.delivered,
-          stall: vm.vsmmu.stats.stallsDelivered,
-          terminate: vm.vsmmu.stats.eventsDelivered,
+          pageRequest: vm.model.stats.delivered,
+          stall: vm.model.stats.stallsDelivered,
+          terminate: vm.model.stats.eventsDelivered,
         },
         bytesVerified: oracle.verifiedByVm.get(vm.name) ?? 0,
         staleTranslationUses: oracle.staleByVm.get(vm.name) ?? 0,
         unmaps: vm.guestStats?.unmaps ?? 0,
-        invalidations: vm.vsmmu.stats.invalidations,
-        faultsDelivered: vm.vsmmu.stats.delivered + vm.vsmmu.stats.stallsDelivered,
-        responses: { ...vm.vsmmu.stats.responses },
+        invalidations: vm.model.stats.invalidations,
+        faultsDelivered: vm.model.stats.delivered + vm.model.stats.stallsDelivered,
+        responses: { ...vm.model.stats.responses },
         dmaOps: vm.devices.reduce((n, d) => n + d.stats.ops, 0),
         crashed: vm.crashed,
         ...(vm.crashReason ? { crashReason: vm.crashReason } : {}),
@@ -207,35 +248,37 @@ export class Sandbox {
         pagesMapped: vm.guestStats?.pagesMapped ?? 0,
         dmaCompleted: vm.devices.reduce((n, d) => n + d.stats.completed, 0),
         dmaFailed: vm.devices.reduce((n, d) => n + d.stats.failed, 0),
-        dropped: vm.vsmmu.stats.dropped,
-        unknownResponses: vm.vsmmu.stats.unknownResponses,
-        illegalCommands: vm.vsmmu.stats.illegalCommands,
+        dropped: vm.model.stats.dropped,
+        overflows: vm.model.stats.overflows,
+        unknownResponses: vm.model.stats.unknownResponses,
+        illegalCommands: vm.model.stats.illegalCommands,
         workloadDone: vm.guestStats?.workloadDone ?? false,
         overflowsAcknowledged: vm.guestStats?.overflowsAcknowledged ?? 0,
         unrecoverableFaults: { ...(oracle.byVm.get(vm.name) ?? { stage1: 0, stage2: 0 }) },
-        eventsDelivered: vm.vsmmu.stats.eventsDelivered,
-        eventsDropped: vm.vsmmu.stats.eventsDropped,
+        eventsDelivered: vm.model.stats.eventsDelivered,
+        eventsDropped: vm.model.stats.eventsDropped,
         eventsHandled: vm.guestStats?.events ?? 0,
         eventOverflowsAcknowledged: vm.guestStats?.eventOverflowsAcknowledged ?? 0,
-        stallsDelivered: vm.vsmmu.stats.stallsDelivered,
-        resumes: vm.vsmmu.stats.resumes,
+        stallsDelivered: vm.model.stats.stallsDelivered,
+        resumes: vm.model.stats.resumes,
         injected: vm.devices.reduce((n, d) => n + d.stats.injected, 0),
+        injectedEvents: vm.devices.reduce((n, d) => n + d.stats.injectedEvents, 0),
         bytesMoved: vm.devices.reduce((n, d) => n + d.stats.bytesMoved, 0),
         faultQueue: {
-          read: vm.viommu.fault.stats.read,
-          responded: vm.viommu.fault.stats.responded,
-          autoResponded: vm.viommu.fault.stats.autoResponded,
+          read: vm.registry.fault.stats.read,
+          responded: vm.registry.fault.stats.responded,
+          autoResponded: vm.registry.fault.stats.autoResponded,
         },
       })),
       faults: {
         raised: iommu.iopf.stats.groups + iommu.stallIopf.iopf.stats.groups,
-        delivered: sum((vm) => vm.vsmmu.stats.delivered + vm.vsmmu.stats.stallsDelivered),
-        responded: sum((vm) => vm.vsmmu.stats.guestAnswered),
+        delivered: sum((vm) => vm.model.stats.delivered + vm.model.stats.stallsDelivered),
+        responded: sum((vm) => vm.model.stats.guestAnswered),
         autoResponded:
-          sum((vm) => vm.vsmmu.stats.autoResponded + vm.viommu.fault.stats.autoResponded) +
+          sum((vm) => vm.model.stats.autoResponded + vm.registry.fault.stats.autoResponded) +
           iommu.iopf.stats.answeredWithoutHandler +
           iommu.stallIopf.iopf.stats.answeredWithoutHandler,
-        dropped: sum((vm) => vm.vsmmu.stats.dropped),
+        dropped: sum((vm) => vm.model.stats.dropped),
         lost,
       },
       dma: {

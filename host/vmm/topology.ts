@@ -14,14 +14,18 @@ const log2 = (min: number, max: number) => z.number().int().min(min).max(max);
 
 export const InjectorSchema = z
   .object({
-    ratePerSec: z.number().int().min(1).max(1_000_000).describe('page-request groups per second'),
+    kind: z
+      .enum(['page-request', 'event'])
+      .default('page-request')
+      .describe('page-request groups (PRI) or stage-1 fault events of terminated transactions'),
+    ratePerSec: z.number().int().min(1).max(1_000_000).describe('groups (or event bursts) per second'),
     groupSize: z
       .number()
       .int()
       .min(1)
       .max(16)
       .default(1)
-      .describe('requests per group; Last on the final one'),
+      .describe('requests per group, Last on the final one (events: records per burst)'),
     pasid: z.number().int().min(0).max(255).default(1).describe('PASID of the requests (0: the RID)'),
     base: z
       .number()
@@ -65,10 +69,15 @@ export const DeviceSchema = z
         'a platform device that can wait on stalled transactions (SMMUv3 stall model) instead of PRI',
       ),
     inject: InjectorSchema.optional().describe('the host raises faults from this device on its own'),
+    function: name
+      .optional()
+      .describe(
+        'a physical function shared between VMs: each VM listing it drives its own interface with its own PASIDs; the first VM to list it holds the RID',
+      ),
   })
   .strict()
-  .refine((d) => !d.inject || d.pri, {
-    message: 'an injector raises page requests: the device needs pri: true',
+  .refine((d) => d.inject?.kind !== 'page-request' || d.pri, {
+    message: 'an injector of page requests needs pri: true',
     path: ['inject'],
   })
   .refine((d) => !(d.pri && d.stall), {
@@ -103,13 +112,37 @@ export const VmSchema = z
   .object({
     name,
     memoryMiB: z.number().int().min(1).max(4096),
-    viommu: z.enum(['smmuv3']).describe('guest vIOMMU flavour'),
+    viommu: z.enum(['smmuv3', 'vtd']).describe('guest vIOMMU flavour'),
     devices: z.array(DeviceSchema).min(1).max(4),
     workload: WorkloadSchema,
     queues: QueuesSchema.default({ priqLog2: 8, evtqLog2: 6, cmdqLog2: 8, dmaQueueLog2: 6 }),
   })
   .strict()
   .superRefine((vm, ctx) => {
+    vm.devices.forEach((d, i) => {
+      if (vm.viommu === 'vtd' && d.stall)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['devices', i, 'stall'],
+          message: 'VT-d has no stall model: a device behind a vtd vIOMMU recovers with PRI',
+        });
+      if (d.function !== undefined && vm.viommu !== 'vtd')
+        ctx.addIssue({
+          code: 'custom',
+          path: ['devices', i, 'function'],
+          message:
+            "a shared function needs viommu: vtd (an SMMUv3 stream's PASIDs all belong to the guest that owns its CD table)",
+        });
+    });
+    const functions = vm.devices.map((d) => d.function).filter((f) => f !== undefined);
+    functions.forEach((f, i) => {
+      if (functions.indexOf(f) !== i)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['devices'],
+          message: `a VM has one interface per shared function; "${f}" is listed twice`,
+        });
+    });
     const names = vm.devices.map((d) => d.name);
     names.forEach((n, i) => {
       if (names.indexOf(n) !== i)
@@ -175,7 +208,50 @@ export const TopologySchema = z
       if (names.indexOf(n) !== i)
         ctx.addIssue({ code: 'custom', path: ['vms', i, 'name'], message: `duplicate VM name "${n}"` });
     });
+    checkSharedFunctions(t.vms, ctx);
   });
+
+/**
+ * Interfaces on one shared function: the same PRI configuration, PASIDs that no two VMs share, and
+ * at least one PASID for every interface but the RID holder's (it has no address space otherwise).
+ */
+function checkSharedFunctions(vms: readonly VmConfig[], ctx: z.RefinementCtx): void {
+  const first = new Map<string, DeviceConfig>();
+  const pasidOwner = new Map<string, string>();
+  vms.forEach((vm, v) => {
+    vm.devices.forEach((d, i) => {
+      if (d.function === undefined) return;
+      const path = ['vms', v, 'devices', i];
+      const owner = first.get(d.function);
+      if (!owner) first.set(d.function, d);
+      else {
+        if (owner.pri !== d.pri || owner.priCredits !== d.priCredits)
+          ctx.addIssue({
+            code: 'custom',
+            path: [...path, 'priCredits'],
+            message: `every interface on function "${d.function}" needs the same pri and priCredits (one PRI capability)`,
+          });
+        if (d.pasids.length === 0)
+          ctx.addIssue({
+            code: 'custom',
+            path: [...path, 'pasids'],
+            message: `an interface on function "${d.function}" without its RID needs at least one PASID`,
+          });
+      }
+      for (const pasid of d.pasids) {
+        const key = `${d.function}/${pasid}`;
+        const holder = pasidOwner.get(key);
+        if (holder !== undefined && holder !== vm.name)
+          ctx.addIssue({
+            code: 'custom',
+            path: [...path, 'pasids'],
+            message: `PASID ${pasid} of function "${d.function}" is already ${holder}'s`,
+          });
+        pasidOwner.set(key, vm.name);
+      }
+    });
+  });
+}
 
 export type Topology = z.infer<typeof TopologySchema>;
 export type VmConfig = Topology['vms'][number];

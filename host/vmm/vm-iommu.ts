@@ -26,6 +26,7 @@ import {
 } from '../iommufd/ioas.ts';
 import { Iommufd } from '../iommufd/iommufd.ts';
 import type { VeventqFd } from '../iommufd/veventq.ts';
+import type { VmRegistry } from './viommu-model.ts';
 import type { VdeviceMap } from './vsmmu.ts';
 
 /** Events the host queues for the VMM before it reads them; more are lost (and say so). */
@@ -39,7 +40,7 @@ export interface AssignedDevice {
   stall: boolean;
 }
 
-export class VmIommu implements VdeviceMap {
+export class VmIommu implements VdeviceMap, VmRegistry {
   readonly fd = new Iommufd();
   readonly faultFd: FaultFd;
   readonly fault: FaultObject;
@@ -100,7 +101,7 @@ export class VmIommu implements VdeviceMap {
   }
 
   /** The guest installed its STEs: a nested HWPT per device with its vSTE, attached to the RID. */
-  installStes(contexts: readonly DeviceContext[]): void {
+  installContexts(contexts: readonly DeviceContext[]): void {
     contexts.forEach((ctx, vsid) => {
       const devId = this.devIds[vsid];
       const { hwptId } = this.fd.hwptAlloc({

@@ -14,12 +14,18 @@ import { RingConsumer, RingProducer } from '../../shared/ring.ts';
 import { type ChannelConfig, channelBells, channelLayout } from '../../shared/vm-channel.ts';
 import { sibling, spawnWorker } from '../../shared/worker-spawn.ts';
 import { type DmaObserver, PciFunction } from '../devices/pci-function.ts';
+import type { SharedPri } from '../devices/shared-pri.ts';
 import type { Iommu } from '../iommu/iommu.ts';
 import type { Smmuv3Ops } from '../iommu/smmuv3-ops.ts';
+import type { VtdOps } from '../iommu/vtd-ops.ts';
 import type { InvariantChecker } from './invariants.ts';
-import type { VmConfig } from './topology.ts';
+import type { Topology, VmConfig } from './topology.ts';
+import type { ViommuModel, VmRegistry } from './viommu-model.ts';
 import { VmIommu } from './vm-iommu.ts';
 import { Vsmmu } from './vsmmu.ts';
+import { VtdPageRequestQueue } from './vtd-prq-model.ts';
+import { VtdVmIommu } from './vtd-vm-iommu.ts';
+import { Vvtd } from './vvtd.ts';
 
 const GUEST_ENTRY = sibling('../../guest/worker', import.meta.url);
 /** Longest the host loop sleeps before looking around anyway. */
@@ -31,16 +37,27 @@ const INJECT_TICK_MS = 5;
 /** A control-plane call that takes longer than this means the guest is hung. */
 const CONTROL_TIMEOUT_MS = 10_000;
 
+/** Where one of the VM's devices sits in the host. */
+export interface DevicePlacement {
+  /** Physical StreamID (RID). */
+  streamId: number;
+  /** The VM holds the function's RID; false for an interface on a function another VM owns. */
+  ownsRid: boolean;
+  /** The function's PRI capability when the function is shared between VMs. */
+  sharedPri?: SharedPri;
+}
+
 export interface VmWiring {
   iommu: Iommu;
-  /** The host SMMUv3 driver the VM's devices sit behind. */
+  /** The host drivers a VMM's iommufd reaches, by the VM's vIOMMU flavour. */
   smmu: Smmuv3Ops;
+  vtd: VtdOps;
+  routing: Topology['routing'];
   invariants: InvariantChecker;
   observer: DmaObserver;
   /** The VM that owns the address space of (physical StreamID, PASID). */
   ownerOf(streamId: number, pasid: number): string | undefined;
-  /** Physical StreamID of this VM's first device; the rest follow. */
-  firstStreamId: number;
+  devices: readonly DevicePlacement[];
   spinNs: number;
   seed: number;
   log: Logger;
@@ -50,9 +67,10 @@ export class Vm {
   readonly name: string;
   readonly memory: GuestMemory;
   readonly devices: PciFunction[];
-  /** The VM's /dev/iommu: IOAS, HWPTs, fault queue, vIOMMU. */
-  readonly viommu: VmIommu;
-  readonly vsmmu: Vsmmu;
+  /** The VM's /dev/iommu: IOAS, HWPTs, fault queue (and vIOMMU for SMMUv3). */
+  readonly registry: VmRegistry;
+  /** The host side of the guest-visible vIOMMU queues. */
+  readonly model: ViommuModel;
   /** Pattern seed of this VM's workload. */
   readonly seed: number;
   crashed = false;
@@ -85,24 +103,24 @@ export class Vm {
     this.log = wiring.log.child({ vm: config.name });
     this.seed = wiring.seed;
     this.memory = GuestMemory.allocate(config.memoryMiB);
-    this.channelConfig = { ...config.queues, devices: config.devices.length };
+    this.channelConfig = { flavour: config.viommu, ...config.queues, devices: config.devices.length };
     const layout = channelLayout(this.channelConfig);
     this.channel = new SharedArrayBuffer(layout.bytes);
     const bells = channelBells(this.channel, layout);
     this.hostBell = bells.host;
-    const { priq, evtq, cmdq, dma } = layout;
+    const { cmdq, dma } = layout;
     this.cmdq = new RingConsumer(this.channel, cmdq.offset, cmdq.geometry);
-    const priqProducer = new RingProducer(this.channel, priq.offset, priq.geometry, bells.guest);
     this.submitQueues = dma.map((q) => new RingConsumer(this.channel, q.submit.offset, q.submit.geometry));
     this.devices = config.devices.map(
       (device, i) =>
         new PciFunction(
           {
             name: `${config.name}/${device.name}`,
-            streamId: wiring.firstStreamId + i,
+            streamId: wiring.devices[i].streamId,
             pri: device.pri,
             priCredits: device.priCredits,
             stall: device.stall,
+            sharedPri: wiring.devices[i].sharedPri,
           },
           wiring.iommu,
           this.submitQueues[i],
@@ -115,27 +133,50 @@ export class Vm {
           },
         ),
     );
-    this.viommu = new VmIommu(
-      wiring.smmu,
-      this.memory,
-      this.devices.map((d, i) => ({
-        streamId: d.streamId,
-        hasPasids: config.devices[i].pasids.length > 0,
-        stall: config.devices[i].stall,
-      })),
-    );
-    this.vsmmu = new Vsmmu(
-      config.name,
-      priqProducer,
-      new RingProducer(this.channel, evtq.offset, evtq.geometry, bells.guest),
-      this.cmdq,
-      this.viommu,
-      this.viommu.faultFd,
-      this.viommu.veventqFd,
-      wiring.invariants,
-      wiring.ownerOf,
-      this.memory,
-    );
+    if (layout.prq) {
+      const registry = new VtdVmIommu(
+        wiring.vtd,
+        this.memory,
+        wiring.devices.map((d) => ({ streamId: d.streamId, ownsRid: d.ownsRid })),
+        wiring.routing,
+      );
+      this.registry = registry;
+      this.model = new Vvtd(
+        config.name,
+        new VtdPageRequestQueue(this.channel, layout.prq.offset, layout.prq.log2Size, bells.guest),
+        this.cmdq,
+        registry,
+        registry.faultFd,
+        wiring.invariants,
+        wiring.ownerOf,
+        this.memory,
+      );
+    } else if (layout.priq && layout.evtq) {
+      const registry = new VmIommu(
+        wiring.smmu,
+        this.memory,
+        this.devices.map((d, i) => ({
+          streamId: d.streamId,
+          hasPasids: config.devices[i].pasids.length > 0,
+          stall: config.devices[i].stall,
+        })),
+      );
+      this.registry = registry;
+      this.model = new Vsmmu(
+        config.name,
+        new RingProducer(this.channel, layout.priq.offset, layout.priq.geometry, bells.guest),
+        new RingProducer(this.channel, layout.evtq.offset, layout.evtq.geometry, bells.guest),
+        this.cmdq,
+        registry,
+        registry.faultFd,
+        registry.veventqFd,
+        wiring.invariants,
+        wiring.ownerOf,
+        this.memory,
+      );
+    } else {
+      throw new Error(`no vIOMMU model for flavour ${config.viommu}`);
+    }
   }
 
   /** Spawn the guest's worker thread and connect the control plane. */
@@ -150,6 +191,7 @@ export class Vm {
         name: d.name,
         streamId: i,
         pasids: d.pasids,
+        ownsRid: this.wiring.devices[i].ownsRid,
         pri: d.pri,
         stall: d.stall,
       })),
@@ -188,7 +230,7 @@ export class Vm {
         ctx.cdLog2 <= 20;
       if (!valid) throw new Error(`guest ${this.name} reported a bad CD table for device ${i}`);
     });
-    this.viommu.installStes(contexts);
+    this.registry.installContexts(contexts);
   }
 
   async start(): Promise<void> {
@@ -199,9 +241,10 @@ export class Vm {
   }
 
   /**
-   * Devices with an `inject` section raise page-request groups on the host's own initiative, at
-   * their configured rate (a token bucket refilled every few ms). A group that finds no credit waits
-   * for the next tick: the injector is paced by the guest's answers like any PRI device.
+   * Devices with an `inject` section raise page-request groups (or stage-1 fault events) on the
+   * host's own initiative, at their configured rate (a token bucket refilled every few ms). A group
+   * that finds no credit waits for the next tick: the injector is paced by the guest's answers like
+   * any PRI device. Events need no credit.
    */
   private startInjectors(): void {
     this.config.devices.forEach((config, i) => {
@@ -217,11 +260,10 @@ export class Vm {
         last = now;
         let sent = 0;
         while (budget >= 1) {
-          const page = next % inject.pages;
-          if (
-            !device.injectPageRequest(inject.pasid, inject.base + page * 4096, inject.write, inject.groupSize)
-          )
-            break;
+          const address = inject.base + (next % inject.pages) * 4096;
+          if (inject.kind === 'event')
+            device.injectEvents(inject.pasid, address, inject.write, inject.groupSize);
+          else if (!device.injectPageRequest(inject.pasid, address, inject.write, inject.groupSize)) break;
           next += inject.groupSize;
           budget--;
           sent++;
@@ -257,8 +299,8 @@ export class Vm {
     this.hostBell.ring();
     await this.serveLoop;
     this.pumpGuarded();
-    this.viommu.teardown();
-    this.vsmmu.forgetDelivered();
+    this.registry.teardown();
+    this.model.forgetDelivered();
     for (const device of this.devices) device.service();
     this.control?.[Comlink.releaseProxy]();
     this.terminating = true;
@@ -271,8 +313,8 @@ export class Vm {
     this.crashReason = reason;
     this.log.error({ reason }, 'guest crashed');
     // Everything pending for this guest is answered INVALID; its devices fail their in-flight work.
-    this.viommu.teardown();
-    this.vsmmu.forgetDelivered();
+    this.registry.teardown();
+    this.model.forgetDelivered();
     this.hostBell.ring();
   }
 
@@ -296,9 +338,9 @@ export class Vm {
   private pump(): number {
     this.pumping = true;
     try {
-      let work = this.vsmmu.serviceCommands();
+      let work = this.model.serviceCommands();
       for (const device of this.devices) work += device.service();
-      return work + this.vsmmu.drainFaults() + this.vsmmu.drainEvents();
+      return work + this.model.drainFaults() + this.model.drainEvents();
     } finally {
       this.pumping = false;
     }
@@ -320,7 +362,7 @@ export class Vm {
   }
 
   private hasWork(): boolean {
-    if (!this.cmdq.empty() || this.vsmmu.faultsPending || this.vsmmu.eventsPending) return true;
+    if (!this.cmdq.empty() || this.model.faultsPending || this.model.eventsPending) return true;
     for (let i = 0; i < this.devices.length; i++) {
       if (this.devices[i].hasWork || !this.submitQueues[i].empty()) return true;
     }

@@ -60,42 +60,9 @@ import type { FaultFd } from '../iommufd/fault.ts';
 import type { VeventqFd } from '../iommufd/veventq.ts';
 import { EventQueueModel } from './evtq-model.ts';
 import type { InvariantChecker } from './invariants.ts';
+import { newModelStats, type ViommuModel, type ViommuModelStats } from './viommu-model.ts';
 
-export interface VsmmuStats {
-  /** Groups written whole into the guest's PRI queue. */
-  delivered: number;
-  /** PRI queue entries discarded under the overflow rule. */
-  dropped: number;
-  /** Groups answered Success by the overflow rule. */
-  autoResponded: number;
-  /** CMD_PRI_RESP codes as the guest sent them. */
-  responses: { success: number; invalid: number; failure: number };
-  /** CMD_PRI_RESP naming no group delivered to this guest. */
-  unknownResponses: number;
-  /** Unknown opcodes and reserved response codes. */
-  illegalCommands: number;
-  syncs: number;
-  /** Groups for a device this VM has no vSID for (answered INVALID). */
-  noVdevice: number;
-  /** Groups the guest answered (the response reached the fault fd). */
-  guestAnswered: number;
-  /** Event records written into the guest's event queue. */
-  eventsDelivered: number;
-  /** Event records the guest's event queue discarded under its overflow rule. */
-  eventsDropped: number;
-  /** Lost-events markers read from the vEVENTQ (the host queue overflowed before the VMM read it). */
-  eventsLost: number;
-  /** Stalled transactions reported to the guest as Stall=1 events, and answered by its CMD_RESUME. */
-  stallsDelivered: number;
-  resumes: number;
-  /** Stalls answered INVALID (terminated) because the guest's stall buffer was full. */
-  stallsRefused: number;
-  /** Stalls terminated by the guest's CMD_STALL_TERM. */
-  stallsTerminated: number;
-  /** Guest invalidation commands passed to the vIOMMU, and CMD_SYNC completions written. */
-  invalidations: number;
-  syncsSignalled: number;
-}
+export type VsmmuStats = ViommuModelStats;
 
 /** This VM's devices as the fault fd names them. */
 export interface VdeviceMap {
@@ -118,27 +85,8 @@ const READ_EVENTS = 32;
 /** Records read from the fault fd per read(): whole groups only, up to this many records. */
 const READ_RECORDS = 64;
 
-export class Vsmmu {
-  readonly stats: VsmmuStats = {
-    delivered: 0,
-    dropped: 0,
-    autoResponded: 0,
-    responses: { success: 0, invalid: 0, failure: 0 },
-    unknownResponses: 0,
-    illegalCommands: 0,
-    syncs: 0,
-    noVdevice: 0,
-    guestAnswered: 0,
-    eventsDelivered: 0,
-    eventsDropped: 0,
-    eventsLost: 0,
-    stallsDelivered: 0,
-    resumes: 0,
-    stallsRefused: 0,
-    stallsTerminated: 0,
-    invalidations: 0,
-    syncsSignalled: 0,
-  };
+export class Vsmmu implements ViommuModel {
+  readonly stats: VsmmuStats = newModelStats();
   /** Cookie of the group delivered as (vSID, PRG index), or -1. */
   private readonly delivered: Int32Array;
   private readonly entry = newPriqEntry();
@@ -271,7 +219,7 @@ export class Vsmmu {
     e.last = last;
     const at = this.priq.overflowPending() ? -1 : this.priq.claim();
     if (at < 0) {
-      this.priq.discard();
+      if (this.priq.discard()) this.stats.overflows++;
       this.stats.dropped++;
       if (last) {
         // The SMMU answers a discarded Last request Success itself: the device retries.

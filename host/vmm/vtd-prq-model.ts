@@ -36,12 +36,19 @@ export interface VtdPrqStats {
   dropped: { full: number; overflowPending: number };
   /** Page request events raised (doorbell rings). */
   interrupts: number;
+  /** Times PRO went from clear to set. */
+  overflows: number;
 }
 
 const DESCRIPTOR_BYTES = 32;
 
 export class VtdPageRequestQueue {
-  readonly stats: VtdPrqStats = { written: 0, dropped: { full: 0, overflowPending: 0 }, interrupts: 0 };
+  readonly stats: VtdPrqStats = {
+    written: 0,
+    dropped: { full: 0, overflowPending: 0 },
+    interrupts: 0,
+    overflows: 0,
+  };
   readonly status: PageRequestStatus;
   /** Requests the queue holds at most: one slot is always kept empty. */
   readonly capacity: number;
@@ -93,7 +100,9 @@ export class VtdPageRequestQueue {
     const at = this.ring.used() >= this.capacity ? -1 : this.ring.claim();
     if (at < 0) {
       this.stats.dropped.full++;
-      this.raiseIfFirst(this.status.set(PRS_PRO));
+      const before = this.status.set(PRS_PRO);
+      if ((before & PRS_PRO) === 0) this.stats.overflows++;
+      this.raiseIfFirst(before);
       return 'dropped';
     }
     encodeVtdPageRequest(this.ring.words, at, request);
