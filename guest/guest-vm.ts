@@ -2,6 +2,7 @@
  * One guest VM on its worker thread: guest memory manager, SMMUv3 driver, one workload per device,
  * and the main loop that sleeps on the VM's doorbell when there is nothing to do.
  */
+import { CommandErrorRegister } from '../shared/command-error.ts';
 import type { DeviceContext, GuestBoot, GuestControl, GuestStats } from '../shared/control.ts';
 import type { Doorbell } from '../shared/doorbell.ts';
 import { GuestMemory } from '../shared/guest-memory.ts';
@@ -40,6 +41,7 @@ export function emptyStats(): GuestStats {
     partialGroupsDropped: 0,
     events: 0,
     eventOverflowsAcknowledged: 0,
+    commandErrors: 0,
     stallsResumed: 0,
     unmaps: 0,
     pagesMapped: 0,
@@ -58,6 +60,7 @@ export class GuestVm implements GuestControl {
   private readonly pager: DemandPager;
   private readonly driver: IommuDriver;
   private readonly cmdq: RingProducer;
+  private readonly commandError: CommandErrorRegister;
   private readonly bell: Doorbell;
   private readonly devices: DeviceQueues[];
   private readonly workloads: Workload[];
@@ -76,6 +79,7 @@ export class GuestVm implements GuestControl {
     const bells = channelBells(config.channel, layout);
     this.bell = bells.guest;
     this.cmdq = new RingProducer(config.channel, layout.cmdq.offset, layout.cmdq.geometry, bells.host);
+    this.commandError = new CommandErrorRegister(config.channel, layout.commandError);
     const syncWord = pages.allocZeroed();
     if (syncWord < 0) throw new Error('guest RAM exhausted before boot');
     if (layout.prq) {
@@ -180,6 +184,11 @@ export class GuestVm implements GuestControl {
   }
 
   private pollAll(): number {
+    // The driver's error handler: the host refused a command it skipped; count and acknowledge.
+    if (this.commandError.pending) {
+      this.counters.commandErrors++;
+      this.commandError.acknowledge();
+    }
     let work = this.driver.poll();
     for (const workload of this.workloads) work += workload.poll();
     return work;

@@ -62,6 +62,8 @@ export interface GuestStats {
   /** Event records drained from the event queue, and event-queue overflows acknowledged. */
   events: number;
   eventOverflowsAcknowledged: number;
+  /** Command errors the host signalled (CMDQ_ERR, IQE) and the driver acknowledged. */
+  commandErrors: number;
   /** Stall events answered with CMD_RESUME. */
   stallsResumed: number;
   /** Pages unmapped (and invalidated) by map-churn. */

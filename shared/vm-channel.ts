@@ -14,6 +14,7 @@
  *                                 PASID-based IOTLB invalidations, invalidation waits)
  *   per device: DMA descriptor queue (guest -> host) and completion queue (host -> guest)
  */
+import { COMMAND_ERROR_BYTES } from './command-error.ts';
 import { DOORBELL_BYTES, Doorbell } from './doorbell.ts';
 import { CMDQ_ENTRY_WORDS } from './records/cmdq-entry.ts';
 import { DMA_COMPLETION_WORDS, DMA_DESCRIPTOR_WORDS } from './records/dma-descriptor.ts';
@@ -45,6 +46,8 @@ export interface ChannelLayout {
   bytes: number;
   guestBell: number;
   hostBell: number;
+  /** The command-error register line (command-error.ts). */
+  commandError: number;
   /** smmuv3 only. */
   priq?: RingPlace;
   evtq?: RingPlace;
@@ -66,6 +69,8 @@ export function channelLayout(config: ChannelConfig): ChannelLayout {
   offset += DOORBELL_BYTES;
   const hostBell = offset;
   offset += DOORBELL_BYTES;
+  const commandError = offset;
+  offset += COMMAND_ERROR_BYTES;
   let priq: RingPlace | undefined;
   let evtq: RingPlace | undefined;
   let prq: ChannelLayout['prq'];
@@ -87,7 +92,7 @@ export function channelLayout(config: ChannelConfig): ChannelLayout {
     const complete = place({ log2Size: config.dmaQueueLog2, recordWords: DMA_COMPLETION_WORDS });
     dma.push({ submit, complete });
   }
-  return { bytes: offset, guestBell, hostBell, priq, evtq, prq, cmdq, dma };
+  return { bytes: offset, guestBell, hostBell, commandError, priq, evtq, prq, cmdq, dma };
 }
 
 /** The two interrupt lines of a channel. */

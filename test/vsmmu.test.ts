@@ -9,6 +9,7 @@ import { Smmuv3Ops } from '../host/iommu/smmuv3-ops.ts';
 import { InvariantChecker } from '../host/vmm/invariants.ts';
 import { VmIommu } from '../host/vmm/vm-iommu.ts';
 import { Vsmmu } from '../host/vmm/vsmmu.ts';
+import { CERROR_ILL, COMMAND_ERROR_BYTES, CommandErrorRegister } from '../shared/command-error.ts';
 import { GuestMemory } from '../shared/guest-memory.ts';
 import {
   CMDQ_ENTRY_WORDS,
@@ -54,6 +55,7 @@ function setup() {
     bytes += ringBytes(g);
   }
   const buffer = new SharedArrayBuffer(bytes);
+  const commandError = new CommandErrorRegister(new SharedArrayBuffer(COMMAND_ERROR_BYTES), 0);
   const vsmmu = new Vsmmu(
     'vm',
     new RingProducer(buffer, offsets.priq, geometry.priq),
@@ -65,6 +67,7 @@ function setup() {
     new InvariantChecker(),
     () => 'vm',
     memory,
+    commandError,
   );
   const observer: DmaObserver = { dmaRead() {}, faultResolved() {}, unrecoverableFault() {} };
   const device = new PciFunction(
@@ -106,7 +109,7 @@ function setup() {
     guest.complete.release(n);
     return out;
   };
-  return { spaces, iommu, vm, vsmmu, device, guest, read, completions, memory };
+  return { spaces, iommu, vm, vsmmu, device, guest, read, completions, memory, commandError };
 }
 
 describe('vSMMU model: stalls', () => {
@@ -161,5 +164,24 @@ describe('vSMMU model: CMD_SYNC', () => {
     vsmmu.serviceCommands();
     expect(memory.words[0x3000 / 4]).toBe(42);
     expect(vsmmu.stats).toMatchObject({ syncs: 2, syncsSignalled: 1, illegalCommands: 1 });
+  });
+});
+
+describe('vSMMU model: refused commands', () => {
+  test('an unknown opcode is skipped, counted and signalled as CMDQ_ERR until the guest acknowledges', () => {
+    const { vsmmu, guest, memory, commandError } = setup();
+    guest.cmdq.words[guest.cmdq.claim()] = 0x7f; // no such opcode
+    guest.cmdq.push();
+    encodeSync(guest.cmdq.words, guest.cmdq.claim(), 0x3000, 7);
+    guest.cmdq.push();
+    expect(commandError.pending).toBe(false);
+    expect(vsmmu.serviceCommands()).toBe(2);
+    expect(vsmmu.stats.illegalCommands).toBe(1);
+    expect(commandError.pending).toBe(true);
+    expect(commandError.code).toBe(CERROR_ILL);
+    // The queue was not halted: the sync behind the bad command completed.
+    expect(memory.words[0x3000 / 4]).toBe(7);
+    commandError.acknowledge();
+    expect(commandError.pending).toBe(false);
   });
 });

@@ -32,6 +32,8 @@ export interface VmReport {
   overflows: number;
   unknownResponses: number;
   illegalCommands: number;
+  /** Command errors (CMDQ_ERR, IQE) the guest's driver saw and acknowledged. */
+  commandErrorsAcknowledged: number;
   workloadDone: boolean;
   /** PRI-queue overflows the guest's driver acknowledged. */
   overflowsAcknowledged: number;

@@ -252,6 +252,7 @@ export class Sandbox {
         overflows: vm.model.stats.overflows,
         unknownResponses: vm.model.stats.unknownResponses,
         illegalCommands: vm.model.stats.illegalCommands,
+        commandErrorsAcknowledged: vm.guestStats?.commandErrors ?? 0,
         workloadDone: vm.guestStats?.workloadDone ?? false,
         overflowsAcknowledged: vm.guestStats?.overflowsAcknowledged ?? 0,
         unrecoverableFaults: { ...(oracle.byVm.get(vm.name) ?? { stage1: 0, stage2: 0 }) },

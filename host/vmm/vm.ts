@@ -6,6 +6,7 @@
 import type { Worker } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
+import { CommandErrorRegister } from '../../shared/command-error.ts';
 import type { DeviceContext, GuestBoot, GuestControl, GuestStats } from '../../shared/control.ts';
 import type { Doorbell } from '../../shared/doorbell.ts';
 import { GuestMemory } from '../../shared/guest-memory.ts';
@@ -109,6 +110,7 @@ export class Vm {
     const bells = channelBells(this.channel, layout);
     this.hostBell = bells.host;
     const { cmdq, dma } = layout;
+    const commandError = new CommandErrorRegister(this.channel, layout.commandError);
     this.cmdq = new RingConsumer(this.channel, cmdq.offset, cmdq.geometry);
     this.submitQueues = dma.map((q) => new RingConsumer(this.channel, q.submit.offset, q.submit.geometry));
     this.devices = config.devices.map(
@@ -150,6 +152,7 @@ export class Vm {
         wiring.invariants,
         wiring.ownerOf,
         this.memory,
+        commandError,
       );
     } else if (layout.priq && layout.evtq) {
       const registry = new VmIommu(
@@ -173,6 +176,7 @@ export class Vm {
         wiring.invariants,
         wiring.ownerOf,
         this.memory,
+        commandError,
       );
     } else {
       throw new Error(`no vIOMMU model for flavour ${config.viommu}`);

@@ -10,6 +10,7 @@
  * entry with Last gets an automatic Success response (the device retries and faults again).
  * Guest commands are untrusted: unknown groups, illegal codes and unknown opcodes are counted drops.
  */
+import { CERROR_ILL, type CommandErrorRegister } from '../../shared/command-error.ts';
 import type { GuestMemory } from '../../shared/guest-memory.ts';
 import {
   CMD_ATC_INV,
@@ -118,6 +119,8 @@ export class Vsmmu implements ViommuModel {
     private readonly ownerOf: (streamId: number, pasid: number) => string | undefined,
     /** Guest RAM, where CMD_SYNC completions are written. */
     private readonly memory: GuestMemory,
+    /** Where refused commands are signalled (GERROR.CMDQ_ERR). */
+    private readonly commandError?: CommandErrorRegister,
   ) {
     this.delivered = new Int32Array(vdevices.devices * PRG_INDICES).fill(-1);
     this.stalled = new Int32Array(vdevices.devices * STAGS).fill(-1);
@@ -319,17 +322,17 @@ export class Vsmmu implements ViommuModel {
       case CMD_ATC_INV:
         for (let i = 0; i < CMDQ_ENTRY_WORDS; i++) this.passThroughWords[i] = words[at + i];
         if (this.vdevices.invalidate(this.passThrough)) this.stats.invalidations++;
-        else this.stats.illegalCommands++;
+        else this.refuse();
         return;
       default:
-        this.stats.illegalCommands++;
+        this.refuse();
     }
   }
 
   private priResponse(words: Int32Array, at: number): void {
     const c = decodePriResp(words, at, this.command);
     if (c.resp !== PRI_RESP_SUCCESS && c.resp !== PRI_RESP_INVALID && c.resp !== PRI_RESP_FAILURE) {
-      this.stats.illegalCommands++;
+      this.refuse();
       return;
     }
     const slot = c.streamId < this.vdevices.devices ? c.streamId * PRG_INDICES + c.prgIndex : -1;
@@ -360,7 +363,7 @@ export class Vsmmu implements ViommuModel {
   private resumeStall(words: Int32Array, at: number): void {
     const c = decodeResume(words, at, this.resume);
     if (c.action === 3) {
-      this.stats.illegalCommands++;
+      this.refuse();
       return;
     }
     const slot = c.streamId < this.vdevices.devices ? c.streamId * STAGS + c.stag : -1;
@@ -390,7 +393,7 @@ export class Vsmmu implements ViommuModel {
     const address = syncMsiAddress(words, at);
     if (address === 0) return;
     if (address % 4 !== 0 || !this.memory.contains(address, 4)) {
-      this.stats.illegalCommands++;
+      this.refuse();
       return;
     }
     Atomics.store(this.memory.words, address >>> 2, syncMsiData(words, at));
@@ -400,7 +403,7 @@ export class Vsmmu implements ViommuModel {
   /** CMD_STALL_TERM (vSID): every stall delivered for that stream is answered INVALID (terminated). */
   private terminateStalls(vsid: number): void {
     if (vsid >= this.vdevices.devices) {
-      this.stats.illegalCommands++;
+      this.refuse();
       return;
     }
     for (let slot = vsid * STAGS; slot < (vsid + 1) * STAGS; slot++) {
@@ -409,6 +412,12 @@ export class Vsmmu implements ViommuModel {
       this.stalled[slot] = -1;
       if (this.respond(cookie, IOMMUFD_PAGE_RESP_INVALID)) this.stats.stallsTerminated++;
     }
+  }
+
+  /** A refused command: counted, and signalled to the guest as CMDQ_ERR (CERROR_ILL). */
+  private refuse(): void {
+    this.stats.illegalCommands++;
+    this.commandError?.raise(CERROR_ILL);
   }
 
   /** Forget delivered groups and stalls (the fault fd answered them on teardown). */

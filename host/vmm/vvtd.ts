@@ -12,6 +12,7 @@
  * Guest descriptors are untrusted: unknown types, reserved codes, unknown groups and bad status
  * addresses are counted (the IQE of a real unit) and never stop the host.
  */
+import { CERROR_ILL, type CommandErrorRegister } from '../../shared/command-error.ts';
 import type { GuestMemory } from '../../shared/guest-memory.ts';
 import {
   decodeVtdPasidIotlb,
@@ -93,6 +94,8 @@ export class Vvtd implements ViommuModel {
     private readonly invariants: InvariantChecker,
     private readonly ownerOf: (streamId: number, pasid: number) => string | undefined,
     private readonly memory: GuestMemory,
+    /** Where refused descriptors are signalled (FSTS.IQE). */
+    private readonly commandError?: CommandErrorRegister,
   ) {
     this.delivered = new Int32Array(backend.devices * PRG_INDICES).fill(-1);
   }
@@ -203,14 +206,14 @@ export class Vvtd implements ViommuModel {
         this.wait(words, at);
         return;
       default:
-        this.stats.illegalCommands++;
+        this.refuse();
     }
   }
 
   private groupResponse(words: Int32Array, at: number): void {
     const p = decodeVtdPageGroupResponse(words, at, this.response);
     if (p.code !== QI_RESP_SUCCESS && p.code !== QI_RESP_INVALID && p.code !== QI_RESP_FAILURE) {
-      this.stats.illegalCommands++;
+      this.refuse();
       return;
     }
     const slot = p.rid < this.backend.devices ? p.rid * PRG_INDICES + p.prgIndex : -1;
@@ -238,7 +241,7 @@ export class Vvtd implements ViommuModel {
     else if (d.granularity === PIOTLB_GRAN_PAGES && d.addressMask <= MAX_ADDRESS_MASK)
       ok = this.backend.invalidate(d.pasid, d.address, 2 ** d.addressMask);
     if (ok) this.stats.invalidations++;
-    else this.stats.illegalCommands++;
+    else this.refuse();
   }
 
   /** Every earlier descriptor is done once consumed; a status write lands in guest RAM. */
@@ -247,11 +250,17 @@ export class Vvtd implements ViommuModel {
     const address = vtdInvWaitAddress(words, at);
     if (address === 0) return;
     if (!this.memory.contains(address, 4)) {
-      this.stats.illegalCommands++;
+      this.refuse();
       return;
     }
     Atomics.store(this.memory.words, address >>> 2, vtdInvWaitData(words, at));
     this.stats.syncsSignalled++;
+  }
+
+  /** A refused descriptor: counted, and signalled to the guest as IQE. */
+  private refuse(): void {
+    this.stats.illegalCommands++;
+    this.commandError?.raise(CERROR_ILL);
   }
 
   forgetDelivered(): void {
