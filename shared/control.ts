@@ -7,6 +7,31 @@ import type { ChannelConfig } from './vm-channel.ts';
 
 export type WorkloadKind = 'sva-stream' | 'fault-storm' | 'map-churn' | 'stray-dma' | 'idle';
 
+/**
+ * Ways a hostile guest misbehaves (topology `misbehave`, drawn by stress campaigns). The host must
+ * survive each, count and name the damage, and keep every other VM's results unchanged.
+ */
+export const MISBEHAVIOURS = [
+  /** Writes garbage into the consumer/producer indices of its rings. */
+  'corrupt-ring-indices',
+  /** Answers groups it was never given (unknown PRG indices, StreamIDs, cookies). */
+  'unknown-responses',
+  /** Answers each group twice. */
+  'duplicate-responses',
+  /** Floods its command queue with responses. */
+  'response-flood',
+  /** Never answers a page request. */
+  'never-respond',
+  /** Points its page tables outside guest RAM, at themselves (cycles), and sets reserved bits. */
+  'wild-page-tables',
+  /** Throws an uncaught exception in the middle of handling a fault. */
+  'crash-mid-fault',
+  /** Spins forever ignoring its doorbell once it has a fault to handle. */
+  'hang',
+] as const;
+
+export type Misbehaviour = (typeof MISBEHAVIOURS)[number];
+
 export interface WorkloadConfig {
   kind: WorkloadKind;
   /** Buffer size in 4 KiB pages (sva-stream). */
@@ -40,6 +65,8 @@ export interface GuestBoot {
   channelConfig: ChannelConfig;
   devices: GuestDeviceConfig[];
   workload: WorkloadConfig;
+  /** How this guest misbehaves (empty: a well-behaved guest). */
+  misbehave: Misbehaviour[];
   /** Spin this long on the doorbell before sleeping (0: sleep at once). */
   spinNs: number;
 }

@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { isNode, LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
+import { MISBEHAVIOURS } from '../../shared/control.ts';
 
 const name = z
   .string()
@@ -116,6 +117,20 @@ export const VmSchema = z
     devices: z.array(DeviceSchema).min(1).max(4),
     workload: WorkloadSchema,
     queues: QueuesSchema.default({ priqLog2: 8, evtqLog2: 6, cmdqLog2: 8, dmaQueueLog2: 6 }),
+    misbehave: z
+      .array(z.enum(MISBEHAVIOURS))
+      .default([])
+      .refine((m) => new Set(m).size === m.length, 'expected distinct misbehaviours')
+      .describe('a hostile guest: how it misbehaves'),
+    responseTimeoutMs: z
+      .number()
+      .int()
+      .min(1)
+      .max(600_000)
+      .optional()
+      .describe(
+        'treat the guest as dead (answer and tear down everything of it) when a fault delivered to it stays unanswered this long',
+      ),
   })
   .strict()
   .superRefine((vm, ctx) => {

@@ -200,6 +200,7 @@ export class Vm {
         stall: d.stall,
       })),
       workload: { ...this.config.workload, seed: this.seed },
+      misbehave: this.config.misbehave,
       spinNs: this.wiring.spinNs,
     };
     const worker = spawnWorker(GUEST_ENTRY, { workerData: boot });
