@@ -175,11 +175,17 @@ export class VtdOps implements IommuOps, Stage2Owner {
       throw new ErrnoError('EINVAL', 'the parent is not a VT-d nest-parent domain');
     if (data.length !== VTD_S1_BYTES)
       throw new ErrnoError('EINVAL', `struct iommu_hwpt_vtd_s1 is ${VTD_S1_BYTES} bytes, got ${data.length}`);
-    const domain = new VtdNestedDomain(this, parent, data);
-    const reserved = new DataView(data.buffer, data.byteOffset).getUint32(20, true);
-    if ((domain.flags & ~S1_FLAGS) !== 0 || reserved !== 0)
+    // The u64 fields are checked as bigints: a JS number would drop flag bits above 31 and the low
+    // bits of an address above 2^53.
+    const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+    const flags = view.getBigUint64(0, true);
+    const pgtblAddr = view.getBigUint64(8, true);
+    if ((flags & ~BigInt(S1_FLAGS)) !== 0n || view.getUint32(20, true) !== 0)
       throw new ErrnoError('EINVAL', 'struct iommu_hwpt_vtd_s1 sets unknown flags or reserved bits');
-    if (domain.pgtblAddr % 4096 !== 0) throw new ErrnoError('EINVAL', 'pgtbl_addr is not 4 KiB aligned');
+    if (pgtblAddr % 4096n !== 0n) throw new ErrnoError('EINVAL', 'pgtbl_addr is not 4 KiB aligned');
+    if (pgtblAddr >= 1n << 52n)
+      throw new ErrnoError('EINVAL', 'pgtbl_addr is beyond the 52-bit address space');
+    const domain = new VtdNestedDomain(this, parent, data);
     // The first-stage format here is four levels: 48 bits (57 would need five).
     if (domain.addrWidth !== 48) throw new ErrnoError('EINVAL', `addr_width ${domain.addrWidth} is not 48`);
     return domain;
