@@ -55,6 +55,7 @@ function group(
   const answers: number[] = [];
   return {
     devId: opts.devId ?? 1,
+    streamId: 0x42,
     pasid: opts.pasid ?? 0,
     pasidValid: opts.pasidValid ?? false,
     grpid,

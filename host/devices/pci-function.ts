@@ -9,7 +9,7 @@
  * A PRG response never runs the op inside the response call: it marks it READY, and the next
  * `service()` retries, so a response storm cannot recurse.
  */
-import { PAGE_SIZE, PAGE_WORDS } from '../../shared/guest-memory.ts';
+import { type GuestMemory, PAGE_SIZE, PAGE_WORDS } from '../../shared/guest-memory.ts';
 import {
   DMA_FLAG_VERIFY,
   DMA_OP_READ,
@@ -48,6 +48,11 @@ export interface DmaObserver {
   dmaRead(device: PciFunction, pasid: number, va: number, words: Int32Array, at: number, count: number): void;
   /** A page fault was resolved: from the page request to the retry's successful translation. */
   faultResolved(device: PciFunction, ms: number): void;
+  /**
+   * Something no correct host may do happened at the device (a DMA landing outside its VM's RAM, a
+   * response to a group of another PASID, more page requests outstanding than its credits).
+   */
+  hostViolation(device: PciFunction, rule: string, detail: string): void;
   /** A translation fault the device could not recover with PRI. */
   unrecoverableFault(
     device: PciFunction,
@@ -71,6 +76,8 @@ export interface PciFunctionOptions {
   priCredits: number;
   /** The function is shared between VMs: this interface uses the function's one PRI capability. */
   sharedPri?: SharedPri;
+  /** Its VM's RAM, the only memory its DMA may reach (the oracle's check). */
+  memory?: GuestMemory;
 }
 
 export interface PciFunctionStats {
@@ -119,6 +126,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
   };
 
   private readonly sharedPri: SharedPri | undefined;
+  private readonly ownMemory: GuestMemory | undefined;
   private readonly capacity: number;
   private readonly opState: Uint8Array;
   private readonly opTag: Int32Array;
@@ -157,6 +165,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     this.hasPri = options.pri;
     this.canStall = options.stall ?? false;
     this.sharedPri = options.sharedPri;
+    this.ownMemory = options.memory;
     this.pri = options.sharedPri?.capability ?? new PriCapability(options.priCredits);
     this.pri.enabled = options.pri;
     // One op per completion slot: a completion can always be written once the guest reaps.
@@ -200,10 +209,17 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     return work;
   }
 
-  prgResponse(_pasid: number, _ssv: boolean, prgIndex: number, code: number): void {
+  prgResponse(pasid: number, _ssv: boolean, prgIndex: number, code: number): void {
     if (!this.pri.complete(prgIndex, code === PRG_FAILURE)) return;
     const op = this.prgOp[prgIndex];
     this.prgOp[prgIndex] = -1;
+    if (op >= 0 && this.opPasid[op] !== pasid) {
+      this.observer.hostViolation(
+        this,
+        'response-to-wrong-group',
+        `PRG index ${prgIndex}: a response for PASID ${pasid} reached a request of PASID ${this.opPasid[op]}`,
+      );
+    }
     if (op >= 0 && this.opState[op] === WAITING_PRG) {
       if (code === PRG_SUCCESS) {
         this.stats.retries++;
@@ -225,6 +241,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
   injectPageRequest(pasid: number, address: number, write: boolean, count = 1): boolean {
     if (!this.pri.canRequest(count) || this.stoppedPasids.has(pasid)) return false;
     const prgIndex = this.pri.allocate(count);
+    if (this.pri.outstanding > this.pri.allocation) this.creditsExceeded();
     this.sharedPri?.claim(prgIndex, this);
     this.prgOp[prgIndex] = -1;
     this.stats.pageRequests += count;
@@ -420,6 +437,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
 
   private requestPage(op: number, pasid: number, va: number): void {
     const prgIndex = this.pri.allocate();
+    if (this.pri.outstanding > this.pri.allocation) this.creditsExceeded();
     this.sharedPri?.claim(prgIndex, this);
     this.prgOp[prgIndex] = op;
     this.opState[op] = WAITING_PRG;
@@ -438,11 +456,27 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     this.iommu.pageRequest(r);
   }
 
+  private creditsExceeded(): void {
+    this.observer.hostViolation(
+      this,
+      'credits-exceeded',
+      `${this.pri.outstanding} page requests outstanding, allocation ${this.pri.allocation}`,
+    );
+  }
+
   /** Copy the translated chunk (in `this.walk`'s memory at its offset) into the device's buffer. */
   private readChunk(op: number, pasid: number, va: number, bytes: number): void {
     const memory = this.walk.memory;
     const at = this.walk.offset;
     if (!memory) return;
+    if (this.ownMemory && memory !== this.ownMemory) {
+      this.observer.hostViolation(
+        this,
+        'dma-outside-ioas',
+        `PASID ${pasid} VA 0x${va.toString(16)} reached host-physical 0x${this.walk.hpa.toString(16)}, outside its VM's RAM`,
+      );
+      return;
+    }
     const staging = this.staging;
     this.stats.bytesMoved += bytes;
     if (at % 4 === 0 && bytes % 4 === 0) {

@@ -83,6 +83,11 @@ export class Iommu {
   private nextTag = 1;
   private readonly endpoints = new Map<number, PriEndpoint>();
   private readonly handlers = new Map<number, IopfHandler>();
+  /** Test-only planted bugs (host/vmm/plant.ts), and the occurrences they count. */
+  private bugs: { dropResponse?: number; misrouteFault?: number; staleTranslation?: number } = {};
+  private groupsRouted = 0;
+  private responsesSent = 0;
+  private rangeInvalidations = 0;
 
   constructor(options: IommuOptions = {}) {
     this.iotlb = new Iotlb(options.iotlbEntries ?? 4096, options.iotlbWays ?? 4);
@@ -90,7 +95,14 @@ export class Iommu {
     // guest owns the CD table, so every PASID's faults belong to the RID's attachment.
     const handlerFor = (streamId: number, pasid: number) =>
       this.handlers.get(handlerKey(streamId, pasid)) ?? this.handlers.get(handlerKey(streamId, RID));
-    this.iopf = new IopfQueue(handlerFor, (streamId) => this.endpoints.get(streamId));
+    this.iopf = new IopfQueue(
+      (streamId, pasid) =>
+        this.bugs.misrouteFault === ++this.groupsRouted
+          ? this.otherHandler(streamId)
+          : handlerFor(streamId, pasid),
+      (streamId) =>
+        this.bugs.dropResponse === ++this.responsesSent ? undefined : this.endpoints.get(streamId),
+    );
     this.stallIopf = new StallIopfBridge(this.stalls, handlerFor);
   }
 
@@ -183,12 +195,28 @@ export class Iommu {
     return this.streams.get(streamId)?.ctx;
   }
 
+  /** Test only: make the IOMMU misbehave at the n-th occurrence of an event (host/vmm/plant.ts). */
+  plantBugs(bugs: { dropResponse?: number; misrouteFault?: number; staleTranslation?: number }): void {
+    this.bugs = { ...bugs };
+  }
+
+  /** Planted misroute: the handler of some other stream, if any. */
+  private otherHandler(streamId: number): IopfHandler | undefined {
+    for (const [key, handler] of this.handlers) {
+      if (Math.floor(key / 0x10_0001) !== streamId) return handler;
+    }
+    return undefined;
+  }
+
   /** Invalidate a stream's cached translations: all, one PASID, or one range of one PASID (or ANY_PASID). */
   invalidateStream(streamId: number, pasid = ANY_PASID, va?: number, length?: number): void {
     const entry = this.streams.get(streamId);
     if (!entry) return;
-    if (va !== undefined && length !== undefined) this.iotlb.invalidateRange(entry.tag, pasid, va, length);
-    else if (pasid !== ANY_PASID) this.iotlb.invalidatePasid(entry.tag, pasid);
+    if (va !== undefined && length !== undefined) {
+      const stale = this.bugs.staleTranslation;
+      if (stale !== undefined && ++this.rangeInvalidations >= stale) return;
+      this.iotlb.invalidateRange(entry.tag, pasid, va, length);
+    } else if (pasid !== ANY_PASID) this.iotlb.invalidatePasid(entry.tag, pasid);
     else this.iotlb.invalidateDomain(entry.tag);
   }
 

@@ -33,6 +33,8 @@ const MAX_COOKIE = 0xffff_ffff;
 export interface FaultGroup {
   /** The iommufd DEVICE id. */
   readonly devId: number;
+  /** The physical StreamID (RID) whose requests formed the group: host knowledge, not in the uAPI. */
+  readonly streamId: number;
   readonly pasid: number;
   readonly pasidValid: boolean;
   readonly grpid: number;
@@ -70,6 +72,11 @@ export interface FaultFd {
   readonly readable: boolean;
   /** poll() EPOLLOUT: a fault fd always accepts responses. */
   readonly writable: boolean;
+  /**
+   * Not part of the uAPI: the physical StreamID of the group awaiting a response under `cookie`
+   * (-1 if none), so that the sandbox's oracle can judge where a group really came from.
+   */
+  originOf(cookie: number): number;
 }
 
 export class FaultObject extends IommufdObject {
@@ -136,6 +143,7 @@ export class FaultObject extends IommufdObject {
       get writable() {
         return open;
       },
+      originOf: (cookie) => fault.responses.peek(cookie)?.streamId ?? -1,
     };
   }
 
@@ -312,6 +320,11 @@ class ResponseTable {
     this.groups[cookie] = group;
     this.size++;
     return cookie;
+  }
+
+  /** The group awaiting a response under `cookie`, left in place. */
+  peek(cookie: number): FaultGroup | undefined {
+    return cookie > 0 && cookie < this.groups.length ? this.groups[cookie] : undefined;
   }
 
   /** Remove and return the group of `cookie`, or undefined if none awaits a response under it. */

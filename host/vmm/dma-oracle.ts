@@ -71,6 +71,10 @@ export class DmaOracle implements DmaObserver {
     });
   }
 
+  hostViolation(device: PciFunction, rule: string, detail: string): void {
+    this.invariants.violation({ rule, vm: this.owners.get(device)?.vm, device: device.name, detail });
+  }
+
   faultResolved(_device: PciFunction, ms: number): void {
     this.latency.recordMs(ms);
   }

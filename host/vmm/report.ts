@@ -23,6 +23,8 @@ export interface VmReport {
   dmaOps: number;
   crashed: boolean;
   crashReason?: string;
+  /** Objects alive in the VM's /dev/iommu: 0 after the run, and at once after a guest's death. */
+  iommufdObjects: number;
   pageRequests: number;
   pagesMapped: number;
   dmaCompleted: number;

@@ -10,6 +10,7 @@ import { VtdOps } from '../iommu/vtd-ops.ts';
 import { DmaOracle } from './dma-oracle.ts';
 import { InvariantChecker } from './invariants.ts';
 import { LatencyHistogram } from './latency.ts';
+import { type PlantedBugs, parsePlantedBugs } from './plant.ts';
 import type { RunReport } from './report.ts';
 import type { Topology } from './topology.ts';
 import { type DevicePlacement, Vm } from './vm.ts';
@@ -22,6 +23,11 @@ export interface RunOptions {
   /** How long stopping guests may take to finish in-flight DMA. */
   graceMs?: number;
   log?: Logger;
+  /**
+   * Test only: bugs to plant in the host, to show the checker catches them (plant.ts). Defaults to
+   * the IOASID_SANDBOX_PLANT environment variable, which is how the CLI gets them.
+   */
+  plant?: PlantedBugs;
 }
 
 export const DEFAULT_DURATION_MS = 30_000;
@@ -95,6 +101,11 @@ export class Sandbox {
   ) {
     this.log = options.log ?? makeLogger({ side: 'host' });
     this.iommu = new Iommu(topology.iommu);
+    const plant = options.plant ?? parsePlantedBugs(process.env.IOASID_SANDBOX_PLANT);
+    if (Object.keys(plant).length > 0) {
+      this.iommu.plantBugs(plant);
+      this.log.warn({ plant }, 'test-only bugs planted in the host');
+    }
     const smmu = new Smmuv3Ops(this.iommu);
     const vtd = new VtdOps(this.iommu);
     this.oracle = new DmaOracle(this.invariants, this.latency);
@@ -187,6 +198,17 @@ export class Sandbox {
     }
   }
 
+  /**
+   * Guest death on demand: end a VM's worker as if it had died. Everything pending for it is
+   * answered INVALID, its devices detached, its objects destroyed; the other VMs go on.
+   */
+  killGuest(vmName: string): void {
+    if (this.state !== 'running') throw new Error('killGuest needs a running sandbox');
+    const vm = this.vms.find((v) => v.name === vmName);
+    if (!vm) throw new Error(`no VM named ${vmName}`);
+    vm.giveUp('killed by the host (Sandbox.killGuest)');
+  }
+
   /** The report so far (live while running; final after stop). */
   report(): RunReport {
     return this.buildReport(this.state === 'stopped' ? this.elapsed : performance.now() - this.started);
@@ -206,7 +228,28 @@ export class Sandbox {
         detail: `${lost} page-request group(s) ended the run unanswered`,
       });
     }
+    this.checkDevicesAnswered();
     return this.report();
+  }
+
+  /**
+   * Once everything is torn down every group has had its one answer, so no device may still hold
+   * a PRG index: one that does sent a group whose answer never reached it.
+   */
+  private checkDevicesAnswered(): void {
+    const seen = new Set<object>();
+    for (const vm of this.vms) {
+      for (const device of vm.devices) {
+        if (seen.has(device.pri) || device.pri.groups === 0) continue;
+        seen.add(device.pri);
+        this.invariants.violation({
+          rule: 'group-unanswered',
+          vm: vm.name,
+          device: device.name,
+          detail: `${device.pri.groups} page-request group(s) (${device.pri.outstanding} requests) never got a response at the device`,
+        });
+      }
+    }
   }
 
   private async teardown(): Promise<void> {
@@ -243,6 +286,7 @@ export class Sandbox {
         responses: { ...vm.model.stats.responses },
         dmaOps: vm.devices.reduce((n, d) => n + d.stats.ops, 0),
         crashed: vm.crashed,
+        iommufdObjects: vm.registry.objectCount,
         ...(vm.crashReason ? { crashReason: vm.crashReason } : {}),
         pageRequests: vm.devices.reduce((n, d) => n + d.stats.pageRequests, 0),
         pagesMapped: vm.guestStats?.pagesMapped ?? 0,

@@ -91,4 +91,6 @@ export interface VmRegistry {
   installContexts(contexts: readonly DeviceContext[]): void;
   /** Detach every device (pending groups are answered INVALID), then close everything. */
   teardown(): void;
+  /** Objects alive in the VM's /dev/iommu (0 once torn down). */
+  readonly objectCount: number;
 }

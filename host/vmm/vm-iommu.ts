@@ -116,6 +116,10 @@ export class VmIommu implements VdeviceMap, VmRegistry {
     });
   }
 
+  get objectCount(): number {
+    return this.fd.objects().length;
+  }
+
   vsidOf(devId: number): number {
     return this.devIds.indexOf(devId);
   }

@@ -91,6 +91,7 @@ export class Vm {
   /** Inside pump(): devices made runnable now run before pump() returns. */
   private pumping = false;
   private readonly injectors: NodeJS.Timeout[] = [];
+  private watchdog: NodeJS.Timeout | undefined;
   /** The host is ending the worker on purpose: its exit is not a crash. */
   private terminating = false;
   private serveLoop: Promise<void> | undefined;
@@ -123,6 +124,7 @@ export class Vm {
             priCredits: device.priCredits,
             stall: device.stall,
             sharedPri: wiring.devices[i].sharedPri,
+            memory: this.memory,
           },
           wiring.iommu,
           this.submitQueues[i],
@@ -243,6 +245,42 @@ export class Vm {
     this.serveLoop = this.serve();
     await this.call((c) => c.start());
     this.startInjectors();
+    this.startWatchdog();
+  }
+
+  /**
+   * With `responseTimeoutMs`, a guest that holds faults and answers none of them for that long is
+   * treated as dead: the VMM gives up on it the way it would on a crashed one.
+   */
+  private startWatchdog(): void {
+    const timeout = this.config.responseTimeoutMs;
+    if (timeout === undefined) return;
+    const fault = this.registry.fault.stats;
+    let answered = fault.responded;
+    let since = performance.now();
+    this.watchdog = setInterval(
+      () => {
+        const now = performance.now();
+        const awaiting = fault.read - fault.responded - fault.autoResponded;
+        if (awaiting <= 0 || fault.responded !== answered) {
+          answered = fault.responded;
+          since = now;
+          return;
+        }
+        if (now - since < timeout) return;
+        this.giveUp(
+          `answered none of ${awaiting} fault(s) for ${Math.round(now - since)} ms (responseTimeoutMs ${timeout})`,
+        );
+      },
+      Math.max(5, Math.min(50, timeout / 4)),
+    );
+  }
+
+  /** Declare the guest dead and end its worker; everything of it is answered and torn down. */
+  giveUp(reason: string): void {
+    this.markCrashed(reason);
+    this.terminating = true;
+    this.worker?.terminate().catch(() => {});
   }
 
   /**
@@ -289,6 +327,7 @@ export class Vm {
   async stop(graceMs: number): Promise<void> {
     for (const timer of this.injectors) clearInterval(timer);
     this.injectors.length = 0;
+    clearInterval(this.watchdog);
     if (!this.crashed) {
       try {
         this.guestStats = await this.call((c) => c.stop(graceMs));
@@ -312,12 +351,19 @@ export class Vm {
     await this.worker?.terminate();
   }
 
+  /**
+   * Guest death: every group pending for it is answered INVALID (detach), its objects are destroyed
+   * and its RAM unregistered from host memory (the registry's teardown); its devices fail their
+   * in-flight work, and the host stops serving its queues. The other VMs go on.
+   */
   private markCrashed(reason: string): void {
     if (this.crashed) return;
     this.crashed = true;
     this.crashReason = reason;
+    clearInterval(this.watchdog);
+    for (const timer of this.injectors) clearInterval(timer);
+    this.injectors.length = 0;
     this.log.error({ reason }, 'guest crashed');
-    // Everything pending for this guest is answered INVALID; its devices fail their in-flight work.
     this.registry.teardown();
     this.model.forgetDelivered();
     this.hostBell.ring();
@@ -339,12 +385,16 @@ export class Vm {
     }
   }
 
-  /** One pass over everything the guest may have produced. Returns records handled. */
+  /**
+   * One pass over everything the guest may have produced. Returns records handled. A dead guest's
+   * queues are no longer served (its registry is closed); its devices still finish their work.
+   */
   private pump(): number {
     this.pumping = true;
     try {
-      let work = this.model.serviceCommands();
+      let work = this.crashed ? 0 : this.model.serviceCommands();
       for (const device of this.devices) work += device.service();
+      if (this.crashed) return work;
       return work + this.model.drainFaults() + this.model.drainEvents();
     } finally {
       this.pumping = false;
@@ -367,7 +417,8 @@ export class Vm {
   }
 
   private hasWork(): boolean {
-    if (!this.cmdq.empty() || this.model.faultsPending || this.model.eventsPending) return true;
+    if (!this.crashed && (!this.cmdq.empty() || this.model.faultsPending || this.model.eventsPending))
+      return true;
     for (let i = 0; i < this.devices.length; i++) {
       if (this.devices[i].hasWork || !this.submitQueues[i].empty()) return true;
     }

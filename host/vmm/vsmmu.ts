@@ -195,7 +195,8 @@ export class Vsmmu implements ViommuModel {
       return;
     }
     if (last) {
-      const streamId = this.vdevices.streamIdOf(f.devId);
+      // Where the group really came from (a misrouted group names another VM's stream).
+      const streamId = this.faultFd.originOf(f.cookie);
       const owner = this.ownerOf(streamId, f.pasid);
       if (owner !== this.vmName) {
         this.invariants.violation({

@@ -146,6 +146,10 @@ export class VtdVmIommu implements VmRegistry {
     }
   }
 
+  get objectCount(): number {
+    return this.fd.objects().length;
+  }
+
   vsidOf(devId: number): number {
     return this.devIds.indexOf(devId);
   }

@@ -1,0 +1,41 @@
+/**
+ * Test-only bug planting: the checker must be shown to catch what it claims, so a test (or the CLI,
+ * through the IOASID_SANDBOX_PLANT environment variable) can make the host misbehave on purpose
+ * at the n-th occurrence of an event. Never set in normal runs.
+ *
+ *   drop-response=n      the n-th page response to a device is lost on its way (the group is
+ *                        marked answered, the device never hears): `group-unanswered`
+ *   misroute-fault=n     the n-th page-request group goes to another stream's handler, i.e. to a
+ *                        VM that does not own it: `fault-delivered-to-non-owner`
+ *   stale-translation=n  from the n-th ranged IOTLB invalidation on, none takes effect, so DMA keeps
+ *                        using translations the guest invalidated: `dma-data-mismatch`
+ */
+export interface PlantedBugs {
+  dropResponse?: number;
+  misrouteFault?: number;
+  staleTranslation?: number;
+}
+
+const KEYS: Record<string, keyof PlantedBugs> = {
+  'drop-response': 'dropResponse',
+  'misroute-fault': 'misrouteFault',
+  'stale-translation': 'staleTranslation',
+};
+
+/** Parse `drop-response=3,misroute-fault=1`; throws on an unknown name or a bad count. */
+export function parsePlantedBugs(text: string | undefined): PlantedBugs {
+  const bugs: PlantedBugs = {};
+  if (!text) return bugs;
+  for (const item of text.split(',')) {
+    const [name, count] = item.split('=');
+    const key = KEYS[name.trim()];
+    const n = Number(count);
+    if (!key || !Number.isInteger(n) || n < 1) {
+      throw new Error(
+        `IOASID_SANDBOX_PLANT: "${item}" is not one of ${Object.keys(KEYS).join(', ')}=<n >= 1>`,
+      );
+    }
+    bugs[key] = n;
+  }
+  return bugs;
+}
