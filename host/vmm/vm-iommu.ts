@@ -19,13 +19,9 @@ import {
 import { IommufdError } from '../iommufd/errors.ts';
 import type { FaultFd, FaultObject } from '../iommufd/fault.ts';
 import { IOMMU_HWPT_ALLOC_NEST_PARENT, IOMMU_HWPT_FAULT_ID_VALID } from '../iommufd/hwpt.ts';
-import {
-  IOMMU_IOAS_MAP_FIXED_IOVA,
-  IOMMU_IOAS_MAP_READABLE,
-  IOMMU_IOAS_MAP_WRITEABLE,
-} from '../iommufd/ioas.ts';
 import { Iommufd } from '../iommufd/iommufd.ts';
 import type { VeventqFd } from '../iommufd/veventq.ts';
+import { mapGuestRam } from './guest-ram.ts';
 import type { VmRegistry } from './viommu-model.ts';
 import type { VdeviceMap } from './vsmmu.ts';
 
@@ -58,17 +54,8 @@ export class VmIommu implements VdeviceMap, VmRegistry {
     private readonly assigned: readonly AssignedDevice[],
   ) {
     const fd = this.fd;
-    // The VMM's mapping of guest RAM: its pages are the host-physical pages of the VM's region.
-    this.ramBase = ops.iommu.host.register(memory);
-    const userVa = fd.memory.mmap(BigInt(memory.size), { hpa: this.ramBase });
-    const { ioasId } = fd.ioasAlloc();
-    fd.ioasMap({
-      flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
-      ioasId,
-      userVa,
-      length: BigInt(memory.size),
-      iova: 0n,
-    });
+    const { ioasId, ramBase } = mapGuestRam(fd, ops.iommu.host, memory);
+    this.ramBase = ramBase;
     this.devIds = assigned.map(
       (d) => fd.bindDevice({ device: ops.device(d.streamId, d.hasPasids ? 20 : 0, d.stall) }).devId,
     );

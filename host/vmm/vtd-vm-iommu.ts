@@ -31,12 +31,8 @@ import {
   IOMMU_HWPT_ALLOC_PASID,
   IOMMU_HWPT_FAULT_ID_VALID,
 } from '../iommufd/hwpt.ts';
-import {
-  IOMMU_IOAS_MAP_FIXED_IOVA,
-  IOMMU_IOAS_MAP_READABLE,
-  IOMMU_IOAS_MAP_WRITEABLE,
-} from '../iommufd/ioas.ts';
 import { Iommufd } from '../iommufd/iommufd.ts';
+import { mapGuestRam } from './guest-ram.ts';
 import type { VmRegistry } from './viommu-model.ts';
 
 export interface VtdAssignedDevice {
@@ -71,16 +67,8 @@ export class VtdVmIommu implements VmRegistry {
     private readonly routing: 'ioasid-owner' | 'device-owner',
   ) {
     const fd = this.fd;
-    this.ramBase = ops.iommu.host.register(memory);
-    const userVa = fd.memory.mmap(BigInt(memory.size), { hpa: this.ramBase });
-    const { ioasId } = fd.ioasAlloc();
-    fd.ioasMap({
-      flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
-      ioasId,
-      userVa,
-      length: BigInt(memory.size),
-      iova: 0n,
-    });
+    const { ioasId, ramBase } = mapGuestRam(fd, ops.iommu.host, memory);
+    this.ramBase = ramBase;
     this.devIds = assigned.map((d) => fd.bindDevice({ device: ops.device(d.streamId, 20) }).devId);
     this.s2 = fd.hwptAlloc({
       flags: IOMMU_HWPT_ALLOC_NEST_PARENT,
