@@ -2,13 +2,16 @@
  * One guest VM on its worker thread: guest memory manager, SMMUv3 driver, one workload per device,
  * and the main loop that sleeps on the VM's doorbell when there is nothing to do.
  */
+
+import { ChannelSide } from '../shared/channel-side.ts';
 import { CommandErrorRegister } from '../shared/command-error.ts';
 import type { DeviceContext, GuestBoot, GuestControl, GuestStats } from '../shared/control.ts';
-import type { Doorbell } from '../shared/doorbell.ts';
+import { Doorbell } from '../shared/doorbell.ts';
 import { GuestMemory } from '../shared/guest-memory.ts';
 import type { Logger } from '../shared/logger.ts';
-import { RingConsumer, RingProducer } from '../shared/ring.ts';
-import { channelBells, channelLayout } from '../shared/vm-channel.ts';
+import { PostedLink } from '../shared/posted-link.ts';
+import type { RingProducer } from '../shared/ring.ts';
+import { channelLayout } from '../shared/vm-channel.ts';
 import { AddressSpaces } from './mm/address-spaces.ts';
 import { DemandPager } from './mm/demand-pager.ts';
 import { PageAllocator } from './mm/page-allocator.ts';
@@ -60,6 +63,7 @@ export class GuestVm implements GuestControl {
   private readonly pager: DemandPager;
   private readonly driver: IommuDriver;
   private readonly cmdq: RingProducer;
+  private readonly link: PostedLink | undefined;
   private readonly commandError: CommandErrorRegister;
   private readonly bell: Doorbell;
   private readonly devices: DeviceQueues[];
@@ -76,10 +80,13 @@ export class GuestVm implements GuestControl {
     this.spaces = new AddressSpaces(this.memory, pages);
     this.pager = new DemandPager(this.memory, pages, this.spaces);
     const layout = channelLayout(config.channelConfig);
-    const bells = channelBells(config.channel, layout);
-    this.bell = bells.guest;
-    this.cmdq = new RingProducer(config.channel, layout.cmdq.offset, layout.cmdq.geometry, bells.host);
-    this.commandError = new CommandErrorRegister(config.channel, layout.commandError);
+    this.bell = new Doorbell(config.channel, layout.guestBell);
+    // With the postMessage transport this channel is the guest's own copy, kept by the link.
+    this.link = config.port ? new PostedLink(config.port, config.channel, this.bell) : undefined;
+    const side = new ChannelSide(config.channel, this.link);
+    const hostBell = side.ringer(layout.hostBell);
+    this.cmdq = side.producer(layout.cmdq, hostBell);
+    this.commandError = new CommandErrorRegister(config.channel, layout.commandError, this.link);
     const syncWord = pages.allocZeroed();
     if (syncWord < 0) throw new Error('guest RAM exhausted before boot');
     if (layout.prq) {
@@ -91,11 +98,12 @@ export class GuestVm implements GuestControl {
         this.counters,
         this.memory,
         syncWord,
+        this.link,
       );
     } else if (layout.priq && layout.evtq) {
       this.driver = new Smmuv3Driver(
-        new RingConsumer(config.channel, layout.priq.offset, layout.priq.geometry),
-        new RingConsumer(config.channel, layout.evtq.offset, layout.evtq.geometry),
+        side.consumer(layout.priq),
+        side.consumer(layout.evtq),
         this.cmdq,
         this.pager,
         this.counters,
@@ -109,17 +117,8 @@ export class GuestVm implements GuestControl {
       index,
       streamId: device.streamId,
       pasid: device.pasids[0] ?? 0,
-      submit: new RingProducer(
-        config.channel,
-        layout.dma[index].submit.offset,
-        layout.dma[index].submit.geometry,
-        bells.host,
-      ),
-      complete: new RingConsumer(
-        config.channel,
-        layout.dma[index].complete.offset,
-        layout.dma[index].complete.geometry,
-      ),
+      submit: side.producer(layout.dma[index].submit, hostBell),
+      complete: side.consumer(layout.dma[index].complete),
     }));
     this.workloads = this.devices.map((device) =>
       createWorkload(

@@ -15,6 +15,7 @@
  */
 import type { GuestStats } from '../shared/control.ts';
 import type { GuestMemory } from '../shared/guest-memory.ts';
+import type { RegisterMirror } from '../shared/posted-link.ts';
 import {
   encodeVtdInvWait,
   encodeVtdPasidIotlb,
@@ -29,7 +30,7 @@ import {
   QI_RESP_SUCCESS,
   type VtdPageRequest,
 } from '../shared/records/vtd-prq-entry.ts';
-import type { RingProducer } from '../shared/ring.ts';
+import type { RingMirror, RingProducer } from '../shared/ring.ts';
 import { type DemandPager, PAGE_IN_OK } from './mm/demand-pager.ts';
 import { VtdPrqDriver } from './vtd-prq.ts';
 
@@ -64,8 +65,9 @@ export class VtdDriver {
     private readonly memory: GuestMemory,
     /** A word of guest RAM that invalidation waits write their status data to. */
     private readonly statusWordGpa: number,
+    mirror?: RingMirror & RegisterMirror,
   ) {
-    this.prq = new VtdPrqDriver(channel, prq.offset, prq.log2Size);
+    this.prq = new VtdPrqDriver(channel, prq.offset, prq.log2Size, mirror);
   }
 
   /** Requests wait in the page request queue, or an overflow waits to be cleared. */

@@ -10,9 +10,11 @@
  *    discard partial groups and write PRO=1 to clear it. Otherwise leave PRO for the next pass;
  *    the requests still queued set PPR after step 1, so that pass is already signalled.
  */
+
+import type { RegisterMirror } from '../shared/posted-link.ts';
 import type { VtdPageRequest } from '../shared/records/vtd-prq-entry.ts';
 import { decodeVtdPageRequest, newVtdPageRequest } from '../shared/records/vtd-prq-entry.ts';
-import type { RingConsumer } from '../shared/ring.ts';
+import type { RingConsumer, RingMirror } from '../shared/ring.ts';
 import { type PageRequestStatus, PRS_PPR, PRS_PRO, vtdPrqConsumer } from '../shared/vtd-prq-registers.ts';
 
 export interface VtdPrqDriverStats {
@@ -34,8 +36,13 @@ export class VtdPrqDriver {
   private readonly indexMask: number;
   private readonly request = newVtdPageRequest();
 
-  constructor(buffer: SharedArrayBuffer, byteOffset: number, log2Size: number) {
-    const { ring, status } = vtdPrqConsumer(buffer, byteOffset, log2Size);
+  constructor(
+    buffer: SharedArrayBuffer,
+    byteOffset: number,
+    log2Size: number,
+    mirror?: RingMirror & RegisterMirror,
+  ) {
+    const { ring, status } = vtdPrqConsumer(buffer, byteOffset, log2Size, mirror);
     this.ring = ring;
     this.status = status;
     this.indexMask = ring.size - 1;

@@ -12,6 +12,8 @@
  *   word 1  code of the last refused command (CERROR_ILL = 1 for an illegal command)
  *   word 2  refused commands so far (host's count)
  */
+import type { RegisterMirror } from './posted-link.ts';
+
 export const COMMAND_ERROR_BYTES = 64;
 export const CERROR_ILL = 1;
 
@@ -23,7 +25,12 @@ const PENDING = 1;
 export class CommandErrorRegister {
   private readonly words: Int32Array;
 
-  constructor(buffer: SharedArrayBuffer, byteOffset: number) {
+  /** @param mirror carries each change to the other side (postMessage transport). */
+  constructor(
+    buffer: SharedArrayBuffer,
+    byteOffset: number,
+    private readonly mirror?: RegisterMirror,
+  ) {
     this.words = new Int32Array(buffer, byteOffset, COMMAND_ERROR_BYTES / 4);
   }
 
@@ -32,6 +39,11 @@ export class CommandErrorRegister {
     Atomics.store(this.words, CODE, code);
     Atomics.add(this.words, COUNT, 1);
     Atomics.or(this.words, STATUS, PENDING);
+    if (this.mirror) {
+      this.mirror.store(this.words, CODE, 1);
+      this.mirror.add(this.words, COUNT, 1);
+      this.mirror.or(this.words, STATUS, PENDING);
+    }
   }
 
   /** Guest: an error is waiting to be acknowledged. */
@@ -46,5 +58,6 @@ export class CommandErrorRegister {
   /** Guest: acknowledge (the model's GERRORN write / IQE RW1C). */
   acknowledge(): void {
     Atomics.and(this.words, STATUS, ~PENDING);
+    this.mirror?.and(this.words, STATUS, ~PENDING);
   }
 }

@@ -3,6 +3,7 @@
  * and the comlink API the guest exposes. Control only: faults, responses, commands and DMA never
  * travel here (they use the rings of vm-channel.ts).
  */
+import type { MessagePort } from 'node:worker_threads';
 import type { ChannelConfig } from './vm-channel.ts';
 
 export type WorkloadKind = 'sva-stream' | 'fault-storm' | 'map-churn' | 'stray-dma' | 'idle';
@@ -61,8 +62,11 @@ export interface GuestBoot {
   name: string;
   index: number;
   memory: SharedArrayBuffer;
+  /** The guest's channel: shared with the host, or (postmessage transport) the guest's own copy. */
   channel: SharedArrayBuffer;
   channelConfig: ChannelConfig;
+  /** The postMessage transport's link to the host; absent with shared memory. */
+  port?: MessagePort;
   devices: GuestDeviceConfig[];
   workload: WorkloadConfig;
   /** How this guest misbehaves (empty: a well-behaved guest). */

@@ -28,6 +28,18 @@ export interface RingGeometry {
   readonly recordWords: number;
 }
 
+/**
+ * How a ring's stores reach the other side when the two sides do not share memory (the postMessage
+ * transport, shared/posted-link.ts): each side then works on its own copy of the ring, and every
+ * store the ring protocol makes is carried across. Absent with shared memory.
+ */
+export interface RingMirror {
+  /** Words [at, at + count) of `words` were stored here. */
+  store(words: Int32Array, at: number, count: number): void;
+  /** Wake the other side if it sleeps on the doorbell at word `at` of `words`. */
+  ringIfSleeping(words: Int32Array, at: number): void;
+}
+
 /** Header words: PROD, CONS and the producer's space doorbell sit on separate cache lines. */
 const PROD = 0;
 const CONS = 16;
@@ -109,6 +121,7 @@ export class RingProducer {
     byteOffset: number,
     geometry: RingGeometry,
     private readonly doorbell?: Doorbell,
+    private readonly mirror?: RingMirror,
   ) {
     this.view = new RingView(buffer, byteOffset, geometry);
     this.words = this.view.words;
@@ -138,7 +151,9 @@ export class RingProducer {
     if (this.prod === this.published) return false;
     const before = this.published;
     this.published = this.prod;
+    if (this.mirror) this.mirrorRecords(before, this.prod);
     Atomics.store(this.view.words, PROD, this.prod | this.overflowFlag);
+    this.mirror?.store(this.view.words, PROD, 1);
     // SC atomics: a consumer that stored CONS == before has drained everything and may sleep.
     const wasEmpty = (Atomics.load(this.view.words, CONS) & this.view.mask) === before;
     if (wasEmpty) this.doorbell?.ring();
@@ -165,7 +180,19 @@ export class RingProducer {
     if (this.overflowPending()) return false;
     this.overflowFlag ^= FLAG;
     Atomics.store(this.view.words, PROD, this.published | this.overflowFlag);
+    this.mirror?.store(this.view.words, PROD, 1);
     return true;
+  }
+
+  /** Carry the records of indices [from, to) across: one or two runs of slots. */
+  private mirrorRecords(from: number, to: number): void {
+    const mirror = this.mirror as RingMirror;
+    const view = this.view;
+    const count = (to - from) & view.mask;
+    const first = from & view.indexMask;
+    const head = Math.min(count, view.size - first);
+    mirror.store(view.words, view.slot(from), head * view.recordWords);
+    if (count > head) mirror.store(view.words, view.slotBase, (count - head) * view.recordWords);
   }
 
   /** OVFLG differs from the consumer's OVACKFLG: an overflow has not been acknowledged yet. */
@@ -215,7 +242,12 @@ export class RingConsumer {
   private ackFlag = 0;
   private prodSeen = 0;
 
-  constructor(buffer: SharedArrayBuffer, byteOffset: number, geometry: RingGeometry) {
+  constructor(
+    buffer: SharedArrayBuffer,
+    byteOffset: number,
+    geometry: RingGeometry,
+    private readonly mirror?: RingMirror,
+  ) {
     this.view = new RingView(buffer, byteOffset, geometry);
     this.words = this.view.words;
     this.size = this.view.size;
@@ -247,9 +279,13 @@ export class RingConsumer {
     if (n <= 0) return;
     this.cons = (this.cons + n) & this.view.mask;
     Atomics.store(this.view.words, CONS, this.cons | this.ackFlag);
+    this.mirror?.store(this.view.words, CONS, 1);
     // A producer sleeping on a full ring is woken once, when at most half the ring is in use.
     const left = (this.prodSeen - this.cons) & this.view.mask;
-    if (left <= this.size >>> 1) this.view.spaceBell.ringIfSleeping();
+    if (left <= this.size >>> 1) {
+      if (this.mirror) this.mirror.ringIfSleeping(this.view.words, SPACE_BELL_BYTE / 4);
+      else this.view.spaceBell.ringIfSleeping();
+    }
   }
 
   /** True when the producer has raised OVFLG and this side has not acknowledged it yet. */
@@ -261,6 +297,7 @@ export class RingConsumer {
   acknowledgeOverflow(): void {
     this.ackFlag = Atomics.load(this.view.words, PROD) & FLAG;
     Atomics.store(this.view.words, CONS, this.cons | this.ackFlag);
+    this.mirror?.store(this.view.words, CONS, 1);
   }
 
   /** True when nothing is ready (a fresh load of PROD). */

@@ -15,8 +15,9 @@
  * PECTL (IM/IP interrupt masking) is not modelled: the interrupt is the doorbell's ring.
  */
 
+import type { RegisterMirror } from './posted-link.ts';
 import { VTD_PRQ_ENTRY_WORDS } from './records/vtd-prq-entry.ts';
-import { RingConsumer, RingProducer, ringBytes } from './ring.ts';
+import { RingConsumer, type RingMirror, RingProducer, ringBytes } from './ring.ts';
 
 export const PRS_PPR = 1 << 0;
 export const PRS_PRO = 1 << 1;
@@ -35,7 +36,12 @@ export function vtdPrqBytes(log2Size: number): number {
 export class PageRequestStatus {
   private readonly words: Int32Array;
 
-  constructor(buffer: SharedArrayBuffer, byteOffset: number) {
+  /** @param mirror carries each change to the other side (postMessage transport). */
+  constructor(
+    buffer: SharedArrayBuffer,
+    byteOffset: number,
+    private readonly mirror?: RegisterMirror,
+  ) {
     this.words = new Int32Array(buffer, byteOffset, VTD_PRQ_REGISTER_BYTES / 4);
   }
 
@@ -45,11 +51,13 @@ export class PageRequestStatus {
 
   /** Hardware side: set `bits` and return the value before. */
   set(bits: number): number {
+    this.mirror?.or(this.words, PRS, bits);
     return Atomics.or(this.words, PRS, bits);
   }
 
   /** Software side: a register write. Each 1 in a RW1C bit clears it; 0 bits change nothing. */
   write(value: number): void {
+    this.mirror?.and(this.words, PRS, ~(value & PRS_RW1C));
     Atomics.and(this.words, PRS, ~(value & PRS_RW1C));
   }
 }
@@ -64,13 +72,17 @@ export function vtdPrqProducer(
   buffer: SharedArrayBuffer,
   byteOffset: number,
   log2Size: number,
+  mirror?: RingMirror & RegisterMirror,
 ): { ring: RingProducer; status: PageRequestStatus } {
   checkOffset(byteOffset);
-  const ring = new RingProducer(buffer, byteOffset + VTD_PRQ_REGISTER_BYTES, {
-    log2Size,
-    recordWords: VTD_PRQ_ENTRY_WORDS,
-  });
-  return { ring, status: new PageRequestStatus(buffer, byteOffset) };
+  const ring = new RingProducer(
+    buffer,
+    byteOffset + VTD_PRQ_REGISTER_BYTES,
+    { log2Size, recordWords: VTD_PRQ_ENTRY_WORDS },
+    undefined,
+    mirror,
+  );
+  return { ring, status: new PageRequestStatus(buffer, byteOffset, mirror) };
 }
 
 /** The guest's (driver's) endpoint. */
@@ -78,11 +90,14 @@ export function vtdPrqConsumer(
   buffer: SharedArrayBuffer,
   byteOffset: number,
   log2Size: number,
+  mirror?: RingMirror & RegisterMirror,
 ): { ring: RingConsumer; status: PageRequestStatus } {
   checkOffset(byteOffset);
-  const ring = new RingConsumer(buffer, byteOffset + VTD_PRQ_REGISTER_BYTES, {
-    log2Size,
-    recordWords: VTD_PRQ_ENTRY_WORDS,
-  });
-  return { ring, status: new PageRequestStatus(buffer, byteOffset) };
+  const ring = new RingConsumer(
+    buffer,
+    byteOffset + VTD_PRQ_REGISTER_BYTES,
+    { log2Size, recordWords: VTD_PRQ_ENTRY_WORDS },
+    mirror,
+  );
+  return { ring, status: new PageRequestStatus(buffer, byteOffset, mirror) };
 }

@@ -65,6 +65,8 @@ export interface VmReport {
 export interface RunReport {
   topology: string;
   routing: 'ioasid-owner' | 'device-owner';
+  /** How queue records and interrupts travelled: shared-memory rings or postMessage. */
+  transport: 'sab' | 'postmessage';
   seed: number | null;
   durationMs: number;
   vms: VmReport[];

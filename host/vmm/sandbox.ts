@@ -28,6 +28,8 @@ export interface RunOptions {
    * the IOASID_SANDBOX_PLANT environment variable, which is how the CLI gets them.
    */
   plant?: PlantedBugs;
+  /** Overrides the topology's transport. */
+  transport?: 'sab' | 'postmessage';
 }
 
 export const DEFAULT_DURATION_MS = 30_000;
@@ -124,6 +126,8 @@ export class Sandbox {
           ownerOf,
           devices: placements[index],
           spinNs: topology.spinNs,
+          hostSpinNs: topology.hostSpinNs,
+          transport: options.transport ?? topology.transport,
           seed: vmSeed(options.seed, config.workload.seed, index),
           log: this.log,
         }),
@@ -268,6 +272,7 @@ export class Sandbox {
     return {
       topology: topology.name,
       routing: topology.routing,
+      transport: this.options.transport ?? topology.transport,
       seed: this.options.seed ?? null,
       durationMs: Math.round(elapsed),
       vms: vms.map((vm) => ({

@@ -206,6 +206,12 @@ export const TopologySchema = z
   .object({
     name,
     routing: z.enum(['ioasid-owner', 'device-owner']).default('ioasid-owner'),
+    transport: z
+      .enum(['sab', 'postmessage'])
+      .default('sab')
+      .describe(
+        'how queue records and interrupts travel between host and guests: shared-memory rings with Atomics, or postMessage',
+      ),
     iommu: IommuSchema.default({ iotlbEntries: 4096, iotlbWays: 4 }).describe('the physical IOMMU'),
     vms: z.array(VmSchema).min(1).max(64),
     spinNs: z
@@ -215,6 +221,15 @@ export const TopologySchema = z
       .max(1_000_000)
       .default(20_000)
       .describe('how long a guest spins on its doorbell before sleeping'),
+    hostSpinNs: z
+      .number()
+      .int()
+      .min(0)
+      .max(1_000_000)
+      .default(0)
+      .describe(
+        "how long the host's service loop of each VM spins on its doorbell before sleeping (0: sleep at once; spinning delays the other VMs' loops)",
+      ),
   })
   .strict()
   .superRefine((t, ctx) => {

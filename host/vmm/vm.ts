@@ -4,15 +4,18 @@
  * devices, and the host service loop that sleeps on the VM's host doorbell.
  */
 import type { Worker } from 'node:worker_threads';
+import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
+import { ChannelSide, type TransportKind } from '../../shared/channel-side.ts';
 import { CommandErrorRegister } from '../../shared/command-error.ts';
 import type { DeviceContext, GuestBoot, GuestControl, GuestStats } from '../../shared/control.ts';
-import type { Doorbell } from '../../shared/doorbell.ts';
+import { Doorbell } from '../../shared/doorbell.ts';
 import { GuestMemory } from '../../shared/guest-memory.ts';
 import type { Logger } from '../../shared/logger.ts';
-import { RingConsumer, RingProducer } from '../../shared/ring.ts';
-import { type ChannelConfig, channelBells, channelLayout } from '../../shared/vm-channel.ts';
+import { PostedLink } from '../../shared/posted-link.ts';
+import type { RingConsumer } from '../../shared/ring.ts';
+import { type ChannelConfig, channelLayout } from '../../shared/vm-channel.ts';
 import { sibling, spawnWorker } from '../../shared/worker-spawn.ts';
 import { type DmaObserver, PciFunction } from '../devices/pci-function.ts';
 import type { SharedPri } from '../devices/shared-pri.ts';
@@ -37,6 +40,11 @@ const YIELD_EVERY = 32;
 const INJECT_TICK_MS = 5;
 /** A control-plane call that takes longer than this means the guest is hung. */
 const CONTROL_TIMEOUT_MS = 10_000;
+/**
+ * Boot waits longer: a worker first loads and compiles the guest's code, and many VMs launched at
+ * once on a small machine queue for the cores.
+ */
+const BOOT_TIMEOUT_MS = 120_000;
 
 /** Where one of the VM's devices sits in the host. */
 export interface DevicePlacement {
@@ -60,6 +68,10 @@ export interface VmWiring {
   ownerOf(streamId: number, pasid: number): string | undefined;
   devices: readonly DevicePlacement[];
   spinNs: number;
+  /** How long this VM's host loop spins on its doorbell before sleeping. */
+  hostSpinNs: number;
+  /** How queue records and interrupts travel between host and guest. */
+  transport: TransportKind;
   seed: number;
   log: Logger;
 }
@@ -78,7 +90,13 @@ export class Vm {
   crashReason: string | undefined;
   guestStats: GuestStats | undefined;
 
+  /** The host's channel: shared with the guest (`sab`), or the host's own copy (`postmessage`). */
   private readonly channel: SharedArrayBuffer;
+  /** What the guest maps: the same buffer, or the guest's own copy. */
+  private readonly guestChannel: SharedArrayBuffer;
+  /** The postMessage transport's link and the guest's end of it. */
+  private readonly link: PostedLink | undefined;
+  private readonly guestPort: MessagePort | undefined;
   private readonly channelConfig: ChannelConfig;
   private readonly hostBell: Doorbell;
   private readonly cmdq: RingConsumer;
@@ -108,12 +126,22 @@ export class Vm {
     this.channelConfig = { flavour: config.viommu, ...config.queues, devices: config.devices.length };
     const layout = channelLayout(this.channelConfig);
     this.channel = new SharedArrayBuffer(layout.bytes);
-    const bells = channelBells(this.channel, layout);
-    this.hostBell = bells.host;
+    this.hostBell = new Doorbell(this.channel, layout.hostBell);
+    if (wiring.transport === 'postmessage') {
+      // Each side keeps its own copy of the channel; the link carries every store across.
+      this.guestChannel = new SharedArrayBuffer(layout.bytes);
+      const { port1, port2 } = new MessageChannel();
+      this.link = new PostedLink(port1, this.channel, this.hostBell);
+      this.guestPort = port2;
+    } else {
+      this.guestChannel = this.channel;
+    }
+    const side = new ChannelSide(this.channel, this.link);
+    const guestBell = side.ringer(layout.guestBell);
     const { cmdq, dma } = layout;
-    const commandError = new CommandErrorRegister(this.channel, layout.commandError);
-    this.cmdq = new RingConsumer(this.channel, cmdq.offset, cmdq.geometry);
-    this.submitQueues = dma.map((q) => new RingConsumer(this.channel, q.submit.offset, q.submit.geometry));
+    const commandError = new CommandErrorRegister(this.channel, layout.commandError, this.link);
+    this.cmdq = side.consumer(cmdq);
+    this.submitQueues = dma.map((q) => side.consumer(q.submit));
     this.devices = config.devices.map(
       (device, i) =>
         new PciFunction(
@@ -128,7 +156,7 @@ export class Vm {
           },
           wiring.iommu,
           this.submitQueues[i],
-          new RingProducer(this.channel, dma[i].complete.offset, dma[i].complete.geometry, bells.guest),
+          side.producer(dma[i].complete, guestBell),
           wiring.observer,
           // A device made runnable from inside this VM's own pump is served by that same pump;
           // only a wake from elsewhere (another VM's pump, teardown) needs the interrupt.
@@ -147,7 +175,7 @@ export class Vm {
       this.registry = registry;
       this.model = new Vvtd(
         config.name,
-        new VtdPageRequestQueue(this.channel, layout.prq.offset, layout.prq.log2Size, bells.guest),
+        new VtdPageRequestQueue(this.channel, layout.prq.offset, layout.prq.log2Size, guestBell, this.link),
         this.cmdq,
         registry,
         registry.faultFd,
@@ -169,8 +197,8 @@ export class Vm {
       this.registry = registry;
       this.model = new Vsmmu(
         config.name,
-        new RingProducer(this.channel, layout.priq.offset, layout.priq.geometry, bells.guest),
-        new RingProducer(this.channel, layout.evtq.offset, layout.evtq.geometry, bells.guest),
+        side.producer(layout.priq, guestBell),
+        side.producer(layout.evtq, guestBell),
         this.cmdq,
         registry,
         registry.faultFd,
@@ -191,8 +219,9 @@ export class Vm {
       name: this.name,
       index: this.index,
       memory: this.memory.buffer,
-      channel: this.channel,
+      channel: this.guestChannel,
       channelConfig: this.channelConfig,
+      port: this.guestPort,
       devices: this.config.devices.map((d, i) => ({
         name: d.name,
         streamId: i,
@@ -203,9 +232,13 @@ export class Vm {
       })),
       workload: { ...this.config.workload, seed: this.seed },
       misbehave: this.config.misbehave,
-      spinNs: this.wiring.spinNs,
+      // A guest spinning on its own copy of the channel would keep the link's messages out.
+      spinNs: this.link ? 0 : this.wiring.spinNs,
     };
-    const worker = spawnWorker(GUEST_ENTRY, { workerData: boot });
+    const worker = spawnWorker(GUEST_ENTRY, {
+      workerData: boot,
+      transferList: this.guestPort ? [this.guestPort] : [],
+    });
     this.worker = worker;
     this.control = Comlink.wrap<GuestControl>(nodeEndpoint(worker));
     this.exited = new Promise<never>((_, reject) => {
@@ -223,7 +256,7 @@ export class Vm {
 
   /** Let the guest build its tables, then install its streams in the IOMMU. */
   async boot(): Promise<void> {
-    const contexts = await this.call((c) => c.boot());
+    const contexts = await this.call((c) => c.boot(), BOOT_TIMEOUT_MS);
     if (contexts.length !== this.devices.length) {
       throw new Error(
         `guest ${this.name} booted ${contexts.length} devices, expected ${this.devices.length}`,
@@ -349,6 +382,7 @@ export class Vm {
     this.control?.[Comlink.releaseProxy]();
     this.terminating = true;
     await this.worker?.terminate();
+    this.link?.close();
   }
 
   /**
@@ -369,13 +403,16 @@ export class Vm {
     this.hostBell.ring();
   }
 
-  private async call<T>(fn: (control: Comlink.Remote<GuestControl>) => Promise<T>): Promise<T> {
+  private async call<T>(
+    fn: (control: Comlink.Remote<GuestControl>) => Promise<T>,
+    timeoutMs = CONTROL_TIMEOUT_MS,
+  ): Promise<T> {
     if (!this.control || !this.exited) throw new Error(`guest ${this.name} is not launched`);
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(
-        () => reject(new Error(`guest ${this.name} did not answer in ${CONTROL_TIMEOUT_MS} ms`)),
-        CONTROL_TIMEOUT_MS,
+        () => reject(new Error(`guest ${this.name} did not answer in ${timeoutMs} ms`)),
+        timeoutMs,
       );
     });
     try {
@@ -434,6 +471,7 @@ export class Vm {
         if (++busy % YIELD_EVERY === 0) await new Promise(setImmediate);
         continue;
       }
+      if (!this.link && this.hostBell.spin(seen, this.wiring.hostSpinNs)) continue;
       this.hostBell.arm();
       if (this.hasWork()) {
         this.hostBell.disarm();

@@ -24,8 +24,9 @@
  * tail store could let a handler clear PPR, read the old tail and sleep on a record it never saw.
  */
 import type { Doorbell } from '../../shared/doorbell.ts';
+import type { RegisterMirror } from '../../shared/posted-link.ts';
 import { encodeVtdPageRequest, type VtdPageRequest } from '../../shared/records/vtd-prq-entry.ts';
-import type { RingProducer } from '../../shared/ring.ts';
+import type { RingMirror, RingProducer } from '../../shared/ring.ts';
 import { type PageRequestStatus, PRS_PPR, PRS_PRO, vtdPrqProducer } from '../../shared/vtd-prq-registers.ts';
 
 export type PageRequestWriteResult = 'written' | 'dropped';
@@ -66,8 +67,10 @@ export class VtdPageRequestQueue {
     byteOffset: number,
     log2Size: number,
     private readonly interrupt?: Doorbell,
+    /** The postMessage transport's link, when the two sides do not share the channel. */
+    mirror?: RingMirror & RegisterMirror,
   ) {
-    const { ring, status } = vtdPrqProducer(buffer, byteOffset, log2Size);
+    const { ring, status } = vtdPrqProducer(buffer, byteOffset, log2Size, mirror);
     this.ring = ring;
     this.status = status;
     this.capacity = ring.size - 1;
