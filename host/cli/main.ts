@@ -61,17 +61,32 @@ export async function main(argv: string[]): Promise<number> {
       integer('--duration', 1, 86_400_000),
     )
     .option('--seed <n>', 'derive every workload seed from this seed', integer('--seed', 0, 0xffff_ffff))
+    .option(
+      '--transport <kind>',
+      "queue transport, overriding the topology's: sab (shared-memory rings) or postmessage",
+      (value: string) => {
+        if (value !== 'sab' && value !== 'postmessage')
+          throw new InvalidArgumentError('expected sab or postmessage');
+        return value;
+      },
+    )
     .option('--json', 'print exactly one JSON object on stdout')
-    .action(async (file: string, opts: { duration?: number; seed?: number; json?: boolean }) => {
-      const topology = loadTopology(file);
-      const report = await runTopology(topology, {
-        durationMs: opts.duration,
-        seed: opts.seed,
-        log: makeLogger({ side: 'host' }),
-      });
-      process.stdout.write(opts.json ? `${JSON.stringify(report)}\n` : summary(report));
-      exitCode = report.invariants.ok ? EXIT_OK : EXIT_INVARIANT;
-    });
+    .action(
+      async (
+        file: string,
+        opts: { duration?: number; seed?: number; transport?: 'sab' | 'postmessage'; json?: boolean },
+      ) => {
+        const topology = loadTopology(file);
+        const report = await runTopology(topology, {
+          transport: opts.transport,
+          durationMs: opts.duration,
+          seed: opts.seed,
+          log: makeLogger({ side: 'host' }),
+        });
+        process.stdout.write(opts.json ? `${JSON.stringify(report)}\n` : summary(report));
+        exitCode = report.invariants.ok ? EXIT_OK : EXIT_INVARIANT;
+      },
+    );
 
   program
     .command('validate')
@@ -90,11 +105,13 @@ export async function main(argv: string[]): Promise<number> {
 
   program
     .command('bench')
-    .description('measure speed figures side by side in one run (translation so far)')
+    .description(
+      'measure speed figures side by side in one run: floors, faults per transport, translation, scale',
+    )
     .option('--quick', 'short measurement windows (noisier)')
     .option('--json', 'print exactly one JSON object on stdout')
-    .action((opts: { quick?: boolean; json?: boolean }) => {
-      const report = runBench(opts.quick ?? false);
+    .action(async (opts: { quick?: boolean; json?: boolean }) => {
+      const report = await runBench(opts.quick ?? false);
       process.stdout.write(opts.json ? `${JSON.stringify(report)}\n` : formatBench(report));
     });
 

@@ -1,0 +1,127 @@
+/**
+ * The sandbox's own figures, each a whole topology on real worker threads: the fault round trip
+ * with one group in flight (busy: host and guest spin; idle: both sleep between faults), sustained
+ * fault throughput with many groups in flight, aggregate throughput with 1, 4 and 16 VMs, and the
+ * time to launch 64 VMs until each has handled its first fault, with the resident memory it took.
+ *
+ * A round trip is the latency histogram's: from the device's page request to the retry's
+ * successful translation. Throughput counts page-request groups between the workloads' start and
+ * their end, launch excluded.
+ */
+import type { TransportKind } from '../../shared/channel-side.ts';
+import { makeLogger } from '../../shared/logger.ts';
+import { Sandbox } from '../vmm/sandbox.ts';
+import { parseTopology, type Topology } from '../vmm/topology.ts';
+
+export interface Percentiles {
+  p50: number;
+  p99: number;
+}
+
+const quiet = makeLogger({ side: 'bench' }).child({});
+quiet.level = 'silent';
+
+/** One VM per entry; `spin` applies to host and guest alike. */
+function stormTopology(
+  vms: number,
+  pages: number,
+  queueDepth: number,
+  spinNs: number,
+  transport: TransportKind,
+): Topology {
+  const list = Array.from(
+    { length: vms },
+    (_, i) => `  - name: vm${i}
+    memoryMiB: 64
+    viommu: smmuv3
+    devices: [{ name: d, pri: true, pasids: [1], priCredits: ${Math.max(32, queueDepth)} }]
+    queues: { priqLog2: 8, evtqLog2: 6, cmdqLog2: 8, dmaQueueLog2: 7 }
+    workload: { kind: fault-storm, pages: ${pages}, seed: ${i + 1}, queueDepth: ${queueDepth} }`,
+  ).join('\n');
+  return parseTopology(
+    `name: bench\ntransport: ${transport}\nspinNs: ${spinNs}\nhostSpinNs: ${spinNs}\nvms:\n${list}\n`,
+  );
+}
+
+/**
+ * Launch, time the workloads from start to done, stop. Done is judged from the host's own counters
+ * (every descriptor of a fault storm completed), so no control-plane call runs inside the window.
+ */
+async function timedRun(topology: Topology): Promise<{ ms: number; faults: number; sandbox: Sandbox }> {
+  const sandbox = new Sandbox(topology, { log: quiet, graceMs: 500 });
+  await sandbox.launch();
+  const start = performance.now();
+  const done = () => sandbox.report().vms.every((vm, i) => vm.dmaCompleted >= topology.vms[i].workload.pages);
+  try {
+    while (!done()) await new Promise((resolve) => setTimeout(resolve, 1));
+  } finally {
+    await sandbox.stop();
+  }
+  const ms = performance.now() - start;
+  const report = sandbox.report();
+  if (!report.invariants.ok || report.faults.lost > 0)
+    throw new Error(`bench run broke an invariant: ${JSON.stringify(report.invariants.counts)}`);
+  return { ms, faults: report.faults.raised, sandbox };
+}
+
+/** Round trip with one group in flight; `busy`: both sides spin instead of sleeping. */
+export async function faultRoundTrip(
+  busy: boolean,
+  quick: boolean,
+  transport: TransportKind = 'sab',
+): Promise<Percentiles> {
+  const { sandbox } = await timedRun(
+    stormTopology(1, quick ? 1500 : 8000, 1, busy ? 1_000_000 : 0, transport),
+  );
+  const { p50, p99 } = sandbox.report().latencyUs;
+  return { p50, p99 };
+}
+
+/** Faults per second, aggregate over `vms` VMs, many groups in flight in each. */
+export async function faultThroughput(
+  vms: number,
+  quick: boolean,
+  transport: TransportKind = 'sab',
+): Promise<number> {
+  const pages = Math.round((quick ? 12_000 : 60_000) / vms);
+  const { ms, faults } = await timedRun(stormTopology(vms, pages, 64, 0, transport));
+  return Math.round((faults * 1000) / ms);
+}
+
+export interface LaunchFigures {
+  vms: number;
+  /** From the first spawn until every VM has had a fault answered. */
+  launchMs: number;
+  /** Resident memory the launched VMs added, per VM, beyond the guest RAM they touched. */
+  rssPerVmMB: number;
+  guestRamMiB: number;
+}
+
+/** Launch `vms` VMs of 16 MiB; each pages in one page by a page request. */
+export async function launchMany(vms: number): Promise<LaunchFigures> {
+  const list = Array.from(
+    { length: vms },
+    (_, i) =>
+      `  - { name: vm${i}, memoryMiB: 16, viommu: ${i % 2 ? 'vtd' : 'smmuv3'}, devices: [{ name: d, pri: true, pasids: [1] }], workload: { kind: sva-stream, pages: 1, seed: ${i + 1} } }`,
+  ).join('\n');
+  const topology = parseTopology(`name: launch\nvms:\n${list}\n`);
+  const rssBefore = process.memoryUsage().rss;
+  const start = performance.now();
+  const sandbox = new Sandbox(topology, { log: quiet, graceMs: 500 });
+  await sandbox.launch();
+  let served = 0;
+  while (served < vms) {
+    served = sandbox.report().vms.filter((vm) => vm.responses.success > 0).length;
+    if (served < vms) await new Promise((resolve) => setImmediate(resolve));
+  }
+  const launchMs = performance.now() - start;
+  const rss = process.memoryUsage().rss - rssBefore;
+  await sandbox.stop();
+  const guestRamMiB = 16;
+  return {
+    vms,
+    launchMs: Math.round(launchMs),
+    rssPerVmMB: Math.round((rss / vms / 1e6 - (guestRamMiB * 2 ** 20) / 1e6) * 10) / 10,
+    guestRamMiB,
+  };
+}
