@@ -17,6 +17,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import type { Worker } from 'node:worker_threads';
+import * as hdr from 'hdr-histogram-js';
 import { RingConsumer } from '../../shared/ring.ts';
 import { sibling, spawnWorker } from '../../shared/worker-spawn.ts';
 import {
@@ -183,7 +184,12 @@ class EchoSeries {
 
   /** Per-round-trip latencies of the current window, milliseconds. */
   private readonly samples: Float64Array;
-  private readonly sorted: Float64Array;
+  /** Percentiles come from an HDR histogram, as everywhere latency is reported; filled after the window. */
+  private readonly histogram = hdr.build({
+    lowestDiscernibleValue: 1,
+    highestTrackableValue: 60_000_000_000,
+    numberOfSignificantValueDigits: 3,
+  });
   private seq = 0;
 
   constructor(
@@ -192,7 +198,6 @@ class EchoSeries {
     maxRoundTrips: number,
   ) {
     this.samples = new Float64Array(maxRoundTrips);
-    this.sorted = new Float64Array(maxRoundTrips);
   }
 
   /** One repetition: a window for the mean, then a sampled window; `record` false for warm-up. */
@@ -218,12 +223,12 @@ class EchoSeries {
     }
     this.mismatches += reply.mismatches;
     if (!record) return;
-    const sorted = this.sorted.subarray(0, n);
-    sorted.set(this.samples.subarray(0, n));
-    sorted.sort();
+    const h = this.histogram;
+    h.reset();
+    for (let i = 0; i < n; i++) h.recordValue(Math.max(1, Math.round(this.samples[i] * 1e6)));
     this.meanUs.push(meanUs);
-    this.p50Us.push(rank(sorted, 0.5) * 1000);
-    this.p99Us.push(rank(sorted, 0.99) * 1000);
+    this.p50Us.push(h.getValueAtPercentile(50) / 1000);
+    this.p99Us.push(h.getValueAtPercentile(99) / 1000);
     this.sampleCounts.push(n);
   }
 
@@ -370,11 +375,6 @@ function clockNs(reads: number): number {
   let last = start;
   for (let i = 0; i < reads; i++) last = performance.now();
   return ((last - start) * 1e6) / reads;
-}
-
-/** Nearest-rank percentile of an ascending array. */
-function rank(sorted: Float64Array, p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1))];
 }
 
 function figure(runs: number[]): Figure {
