@@ -70,15 +70,26 @@ export async function main(argv: string[]): Promise<number> {
         return value;
       },
     )
+    .option(
+      '--trace <file>',
+      "write a Chrome trace-event file of every fault's life (open it in Perfetto UI)",
+    )
     .option('--json', 'print exactly one JSON object on stdout')
     .action(
       async (
         file: string,
-        opts: { duration?: number; seed?: number; transport?: 'sab' | 'postmessage'; json?: boolean },
+        opts: {
+          duration?: number;
+          seed?: number;
+          transport?: 'sab' | 'postmessage';
+          trace?: string;
+          json?: boolean;
+        },
       ) => {
         const topology = loadTopology(file);
         const report = await runTopology(topology, {
           transport: opts.transport,
+          trace: opts.trace,
           durationMs: opts.duration,
           seed: opts.seed,
           log: makeLogger({ side: 'host' }),

@@ -63,6 +63,15 @@ export interface DmaObserver {
   ): void;
 }
 
+/** Who records a fault's life at the device (the run's trace); absent unless tracing. */
+export interface DeviceTracer {
+  pageRequest(prgIndex: number): void;
+  /** The group's PRG response reached the device. */
+  answered(prgIndex: number): void;
+  /** The retry after that response translated. */
+  retried(prgIndex: number): void;
+}
+
 export interface PciFunctionOptions {
   name: string;
   streamId: number;
@@ -78,6 +87,7 @@ export interface PciFunctionOptions {
   sharedPri?: SharedPri;
   /** Its VM's RAM, the only memory its DMA may reach (the oracle's check). */
   memory?: GuestMemory;
+  tracer?: DeviceTracer;
 }
 
 export interface PciFunctionStats {
@@ -127,6 +137,9 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
 
   private readonly sharedPri: SharedPri | undefined;
   private readonly ownMemory: GuestMemory | undefined;
+  private readonly tracer: DeviceTracer | undefined;
+  /** The PRG index of each op's last page request (for the trace). */
+  private readonly opPrg: Int32Array;
   private readonly capacity: number;
   private readonly opState: Uint8Array;
   private readonly opTag: Int32Array;
@@ -166,6 +179,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     this.canStall = options.stall ?? false;
     this.sharedPri = options.sharedPri;
     this.ownMemory = options.memory;
+    this.tracer = options.tracer;
     this.pri = options.sharedPri?.capability ?? new PriCapability(options.priCredits);
     this.pri.enabled = options.pri;
     // One op per completion slot: a completion can always be written once the guest reaps.
@@ -179,6 +193,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     this.opStatus = new Int32Array(this.capacity);
     this.opVerify = new Uint8Array(this.capacity);
     this.opFaultedAt = new Float64Array(this.capacity);
+    this.opPrg = new Int32Array(this.capacity);
     this.freeOps = new Int32Array(this.capacity);
     for (let i = 0; i < this.capacity; i++) this.freeOps[i] = this.capacity - 1 - i;
     this.freeCount = this.capacity;
@@ -211,6 +226,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
 
   prgResponse(pasid: number, _ssv: boolean, prgIndex: number, code: number): void {
     if (!this.pri.complete(prgIndex, code === PRG_FAILURE)) return;
+    this.tracer?.answered(prgIndex);
     const op = this.prgOp[prgIndex];
     this.prgOp[prgIndex] = -1;
     if (op >= 0 && this.opPasid[op] !== pasid) {
@@ -426,6 +442,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
       }
       if (this.opFaultedAt[op] !== 0) {
         this.observer.faultResolved(this, performance.now() - this.opFaultedAt[op]);
+        this.tracer?.retried(this.opPrg[op]);
         this.opFaultedAt[op] = 0;
       }
       const chunk = Math.min(length - this.opDone[op], PAGE_SIZE - (va % PAGE_SIZE));
@@ -440,6 +457,8 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     if (this.pri.outstanding > this.pri.allocation) this.creditsExceeded();
     this.sharedPri?.claim(prgIndex, this);
     this.prgOp[prgIndex] = op;
+    this.opPrg[op] = prgIndex;
+    this.tracer?.pageRequest(prgIndex);
     this.opState[op] = WAITING_PRG;
     this.opFaultedAt[op] = performance.now();
     this.stats.pageRequests++;

@@ -79,9 +79,18 @@ export interface FaultFd {
   originOf(cookie: number): number;
 }
 
+/** Who watches groups cross the fault fd (the sandbox's trace); not part of the uAPI. */
+export interface FaultTracer {
+  /** The VMM read the group. */
+  read(group: FaultGroup): void;
+  /** The VMM wrote the group's response. */
+  responded(group: FaultGroup): void;
+}
+
 export class FaultObject extends IommufdObject {
   readonly type = 'FAULT';
   readonly stats: FaultStats = { reported: 0, read: 0, responded: 0, autoResponded: 0 };
+  tracer: FaultTracer | undefined;
 
   /** Undelivered FIFO: live entries are [head, length). */
   private undelivered: (FaultGroup | undefined)[] = [];
@@ -198,6 +207,7 @@ export class FaultObject extends IommufdObject {
         done += PGFAULT_BYTES;
       }
       this.stats.read++;
+      this.tracer?.read(group);
     }
     this.compactUndelivered();
     return done;
@@ -239,6 +249,7 @@ export class FaultObject extends IommufdObject {
       }
       done += PAGE_RESPONSE_BYTES;
       this.stats.responded++;
+      this.tracer?.responded(group);
       group.respond(code);
     }
     return done;

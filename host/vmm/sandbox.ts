@@ -13,6 +13,7 @@ import { LatencyHistogram } from './latency.ts';
 import { type PlantedBugs, parsePlantedBugs } from './plant.ts';
 import type { RunReport } from './report.ts';
 import type { Topology } from './topology.ts';
+import { FaultTrace } from './trace.ts';
 import { type DevicePlacement, Vm } from './vm.ts';
 
 export interface RunOptions {
@@ -30,6 +31,8 @@ export interface RunOptions {
   plant?: PlantedBugs;
   /** Overrides the topology's transport. */
   transport?: 'sab' | 'postmessage';
+  /** Write a Chrome trace-event file of every fault's life here when the run stops (trace.ts). */
+  trace?: string;
 }
 
 export const DEFAULT_DURATION_MS = 30_000;
@@ -92,6 +95,7 @@ export class Sandbox {
   private readonly invariants = new InvariantChecker();
   private readonly latency = new LatencyHistogram();
   private readonly oracle: DmaOracle;
+  private readonly trace: FaultTrace | undefined;
   private readonly vms: Vm[];
   private started = 0;
   private elapsed = 0;
@@ -103,6 +107,7 @@ export class Sandbox {
   ) {
     this.log = options.log ?? makeLogger({ side: 'host' });
     this.iommu = new Iommu(topology.iommu);
+    this.trace = options.trace ? new FaultTrace() : undefined;
     const plant = options.plant ?? parsePlantedBugs(process.env.IOASID_SANDBOX_PLANT);
     if (Object.keys(plant).length > 0) {
       this.iommu.plantBugs(plant);
@@ -128,6 +133,7 @@ export class Sandbox {
           spinNs: topology.spinNs,
           hostSpinNs: topology.hostSpinNs,
           transport: options.transport ?? topology.transport,
+          trace: this.trace,
           seed: vmSeed(options.seed, config.workload.seed, index),
           log: this.log,
         }),
@@ -233,6 +239,7 @@ export class Sandbox {
       });
     }
     this.checkDevicesAnswered();
+    if (this.trace && this.options.trace) this.trace.write(this.options.trace);
     return this.report();
   }
 

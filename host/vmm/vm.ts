@@ -17,13 +17,14 @@ import { PostedLink } from '../../shared/posted-link.ts';
 import type { RingConsumer } from '../../shared/ring.ts';
 import { type ChannelConfig, channelLayout } from '../../shared/vm-channel.ts';
 import { sibling, spawnWorker } from '../../shared/worker-spawn.ts';
-import { type DmaObserver, PciFunction } from '../devices/pci-function.ts';
+import { type DeviceTracer, type DmaObserver, PciFunction } from '../devices/pci-function.ts';
 import type { SharedPri } from '../devices/shared-pri.ts';
 import type { Iommu } from '../iommu/iommu.ts';
 import type { Smmuv3Ops } from '../iommu/smmuv3-ops.ts';
 import type { VtdOps } from '../iommu/vtd-ops.ts';
 import type { InvariantChecker } from './invariants.ts';
 import type { Topology, VmConfig } from './topology.ts';
+import type { FaultTrace } from './trace.ts';
 import type { ViommuModel, VmRegistry } from './viommu-model.ts';
 import { VmIommu } from './vm-iommu.ts';
 import { Vsmmu } from './vsmmu.ts';
@@ -56,6 +57,16 @@ export interface DevicePlacement {
   sharedPri?: SharedPri;
 }
 
+/** A device's events on its own track of its VM in the trace. */
+function deviceTracer(trace: FaultTrace, vm: number, track: number, streamId: number): DeviceTracer {
+  const at = { vm, track };
+  return {
+    pageRequest: (prgIndex) => trace.pageRequest(at, streamId, prgIndex),
+    answered: (prgIndex) => trace.answered(at, streamId, prgIndex),
+    retried: (prgIndex) => trace.retried(at, streamId, prgIndex),
+  };
+}
+
 export interface VmWiring {
   iommu: Iommu;
   /** The host drivers a VMM's iommufd reaches, by the VM's vIOMMU flavour. */
@@ -72,6 +83,8 @@ export interface VmWiring {
   hostSpinNs: number;
   /** How queue records and interrupts travel between host and guest. */
   transport: TransportKind;
+  /** The run's fault trace, when one is recorded. */
+  trace?: FaultTrace;
   seed: number;
   log: Logger;
 }
@@ -153,6 +166,7 @@ export class Vm {
             stall: device.stall,
             sharedPri: wiring.devices[i].sharedPri,
             memory: this.memory,
+            tracer: wiring.trace && deviceTracer(wiring.trace, index, i + 1, wiring.devices[i].streamId),
           },
           wiring.iommu,
           this.submitQueues[i],
@@ -210,6 +224,14 @@ export class Vm {
       );
     } else {
       throw new Error(`no vIOMMU model for flavour ${config.viommu}`);
+    }
+    if (wiring.trace) {
+      const trace = wiring.trace;
+      trace.nameVm(index, config.name);
+      config.devices.forEach((d, i) => {
+        trace.nameDevice(index, i + 1, d.name, wiring.devices[i].streamId);
+      });
+      this.registry.fault.tracer = trace.faultTracer(index);
     }
   }
 
