@@ -181,7 +181,8 @@ async function faultFigures(runs: number, transport: TransportKind, quick: boole
   };
 }
 
-const round2 = (v: number) => Math.round(v * 100) / 100;
+/** Three significant digits: a ratio is never rounded to 0. */
+const significant = (v: number) => Number(v.toPrecision(3));
 
 export async function runBench(quick: boolean): Promise<BenchReport> {
   const started = performance.now();
@@ -201,13 +202,13 @@ export async function runBench(quick: boolean): Promise<BenchReport> {
     ringRecordsPerS: Math.round(floors.ringRecordsPerS.median),
   };
   const ratios = {
-    'IOTLB hit / miss': round2(hit / miss),
-    'stage-1-only walk / nested walk': round2(stage1Only / nested),
-    busyOverSpin: round2(ring.busyUs.p50 / floor.spinUs),
-    idleOverSleep: round2(ring.idleUs.p50 / floor.sleepUs),
-    postMessageOverRingLatency: round2(posted.busyUs.p50 / ring.busyUs.p50),
-    ringOverPostMessageThroughput: round2(ring.perS / posted.perS),
-    vms16Over1: round2(vms16PerS / vms1PerS),
+    'IOTLB hit / miss': significant(hit / miss),
+    'stage-1-only walk / nested walk': significant(stage1Only / nested),
+    busyOverSpin: significant(ring.busyUs.p50 / floor.spinUs),
+    idleOverSleep: significant(ring.idleUs.p50 / floor.sleepUs),
+    postMessageOverRingLatency: significant(posted.busyUs.p50 / ring.busyUs.p50),
+    ringOverPostMessageThroughput: significant(ring.perS / posted.perS),
+    vms16Over1: significant(vms16PerS / vms1PerS),
   };
   const target = (value: number, text: string, met: boolean): Target => ({ value, target: text, met });
   const launchTarget =

@@ -3,9 +3,11 @@
  * Exit codes: 0 run completed and invariants hold; 1 internal error; 2 bad input; 3 an invariant
  * was violated.
  */
+import { randomInt } from 'node:crypto';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { makeLogger } from '../../shared/logger.ts';
 import { FAIL_NTH_SCENARIOS, formatFailNth, runFailNthSweep } from '../iommufd/fail-nth.ts';
+import { formatCampaign, progressBar, runCampaign, type Shard, shardIndices } from '../stress/campaign.ts';
 import type { RunReport } from '../vmm/report.ts';
 import { runTopology } from '../vmm/sandbox.ts';
 import { loadTopology, TopologyError } from '../vmm/topology.ts';
@@ -24,6 +26,17 @@ function integer(name: string, min: number, max: number) {
     }
     return n;
   };
+}
+
+/** `--shard i/n`: the i-th (1-based) of n slices. */
+function shard(value: string): Shard {
+  const m = /^(\d+)\/(\d+)$/.exec(value);
+  const index = Number(m?.[1]);
+  const count = Number(m?.[2]);
+  if (!m || count < 1 || count > 1_000_000 || index < 1 || index > count) {
+    throw new InvalidArgumentError('--shard must be i/n with 1 <= i <= n, e.g. 2/4');
+  }
+  return { index, count };
 }
 
 function summary(r: RunReport): string {
@@ -147,6 +160,29 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(opts.json ? `${JSON.stringify(report)}\n` : formatFailNth(report));
       exitCode = report.failures.length === 0 ? EXIT_OK : EXIT_INVARIANT;
     });
+
+  program
+    .command('stress')
+    .description('a campaign of independent seeded runs of random topologies on a worker pool')
+    .option('--runs <n>', 'runs in the campaign', integer('--runs', 1, 1_000_000), 100)
+    .option(
+      '--seed <s>',
+      'campaign seed; run 0 has this seed (default: random)',
+      integer('--seed', 0, 0xffff_ffff),
+    )
+    .option('--workers <k>', 'pool threads (default: available parallelism)', integer('--workers', 1, 1024))
+    .option('--shard <i/n>', 'run only the runs with index % n === i - 1', shard)
+    .option('--json', 'print exactly one JSON object on stdout')
+    .action(
+      async (opts: { runs: number; seed?: number; workers?: number; shard?: Shard; json?: boolean }) => {
+        const seed = opts.seed ?? randomInt(0, 0x1_0000_0000);
+        const total = shardIndices(opts.runs, opts.shard).length;
+        const bar = !opts.json && process.stderr.isTTY ? progressBar(total) : undefined;
+        const report = await runCampaign({ ...opts, seed, onRun: bar?.onRun }).finally(() => bar?.stop());
+        process.stdout.write(opts.json ? `${JSON.stringify(report)}\n` : formatCampaign(report));
+        exitCode = report.failed === 0 ? EXIT_OK : EXIT_INVARIANT;
+      },
+    );
 
   try {
     await program.parseAsync(argv, { from: 'user' });

@@ -295,12 +295,22 @@ export class Vm {
     this.registry.installContexts(contexts);
   }
 
+  /**
+   * Start serving and start the guest's workload. A guest that dies or hangs while starting (a
+   * hostile one can meet its first fault before it answers) is a dead guest, not a failed launch:
+   * the other VMs go on.
+   */
   async start(): Promise<void> {
     this.serving = true;
     this.serveLoop = this.serve();
-    await this.call((c) => c.start());
-    this.startInjectors();
     this.startWatchdog();
+    try {
+      await this.call((c) => c.start());
+    } catch (error) {
+      this.giveUp(`guest did not start: ${(error as Error).message}`);
+      return;
+    }
+    this.startInjectors();
   }
 
   /**

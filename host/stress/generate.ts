@@ -1,0 +1,145 @@
+/**
+ * Stress campaigns: every run draws its topology from its seed alone, so a run reproduces from
+ * `npx ioasid-sandbox stress --runs 1 --seed <seed>`.
+ */
+import { MISBEHAVIOURS, type Misbehaviour, type WorkloadKind } from '../../shared/control.ts';
+import { Prng } from '../../shared/prng.ts';
+import { type Topology, TopologySchema } from '../vmm/topology.ts';
+
+export const MAX_VMS = 16;
+export const MAX_DEVICES = 4;
+/** Chance that a VM misbehaves, and that a misbehaving VM has a second misbehaviour. */
+const MISBEHAVE_P = 0.3;
+const SECOND_MISBEHAVIOUR_P = 0.2;
+/** Chance that a run with two or more VT-d VMs shares a function between two of them. */
+const SHARED_FUNCTION_P = 0.35;
+/** Misbehaviours that leave faults unanswered: their VMs get a short responseTimeoutMs. */
+const SILENT: readonly Misbehaviour[] = ['hang', 'never-respond'];
+
+/**
+ * The seed of run `index` in a campaign seeded `campaignSeed`. Run 0 has the campaign's seed, so
+ * `--runs 1 --seed <s>` replays any run whose seed is s.
+ */
+export function runSeed(campaignSeed: number, index: number): number {
+  if (index === 0) return campaignSeed >>> 0;
+  // splitmix32-style finaliser over (seed, index).
+  let h = (campaignSeed ^ Math.imul(index, 0x9e3779b9)) >>> 0;
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  return (h ^ (h >>> 16)) >>> 0;
+}
+
+/** The one-line command that reruns the run with this seed. */
+export function replayCommand(seed: number): string {
+  return `npx ioasid-sandbox stress --runs 1 --seed ${seed}`;
+}
+
+const pick = <T>(prng: Prng, items: readonly T[]): T => items[prng.below(items.length)];
+const chance = (prng: Prng, p: number): boolean => prng.nextU32() / 0x1_0000_0000 < p;
+/** Integer in [min, max]. */
+const between = (prng: Prng, min: number, max: number): number => min + prng.below(max - min + 1);
+/** Integer in [1, max] skewed toward 1: 1 + floor(max * u^power) for a uniform u. */
+const skewed = (prng: Prng, max: number, power: number): number =>
+  1 + Math.min(max - 1, Math.floor(max * (prng.nextU32() / 0x1_0000_0000) ** power));
+
+/** Buffer sizes (pages per device) small enough that a run takes a second or two. */
+function workloadPages(prng: Prng, kind: WorkloadKind): number {
+  switch (kind) {
+    case 'sva-stream':
+    case 'fault-storm':
+      return between(prng, 8, 96);
+    case 'map-churn':
+      return between(prng, 8, 48);
+    case 'stray-dma':
+      return between(prng, 4, 24);
+    case 'idle':
+      return 1;
+  }
+}
+
+type DeviceInput = {
+  name: string;
+  pri: boolean;
+  stall?: boolean;
+  pasids: number[];
+  priCredits: number;
+  function?: string;
+};
+
+export function drawTopology(seed: number): Topology {
+  const prng = new Prng(seed ^ 0x2545f491);
+  const vmCount = skewed(prng, MAX_VMS, 4);
+  const vms = Array.from({ length: vmCount }, (_, v) => {
+    const viommu = pick(prng, ['smmuv3', 'vtd'] as const);
+    const misbehave: Misbehaviour[] = [];
+    if (chance(prng, MISBEHAVE_P)) {
+      misbehave.push(pick(prng, MISBEHAVIOURS));
+      const second = pick(prng, MISBEHAVIOURS);
+      if (chance(prng, SECOND_MISBEHAVIOUR_P) && !misbehave.includes(second)) misbehave.push(second);
+    }
+    // A misbehaviour shows in fault handling, so a misbehaving VM gets a faulting workload.
+    const kind: WorkloadKind = pick(
+      prng,
+      misbehave.length > 0
+        ? (['sva-stream', 'fault-storm', 'map-churn'] as const)
+        : (['sva-stream', 'fault-storm', 'map-churn', 'stray-dma', 'idle'] as const),
+    );
+    const devices: DeviceInput[] = Array.from({ length: skewed(prng, MAX_DEVICES, 2) }, (_, d) => {
+      // SMMUv3: PRI, stall or plain (terminate model); VT-d: PRI or plain.
+      const mode =
+        viommu === 'smmuv3'
+          ? pick(prng, ['pri', 'pri', 'pri', 'stall', 'plain'] as const)
+          : pick(prng, ['pri', 'pri', 'pri', 'plain'] as const);
+      return {
+        name: `dev${d}`,
+        pri: mode === 'pri',
+        ...(mode === 'stall' ? { stall: true } : {}),
+        pasids: [...pick(prng, [[1], [1], [1], [1, 2], []])],
+        priCredits: pick(prng, [1, 2, 4, 8, 32, 32]),
+      };
+    });
+    const timeout = misbehave.some((m) => SILENT.includes(m));
+    return {
+      name: `vm${v}`,
+      memoryMiB: 16,
+      viommu,
+      devices,
+      workload: {
+        kind,
+        pages: workloadPages(prng, kind),
+        seed: prng.nextU32(),
+        queueDepth: pick(prng, [1, 2, 4, 8, 16]),
+      },
+      queues: {
+        priqLog2: between(prng, 1, 8),
+        evtqLog2: between(prng, 1, 6),
+        cmdqLog2: between(prng, 1, 8),
+        dmaQueueLog2: between(prng, 1, 6),
+      },
+      misbehave,
+      ...(timeout ? { responseTimeoutMs: between(prng, 200, 500) } : {}),
+    };
+  });
+  // A function shared by two VT-d VMs: the first holds its RID and PASID 1, the other PASID 2.
+  const vtd = vms.filter((vm) => vm.viommu === 'vtd');
+  if (vtd.length >= 2 && chance(prng, SHARED_FUNCTION_P)) {
+    const [a, b] = prng.shuffle([...vtd]).slice(0, 2);
+    const priCredits = pick(prng, [4, 8, 32]);
+    [a, b].forEach((vm, i) => {
+      const iface: DeviceInput = { name: 'sf0', function: 'sf0', pri: true, pasids: [i + 1], priCredits };
+      if (vm.devices.length === MAX_DEVICES) vm.devices[MAX_DEVICES - 1] = iface;
+      else vm.devices.push(iface);
+    });
+  }
+  return TopologySchema.parse({
+    name: `stress-${seed.toString(16)}`,
+    routing: 'ioasid-owner',
+    iommu: pick(prng, [
+      { iotlbEntries: 4096, iotlbWays: 4 },
+      { iotlbEntries: 64, iotlbWays: 4 },
+      { iotlbEntries: 16, iotlbWays: 1 },
+    ]),
+    vms,
+    spinNs: pick(prng, [0, 20_000]),
+  });
+}

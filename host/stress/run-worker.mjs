@@ -1,0 +1,7 @@
+// Plain JS piscina entry for the TypeScript sources: registers tsx inside the pool's worker thread,
+// then loads the task (Node 20 applies no ESM hooks to workers; stack-notes.md 1 and 4).
+import { register } from 'tsx/esm/api';
+
+register();
+const task = await import('./run-worker.ts');
+export default task.default;
