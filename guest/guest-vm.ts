@@ -10,8 +10,9 @@ import { Doorbell } from '../shared/doorbell.ts';
 import { GuestMemory } from '../shared/guest-memory.ts';
 import type { Logger } from '../shared/logger.ts';
 import { PostedLink } from '../shared/posted-link.ts';
-import type { RingProducer } from '../shared/ring.ts';
+import type { RingConsumer, RingProducer } from '../shared/ring.ts';
 import { channelLayout } from '../shared/vm-channel.ts';
+import { Misbehaviour } from './misbehave.ts';
 import { AddressSpaces } from './mm/address-spaces.ts';
 import { DemandPager } from './mm/demand-pager.ts';
 import { PageAllocator } from './mm/page-allocator.ts';
@@ -30,6 +31,8 @@ interface IommuDriver {
   readonly blockedOnCommandQueue: boolean;
   /** Its fault queues hold something. */
   readonly pending: boolean;
+  readonly pageRequestRing: RingConsumer;
+  readonly eventRing?: RingConsumer;
   invalidateVa(pasid: number, va: number): number;
   syncCompleted(): number;
 }
@@ -68,6 +71,8 @@ export class GuestVm implements GuestControl {
   private readonly bell: Doorbell;
   private readonly devices: DeviceQueues[];
   private readonly workloads: Workload[];
+  /** A hostile guest's hooks; undefined for a well-behaved guest. */
+  private readonly misbehave: Misbehaviour | undefined;
   private running = false;
   private loop: Promise<void> | undefined;
 
@@ -76,9 +81,19 @@ export class GuestVm implements GuestControl {
     private readonly log: Logger,
   ) {
     this.memory = new GuestMemory(config.memory);
+    const misbehave =
+      config.misbehave.length > 0
+        ? new Misbehaviour(
+            config.misbehave,
+            config.devices.length,
+            config.workload.seed ^ Math.imul(config.index + 1, 0x9e3779b1),
+            this.memory,
+          )
+        : undefined;
+    this.misbehave = misbehave;
     const pages = new PageAllocator(this.memory);
     this.spaces = new AddressSpaces(this.memory, pages);
-    this.pager = new DemandPager(this.memory, pages, this.spaces);
+    this.pager = new DemandPager(this.memory, pages, this.spaces, misbehave);
     const layout = channelLayout(config.channelConfig);
     this.bell = new Doorbell(config.channel, layout.guestBell);
     // With the postMessage transport this channel is the guest's own copy, kept by the link.
@@ -99,6 +114,7 @@ export class GuestVm implements GuestControl {
         this.memory,
         syncWord,
         this.link,
+        misbehave,
       );
     } else if (layout.priq && layout.evtq) {
       this.driver = new Smmuv3Driver(
@@ -109,10 +125,19 @@ export class GuestVm implements GuestControl {
         this.counters,
         this.memory,
         syncWord,
+        misbehave,
       );
     } else {
       throw new Error(`channel layout has no fault queues for ${config.channelConfig.flavour}`);
     }
+    misbehave?.attach({
+      flavour: config.channelConfig.flavour,
+      commands: this.cmdq,
+      pageRequests: this.driver.pageRequestRing,
+      events: this.driver.eventRing,
+      hostBell,
+      mirror: this.link,
+    });
     this.devices = config.devices.map((device, index) => ({
       index,
       streamId: device.streamId,
@@ -183,6 +208,7 @@ export class GuestVm implements GuestControl {
   }
 
   private pollAll(): number {
+    this.misbehave?.beforePoll();
     // The driver's error handler: the host refused a command it skipped; count and acknowledge.
     if (this.commandError.pending) {
       this.counters.commandErrors++;
@@ -190,6 +216,7 @@ export class GuestVm implements GuestControl {
     }
     let work = this.driver.poll();
     for (const workload of this.workloads) work += workload.poll();
+    this.misbehave?.afterPoll();
     return work;
   }
 
@@ -199,6 +226,8 @@ export class GuestVm implements GuestControl {
   }
 
   private async run(): Promise<void> {
+    // start() answers the host before the first pass: the busy passes run without an await.
+    await new Promise(setImmediate);
     const spinNs = this.config.spinNs;
     let busy = 0;
     while (this.running) {
@@ -220,7 +249,7 @@ export class GuestVm implements GuestControl {
         continue;
       }
       this.counters.wakeups++;
-      await this.bell.waitAsync(seen, SLEEP_MS);
+      await this.bell.waitAsync(seen, this.misbehave ? this.misbehave.sleepMs(SLEEP_MS) : SLEEP_MS);
     }
   }
 }

@@ -30,6 +30,7 @@ import {
 import { decodeEvtqEntry, newEvtqEntry } from '../shared/records/evtq-entry.ts';
 import { decodePriqEntry, isStopMarker, newPriqEntry } from '../shared/records/priq-entry.ts';
 import type { RingConsumer, RingProducer } from '../shared/ring.ts';
+import type { Misbehaviour } from './misbehave.ts';
 import { type DemandPager, PAGE_IN_OK } from './mm/demand-pager.ts';
 
 /** PASID used for requests without one (SSV=0): the RID's own address space. */
@@ -59,7 +60,19 @@ export class Smmuv3Driver {
     private readonly memory: GuestMemory,
     /** A word of guest RAM that CMD_SYNC completions are written to (MSI address). */
     private readonly syncWordGpa: number,
+    /** A hostile guest's hooks (misbehave.ts); absent for a well-behaved one. */
+    private readonly misbehave?: Misbehaviour,
   ) {}
+
+  /** The PRI queue, as the driver consumes it. */
+  get pageRequestRing(): RingConsumer {
+    return this.priq;
+  }
+
+  /** The event queue, as the driver consumes it. */
+  get eventRing(): RingConsumer {
+    return this.evtq;
+  }
 
   /** Entries wait in the PRI or event queue. */
   get pending(): boolean {
@@ -140,6 +153,7 @@ export class Smmuv3Driver {
 
   /** A stalled transaction: page in what it touched, then CMD_RESUME retry (or abort if that failed). */
   private resumeStall(): void {
+    if (this.misbehave && !this.misbehave.onFault()) return;
     const e = this.event;
     const outcome = this.pager.pageIn(e.ssv ? e.substreamId : RID_PASID, e.inputAddress);
     const c = this.resume;
@@ -149,6 +163,7 @@ export class Smmuv3Driver {
     encodeResume(this.cmdq.words, this.cmdq.claim(), c);
     this.cmdq.commit();
     this.stats.stallsResumed++;
+    this.misbehave?.answered(true, c.streamId, -1, c.stag, c.action === RESUME_RETRY);
   }
 
   private pollPageRequests(): number {
@@ -185,6 +200,7 @@ export class Smmuv3Driver {
       this.stats.stopMarkers++;
       return;
     }
+    if (this.misbehave && !this.misbehave.onFault()) return;
     this.stats.pageRequests++;
     const key = e.streamId * 512 + e.prgIndex;
     const outcome = this.pager.pageIn(e.ssv ? e.substreamId : RID_PASID, e.address);
@@ -205,5 +221,12 @@ export class Smmuv3Driver {
     this.stats.groupsAnswered++;
     if (c.resp === PRI_RESP_SUCCESS) this.stats.responses.success++;
     else this.stats.responses.invalid++;
+    this.misbehave?.answered(
+      false,
+      c.streamId,
+      c.ssv ? c.substreamId : -1,
+      c.prgIndex,
+      c.resp === PRI_RESP_SUCCESS,
+    );
   }
 }

@@ -30,7 +30,8 @@ import {
   QI_RESP_SUCCESS,
   type VtdPageRequest,
 } from '../shared/records/vtd-prq-entry.ts';
-import type { RingMirror, RingProducer } from '../shared/ring.ts';
+import type { RingConsumer, RingMirror, RingProducer } from '../shared/ring.ts';
+import type { Misbehaviour } from './misbehave.ts';
 import { type DemandPager, PAGE_IN_OK } from './mm/demand-pager.ts';
 import { VtdPrqDriver } from './vtd-prq.ts';
 
@@ -66,8 +67,15 @@ export class VtdDriver {
     /** A word of guest RAM that invalidation waits write their status data to. */
     private readonly statusWordGpa: number,
     mirror?: RingMirror & RegisterMirror,
+    /** A hostile guest's hooks (misbehave.ts); absent for a well-behaved one. */
+    private readonly misbehave?: Misbehaviour,
   ) {
     this.prq = new VtdPrqDriver(channel, prq.offset, prq.log2Size, mirror);
+  }
+
+  /** The page request queue's ring, as the driver consumes it. */
+  get pageRequestRing(): RingConsumer {
+    return this.prq.ring;
   }
 
   /** Requests wait in the page request queue, or an overflow waits to be cleared. */
@@ -93,6 +101,7 @@ export class VtdDriver {
       this.blockedOnCommandQueue = true;
       return false;
     }
+    if (this.misbehave && !this.misbehave.onFault()) return true;
     this.stats.pageRequests++;
     const key = r.rid * PRG_INDICES + r.prgIndex;
     const outcome = this.pager.pageIn(r.pasidPresent ? r.pasid : RID_PASID, r.address);
@@ -114,6 +123,13 @@ export class VtdDriver {
     this.stats.groupsAnswered++;
     if (p.code === QI_RESP_SUCCESS) this.stats.responses.success++;
     else this.stats.responses.invalid++;
+    this.misbehave?.answered(
+      false,
+      p.rid,
+      p.pasidPresent ? p.pasid : -1,
+      p.prgIndex,
+      p.code === QI_RESP_SUCCESS,
+    );
     return true;
   }
 

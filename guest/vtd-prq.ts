@@ -32,7 +32,7 @@ export class VtdPrqDriver {
   readonly stats: VtdPrqDriverStats = { handled: 0, passes: 0, overflowsCleared: 0 };
   readonly status: PageRequestStatus;
 
-  private readonly ring: RingConsumer;
+  readonly ring: RingConsumer;
   private readonly indexMask: number;
   private readonly request = newVtdPageRequest();
 

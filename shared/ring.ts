@@ -41,12 +41,13 @@ export interface RingMirror {
 }
 
 /** Header words: PROD, CONS and the producer's space doorbell sit on separate cache lines. */
-const PROD = 0;
-const CONS = 16;
+export const PROD = 0;
+export const CONS = 16;
 const SPACE_BELL_BYTE = 128;
 const HEADER_BYTES = 256;
 
-const FLAG = 1 << 31;
+/** OVFLG in PROD, OVACKFLG in CONS. */
+export const FLAG = 1 << 31;
 export const MAX_LOG2_SIZE = 19;
 
 export function ringBytes(geometry: RingGeometry): number {

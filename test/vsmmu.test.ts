@@ -69,7 +69,12 @@ function setup() {
     memory,
     commandError,
   );
-  const observer: DmaObserver = { dmaRead() {}, faultResolved() {}, unrecoverableFault() {}, hostViolation() {} };
+  const observer: DmaObserver = {
+    dmaRead() {},
+    faultResolved() {},
+    unrecoverableFault() {},
+    hostViolation() {},
+  };
   const device = new PciFunction(
     { name: 'dev', streamId: SID, pri: false, priCredits: 1, stall: true },
     iommu,

@@ -5,6 +5,7 @@
  */
 import { type GuestMemory, PAGE_SIZE, pageBase } from '../../shared/guest-memory.ts';
 import { fillPage } from '../../shared/pattern.ts';
+import type { Misbehaviour } from '../misbehave.ts';
 import type { AddressSpaces } from './address-spaces.ts';
 import type { PageAllocator } from './page-allocator.ts';
 
@@ -26,6 +27,8 @@ export class DemandPager {
     private readonly memory: GuestMemory,
     private readonly pages: PageAllocator,
     private readonly spaces: AddressSpaces,
+    /** A hostile guest's hooks (misbehave.ts); absent for a well-behaved one. */
+    private readonly misbehave?: Misbehaviour,
   ) {}
 
   back(pasid: number, start: number, pageCount: number, seed: number): void {
@@ -40,6 +43,8 @@ export class DemandPager {
     const va = pageBase(address);
     // A request can race with an earlier one for the same page: it is resident already.
     if (table.lookup(va) >= 0) return PAGE_IN_OK;
+    // wild-page-tables: a wild entry instead of the mapping, answered Success all the same.
+    if (this.misbehave?.plantWild(table, pasid, va)) return PAGE_IN_OK;
     const gpa = this.pages.alloc();
     if (gpa < 0) return PAGE_IN_INVALID;
     fillPage(this.memory.words, gpa >>> 2, range.seed, va);

@@ -1,8 +1,12 @@
 /**
  * One stage-1 address space (one PASID): a 4-level table in guest RAM in the format of
  * shared/stage1-format.ts, built and changed only by this guest.
+ *
+ * An entry the IOMMU would not follow (reserved bits set, an address outside guest RAM, a table
+ * pointing at itself, a page without AF) counts as absent here too: a lookup misses it and a map
+ * replaces it. Only a hostile guest writes such entries (misbehave.ts, wild-page-tables).
  */
-import type { GuestMemory } from '../../shared/guest-memory.ts';
+import { type GuestMemory, PAGE_SIZE } from '../../shared/guest-memory.ts';
 import { addressHigh, addressLow } from '../../shared/records/address.ts';
 import {
   clearEntry,
@@ -13,6 +17,7 @@ import {
   PTE_AP_RDONLY,
   PTE_AP_UNPRIV,
   PTE_HIGH_ADDR_MASK,
+  PTE_HIGH_RES0,
   PTE_TABLE,
   PTE_VALID,
   tableIndex,
@@ -21,6 +26,20 @@ import {
 import type { PageAllocator } from './page-allocator.ts';
 
 export const MAP_READ_ONLY = 1;
+
+const TABLE_ENTRY = PTE_VALID | PTE_TABLE;
+const PAGE_ENTRY = PTE_VALID | PTE_TABLE | PTE_AF;
+const TWO_32 = 0x1_0000_0000;
+
+/** Where a walk of the tables stops (see `Stage1Table.openSlot`). */
+export interface OpenSlot {
+  /** GPA of the entry. */
+  slot: number;
+  /** GPA of the table holding it. */
+  table: number;
+  /** 0 (the root) .. LEVELS - 1 (the leaf). */
+  level: number;
+}
 
 export class Stage1Table {
   readonly rootGpa: number;
@@ -43,13 +62,12 @@ export class Stage1Table {
     let table = this.rootGpa;
     for (let level = 0; level < LEVELS - 1; level++) {
       const slot = table + tableIndex(vaLow, vaHigh, level) * ENTRY_BYTES;
-      const low = words[slot >>> 2];
-      if ((low & PTE_VALID) !== 0) {
-        table = (low & PTE_ADDR_LOW_MASK) >>> 0;
-        table += (words[(slot >>> 2) + 1] & PTE_HIGH_ADDR_MASK) * 0x1_0000_0000;
+      let next = this.nextTable(table, slot);
+      if (next >= 0) {
+        table = next;
         continue;
       }
-      const next = this.pages.allocZeroed();
+      next = this.pages.allocZeroed();
       if (next < 0) return -1;
       writeEntry(words, slot, (next & PTE_ADDR_LOW_MASK) | PTE_TABLE | PTE_VALID, addressHigh(next));
       table = next;
@@ -74,18 +92,8 @@ export class Stage1Table {
 
   /** The GPA `va`'s page maps to, or -1. */
   lookup(va: number): number {
-    const vaLow = addressLow(va);
-    const vaHigh = addressHigh(va);
-    const words = this.memory.words;
-    let table = this.rootGpa;
-    for (let level = 0; level < LEVELS; level++) {
-      const slot = table + tableIndex(vaLow, vaHigh, level) * ENTRY_BYTES;
-      const low = words[slot >>> 2];
-      if ((low & PTE_VALID) === 0) return -1;
-      table =
-        ((low & PTE_ADDR_LOW_MASK) >>> 0) + (words[(slot >>> 2) + 1] & PTE_HIGH_ADDR_MASK) * 0x1_0000_0000;
-    }
-    return table;
+    const slot = this.existingLeafSlot(va);
+    return slot < 0 ? -1 : this.pageOf(slot);
   }
 
   /**
@@ -93,19 +101,58 @@ export class Stage1Table {
    * invalidate the IOTLB (TLBI + SYNC) before it reuses that page.
    */
   unmap(va: number): number {
-    const gpa = this.lookup(va);
-    if (gpa < 0) return -1;
+    const slot = this.existingLeafSlot(va);
+    const gpa = slot < 0 ? -1 : this.pageOf(slot);
+    if (gpa >= 0) clearEntry(this.memory.words, slot);
+    return gpa;
+  }
+
+  /**
+   * The first entry on `va`'s path that the IOMMU would not follow as a table, or the leaf entry
+   * if every table on the way is there.
+   */
+  openSlot(va: number): OpenSlot {
     const vaLow = addressLow(va);
     const vaHigh = addressHigh(va);
-    const words = this.memory.words;
     let table = this.rootGpa;
     for (let level = 0; level < LEVELS - 1; level++) {
       const slot = table + tableIndex(vaLow, vaHigh, level) * ENTRY_BYTES;
-      const low = words[slot >>> 2];
-      table =
-        ((low & PTE_ADDR_LOW_MASK) >>> 0) + (words[(slot >>> 2) + 1] & PTE_HIGH_ADDR_MASK) * 0x1_0000_0000;
+      const next = this.nextTable(table, slot);
+      if (next < 0) return { slot, table, level };
+      table = next;
     }
-    clearEntry(words, table + tableIndex(vaLow, vaHigh, LEVELS - 1) * ENTRY_BYTES);
-    return gpa;
+    return { slot: table + tableIndex(vaLow, vaHigh, LEVELS - 1) * ENTRY_BYTES, table, level: LEVELS - 1 };
+  }
+
+  /** The GPA of `va`'s leaf entry when every table on the way is there, or -1. */
+  private existingLeafSlot(va: number): number {
+    const vaLow = addressLow(va);
+    const vaHigh = addressHigh(va);
+    let table = this.rootGpa;
+    for (let level = 0; level < LEVELS - 1; level++) {
+      table = this.nextTable(table, table + tableIndex(vaLow, vaHigh, level) * ENTRY_BYTES);
+      if (table < 0) return -1;
+    }
+    return table + tableIndex(vaLow, vaHigh, LEVELS - 1) * ENTRY_BYTES;
+  }
+
+  /** The table that the entry at `slot` of `table` points to, or -1 if the IOMMU would not follow it. */
+  private nextTable(table: number, slot: number): number {
+    const words = this.memory.words;
+    const low = words[slot >>> 2];
+    const high = words[(slot >>> 2) + 1];
+    if ((low & TABLE_ENTRY) !== TABLE_ENTRY || (high & PTE_HIGH_RES0) !== 0) return -1;
+    const next = ((low & PTE_ADDR_LOW_MASK) >>> 0) + (high & PTE_HIGH_ADDR_MASK) * TWO_32;
+    return next === table || next + PAGE_SIZE > this.memory.size ? -1 : next;
+  }
+
+  /** The page a leaf entry maps, or -1 if it maps none the IOMMU would use. */
+  private pageOf(slot: number): number {
+    const words = this.memory.words;
+    const low = words[slot >>> 2];
+    const high = words[(slot >>> 2) + 1];
+    if ((low & PAGE_ENTRY) !== PAGE_ENTRY || (high & PTE_HIGH_RES0) !== 0) return -1;
+    const gpa = ((low & PTE_ADDR_LOW_MASK) >>> 0) + (high & PTE_HIGH_ADDR_MASK) * TWO_32;
+    return gpa + PAGE_SIZE > this.memory.size ? -1 : gpa;
   }
 }

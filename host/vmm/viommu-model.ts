@@ -5,6 +5,7 @@
  */
 import type { DeviceContext } from '../../shared/control.ts';
 import type { FaultFd, FaultObject } from '../iommufd/fault.ts';
+import type { CorruptIndices } from './damage.ts';
 
 export interface ViommuModelStats {
   /** Groups written whole into the guest's page request queue. */
@@ -19,6 +20,11 @@ export interface ViommuModelStats {
   responses: { success: number; invalid: number; failure: number };
   /** Responses naming no group delivered to this guest. */
   unknownResponses: number;
+  /**
+   * Of those, the ones naming a group (or stall) the guest had already answered and that was not
+   * delivered again since: a second answer to one request.
+   */
+  duplicateResponses: number;
   /** Commands the model refused: unknown opcodes or types, reserved codes, bad addresses. */
   illegalCommands: number;
   /** Completion waits (CMD_SYNC, invalidation wait) consumed. */
@@ -52,6 +58,7 @@ export function newModelStats(): ViommuModelStats {
     autoResponded: 0,
     responses: { success: 0, invalid: 0, failure: 0 },
     unknownResponses: 0,
+    duplicateResponses: 0,
     illegalCommands: 0,
     syncs: 0,
     noVdevice: 0,
@@ -71,6 +78,8 @@ export function newModelStats(): ViommuModelStats {
 /** The host side of the guest-visible queues. */
 export interface ViommuModel {
   readonly stats: ViommuModelStats;
+  /** Impossible fill levels read from the guest's own ring indices, per queue. */
+  readonly corruptIndices: CorruptIndices;
   readonly faultsPending: boolean;
   readonly eventsPending: boolean;
   /** Carry out the guest's commands; returns how many were consumed. */

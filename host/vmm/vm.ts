@@ -320,15 +320,17 @@ export class Vm {
   private startWatchdog(): void {
     const timeout = this.config.responseTimeoutMs;
     if (timeout === undefined) return;
-    const fault = this.registry.fault.stats;
-    let answered = fault.responded;
+    // Only the guest's own answers count as progress: the model's overflow auto-answers do not.
+    const stats = this.model.stats;
+    const answers = () => stats.guestAnswered + stats.stallsTerminated;
+    let answered = answers();
     let since = performance.now();
     this.watchdog = setInterval(
       () => {
         const now = performance.now();
-        const awaiting = fault.read - fault.responded - fault.autoResponded;
-        if (awaiting <= 0 || fault.responded !== answered) {
-          answered = fault.responded;
+        const awaiting = stats.delivered + stats.stallsDelivered - answers();
+        if (awaiting <= 0 || answers() !== answered) {
+          answered = answers();
           since = now;
           return;
         }

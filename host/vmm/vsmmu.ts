@@ -59,6 +59,7 @@ import {
 } from '../iommufd/eventq-records.ts';
 import type { FaultFd } from '../iommufd/fault.ts';
 import type { VeventqFd } from '../iommufd/veventq.ts';
+import type { CorruptIndices } from './damage.ts';
 import { EventQueueModel } from './evtq-model.ts';
 import type { InvariantChecker } from './invariants.ts';
 import { newModelStats, type ViommuModel, type ViommuModelStats } from './viommu-model.ts';
@@ -90,6 +91,8 @@ export class Vsmmu implements ViommuModel {
   readonly stats: VsmmuStats = newModelStats();
   /** Cookie of the group delivered as (vSID, PRG index), or -1. */
   private readonly delivered: Int32Array;
+  /** 1 once the guest answered the group last delivered as (vSID, PRG index): a repeat is a duplicate. */
+  private readonly answered: Uint8Array;
   private readonly entry = newPriqEntry();
   private readonly command = newPriRespCommand();
   private readonly record = newPgfaultFields();
@@ -106,11 +109,13 @@ export class Vsmmu implements ViommuModel {
   private readonly passThroughWords = new Int32Array(this.passThrough.buffer);
   /** Cookie of the stalled transaction delivered as (vSID, STAG), or -1. */
   private readonly stalled: Int32Array;
+  /** 1 once the guest resumed (or terminated) the stall last delivered as (vSID, STAG). */
+  private readonly resumed: Uint8Array;
 
   constructor(
     private readonly vmName: string,
     private readonly priq: RingProducer,
-    evtq: RingProducer,
+    private readonly evtq: RingProducer,
     private readonly cmdq: RingConsumer,
     private readonly vdevices: VdeviceMap,
     private readonly faultFd: FaultFd,
@@ -123,8 +128,18 @@ export class Vsmmu implements ViommuModel {
     private readonly commandError?: CommandErrorRegister,
   ) {
     this.delivered = new Int32Array(vdevices.devices * PRG_INDICES).fill(-1);
+    this.answered = new Uint8Array(vdevices.devices * PRG_INDICES);
     this.stalled = new Int32Array(vdevices.devices * STAGS).fill(-1);
+    this.resumed = new Uint8Array(vdevices.devices * STAGS);
     this.events = new EventQueueModel(evtq);
+  }
+
+  get corruptIndices(): CorruptIndices {
+    return {
+      pageRequestQueue: this.priq.corruptIndex,
+      eventQueue: this.evtq.corruptIndex,
+      commandQueue: this.cmdq.corruptIndex,
+    };
   }
 
   /** Something waits on the vEVENTQ fd. */
@@ -237,6 +252,7 @@ export class Vsmmu implements ViommuModel {
     if (last) {
       this.stats.delivered++;
       this.delivered[vsid * PRG_INDICES + f.grpid] = f.cookie;
+      this.answered[vsid * PRG_INDICES + f.grpid] = 0;
     }
   }
 
@@ -268,6 +284,7 @@ export class Vsmmu implements ViommuModel {
     this.events.flush();
     this.stats.stallsDelivered++;
     this.stalled[vsid * STAGS + f.grpid] = f.cookie;
+    this.resumed[vsid * STAGS + f.grpid] = 0;
   }
 
   /** Write one iommu_hwpt_page_response; false when the fault fd refused the cookie (already answered). */
@@ -340,9 +357,11 @@ export class Vsmmu implements ViommuModel {
     const cookie = slot >= 0 ? this.delivered[slot] : -1;
     if (cookie < 0) {
       this.stats.unknownResponses++;
+      if (slot >= 0 && this.answered[slot] !== 0) this.stats.duplicateResponses++;
       return;
     }
     this.delivered[slot] = -1;
+    this.answered[slot] = 1;
     if (c.resp === PRI_RESP_SUCCESS) this.stats.responses.success++;
     else if (c.resp === PRI_RESP_INVALID) this.stats.responses.invalid++;
     else this.stats.responses.failure++;
@@ -372,9 +391,11 @@ export class Vsmmu implements ViommuModel {
     if (cookie < 0) {
       // A RESUME that matches no stall is a no-op, not an error (SMMU spec 4.7).
       this.stats.unknownResponses++;
+      if (slot >= 0 && this.resumed[slot] !== 0) this.stats.duplicateResponses++;
       return;
     }
     this.stalled[slot] = -1;
+    this.resumed[slot] = 1;
     this.stats.resumes++;
     const retry = c.action === RESUME_RETRY;
     if (this.respond(cookie, retry ? IOMMUFD_PAGE_RESP_SUCCESS : IOMMUFD_PAGE_RESP_INVALID)) {
@@ -411,6 +432,7 @@ export class Vsmmu implements ViommuModel {
       const cookie = this.stalled[slot];
       if (cookie < 0) continue;
       this.stalled[slot] = -1;
+      this.resumed[slot] = 1;
       if (this.respond(cookie, IOMMUFD_PAGE_RESP_INVALID)) this.stats.stallsTerminated++;
     }
   }
@@ -424,6 +446,8 @@ export class Vsmmu implements ViommuModel {
   /** Forget delivered groups and stalls (the fault fd answered them on teardown). */
   forgetDelivered(): void {
     this.delivered.fill(-1);
+    this.answered.fill(0);
     this.stalled.fill(-1);
+    this.resumed.fill(0);
   }
 }

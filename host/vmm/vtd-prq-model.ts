@@ -87,6 +87,11 @@ export class VtdPageRequestQueue {
     return ((this.tailIndex - this.ring.used()) & this.indexMask) * DESCRIPTOR_BYTES;
   }
 
+  /** Times the guest's PQH claimed an impossible fill level (counted by the ring, treated as full). */
+  get corruptIndex(): number {
+    return this.ring.corruptIndex;
+  }
+
   /** Requests that fit before the queue is full (what endpoint credits should stay within). */
   get free(): number {
     return Math.max(0, this.capacity - this.ring.used());

@@ -52,6 +52,7 @@ import {
   readPgfaultInto,
 } from '../iommufd/eventq-records.ts';
 import type { FaultFd } from '../iommufd/fault.ts';
+import type { CorruptIndices } from './damage.ts';
 import type { InvariantChecker } from './invariants.ts';
 import { newModelStats, type ViommuModel } from './viommu-model.ts';
 import type { VtdPageRequestQueue } from './vtd-prq-model.ts';
@@ -76,6 +77,8 @@ export class Vvtd implements ViommuModel {
   readonly eventsPending = false;
   /** Cookie of the group delivered as (RID, PRG index), or -1. */
   private readonly delivered: Int32Array;
+  /** 1 once the guest answered the group last delivered as (RID, PRG index): a repeat is a duplicate. */
+  private readonly answered: Uint8Array;
   private readonly request = newVtdPageRequest();
   private readonly response = newVtdPageGroupResponse();
   private readonly invalidation = newVtdPasidIotlbInvalidation();
@@ -98,6 +101,11 @@ export class Vvtd implements ViommuModel {
     private readonly commandError?: CommandErrorRegister,
   ) {
     this.delivered = new Int32Array(backend.devices * PRG_INDICES).fill(-1);
+    this.answered = new Uint8Array(backend.devices * PRG_INDICES);
+  }
+
+  get corruptIndices(): CorruptIndices {
+    return { pageRequestQueue: this.prq.corruptIndex, eventQueue: 0, commandQueue: this.iq.corruptIndex };
   }
 
   get faultsPending(): boolean {
@@ -168,6 +176,7 @@ export class Vvtd implements ViommuModel {
     if (last) {
       this.stats.delivered++;
       this.delivered[rid * PRG_INDICES + f.grpid] = f.cookie;
+      this.answered[rid * PRG_INDICES + f.grpid] = 0;
     }
   }
 
@@ -221,9 +230,11 @@ export class Vvtd implements ViommuModel {
     const cookie = slot >= 0 ? this.delivered[slot] : -1;
     if (cookie < 0) {
       this.stats.unknownResponses++;
+      if (slot >= 0 && this.answered[slot] !== 0) this.stats.duplicateResponses++;
       return;
     }
     this.delivered[slot] = -1;
+    this.answered[slot] = 1;
     if (p.code === QI_RESP_SUCCESS) this.stats.responses.success++;
     else if (p.code === QI_RESP_INVALID) this.stats.responses.invalid++;
     else this.stats.responses.failure++;
@@ -266,5 +277,6 @@ export class Vvtd implements ViommuModel {
 
   forgetDelivered(): void {
     this.delivered.fill(-1);
+    this.answered.fill(0);
   }
 }
