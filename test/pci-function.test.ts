@@ -47,7 +47,12 @@ describe('PRI on a PCIe function', () => {
     const deviceEnd = new RingConsumer(buffer, 0, submitGeometry);
     const completeOffset = ringBytes(submitGeometry);
     complete = new RingConsumer(buffer, completeOffset, completeGeometry);
-    const observer: DmaObserver = { dmaRead() {}, faultResolved() {}, unrecoverableFault() {}, hostViolation() {} };
+    const observer: DmaObserver = {
+      dmaRead() {},
+      faultResolved() {},
+      unrecoverableFault() {},
+      hostViolation() {},
+    };
     device = new PciFunction(
       { name: 'dev', streamId: SID, pri, priCredits: credits },
       iommu,
@@ -190,7 +195,12 @@ describe('Stop PASID', () => {
     const c = { log2Size: 4, recordWords: DMA_COMPLETION_WORDS };
     const buffer = new SharedArrayBuffer(ringBytes(g) + ringBytes(c));
     const submit = new RingProducer(buffer, 0, g);
-    const observer: DmaObserver = { dmaRead() {}, faultResolved() {}, unrecoverableFault() {}, hostViolation() {} };
+    const observer: DmaObserver = {
+      dmaRead() {},
+      faultResolved() {},
+      unrecoverableFault() {},
+      hostViolation() {},
+    };
     const device = new PciFunction(
       { name: 'dev', streamId: SID, pri: true, priCredits: 4 },
       iommu,

@@ -83,7 +83,7 @@ export async function faultThroughput(
   quick: boolean,
   transport: TransportKind = 'sab',
 ): Promise<number> {
-  const pages = Math.round((quick ? 12_000 : 60_000) / vms);
+  const pages = Math.round((quick ? 12_000 : 16_000) / vms);
   const { ms, faults } = await timedRun(stormTopology(vms, pages, 64, 0, transport));
   return Math.round((faults * 1000) / ms);
 }

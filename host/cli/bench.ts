@@ -68,6 +68,8 @@ export interface BenchReport {
   };
   ratios: Record<string, number>;
   targets: Record<string, Target>;
+  /** Signs that the machine was busy with something else while the bench ran. */
+  warnings: string[];
   elapsedMs: number;
 }
 
@@ -250,6 +252,13 @@ export async function runBench(quick: boolean): Promise<BenchReport> {
       launchMs: target(launch.launchMs, launchTarget, launch.vms === 64 && launch.launchMs <= 3000),
       rssPerVmMB: target(launch.rssPerVmMB, '<= 25', launch.rssPerVmMB <= 25),
     },
+    warnings:
+      floor.spinUs > floor.sleepUs
+        ? [
+            `the spin round trip (${floor.spinUs} us) was slower than the blocking one (${floor.sleepUs} us): ` +
+              'both threads could not run at once, so the cores were busy elsewhere; spin-based figures and ratios are not meaningful in this run',
+          ]
+        : [],
     elapsedMs: Math.round(performance.now() - started),
   };
 }
@@ -285,6 +294,7 @@ export function formatBench(report: BenchReport): string {
     const t = report.targets[name];
     rows.push([`target ${name}`, `${n(t.value)} (${t.target}: ${t.met ? 'met' : 'NOT met'})`]);
   }
+  for (const warning of report.warnings) rows.push(['warning', warning]);
   const width = Math.max(...rows.map(([name]) => name.length));
   const head = `bench${report.quick ? ' --quick' : ''}: median of ${report.repetitions} repetitions (${(report.elapsedMs / 1000).toFixed(0)} s)`;
   return `${[head, ...rows.map(([name, value]) => `${name.padEnd(width)}  ${value}`)].join('\n')}\n`;

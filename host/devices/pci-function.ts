@@ -170,8 +170,11 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     private readonly submit: RingConsumer,
     private readonly complete: RingProducer,
     private readonly observer: DmaObserver,
-    /** Wake whoever calls `service()`: a response made an op runnable. */
-    private readonly wake: () => void,
+    /**
+     * Wake whoever calls `service()`: a response made an op runnable, or the host's IRQ thread
+     * handed this function's page requests on (its VM's loop then reads its fault queue).
+     */
+    readonly wake: () => void,
   ) {
     this.name = options.name;
     this.streamId = options.streamId;
@@ -460,7 +463,9 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     this.opPrg[op] = prgIndex;
     this.tracer?.pageRequest(prgIndex);
     this.opState[op] = WAITING_PRG;
-    this.opFaultedAt[op] = performance.now();
+    // A retry after an answer that did not make the page translate (a discarded request's automatic
+    // Success, say) is the same fault: its round trip runs from the first request.
+    if (this.opFaultedAt[op] === 0) this.opFaultedAt[op] = performance.now();
     this.stats.pageRequests++;
     const r = this.request;
     r.streamId = this.streamId;

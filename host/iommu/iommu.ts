@@ -1,6 +1,9 @@
 /**
- * The physical IOMMU: a stream table (StreamID -> stage-1 context in the owning guest's RAM), the
- * translation walk, and the PRI path from devices to the IOPF layer and back.
+ * The host's physical IOMMUs: a stream table (StreamID -> stage-1 context in the owning guest's
+ * RAM), the translation walk, and the PRI path from devices to the IOPF layer and back. Each
+ * instance (iommu-instance.ts) has its own IOTLB and its own PRI queue, shared by the devices behind
+ * it and drained by the host's IRQ thread: device -> physical PRI queue -> IRQ thread -> IOPF layer.
+ * StreamIDs are unique across instances, so one table serves them all.
  *
  * It never imports the registry: whoever owns an address space registers an IopfHandler for it
  * (design.md: the hardware reports faults through a handler interface).
@@ -14,9 +17,15 @@ import {
   newTranslationFault,
 } from './event-recorder.ts';
 import { HostMemory, REGION_STRIDE } from './host-memory.ts';
+import {
+  DEFAULT_IOMMU_NAME,
+  DEFAULT_PRIQ_LOG2,
+  IommuInstance,
+  type IommuInstanceOptions,
+} from './iommu-instance.ts';
 import { type IopfHandler, IopfQueue } from './iopf.ts';
-import { ANY_PASID, Iotlb, TLB_PERM_EXEC, TLB_PERM_UNPRIV, TLB_PERM_WRITE } from './iotlb.ts';
-import type { PageRequest, PriEndpoint } from './page-request.ts';
+import { ANY_PASID, type Iotlb, TLB_PERM_EXEC, TLB_PERM_UNPRIV, TLB_PERM_WRITE } from './iotlb.ts';
+import { type PageRequest, PRG_SUCCESS, type PriEndpoint } from './page-request.ts';
 import {
   ACCESS_EXEC,
   ACCESS_PRIV,
@@ -47,19 +56,32 @@ export interface TranslationStats {
 }
 
 export interface IommuOptions {
-  /** IOTLB entries (a power of two) and ways. */
+  /** IOTLB entries (a power of two) and ways: the default instance's, and any instance's that gives none. */
   iotlbEntries?: number;
   iotlbWays?: number;
+  /** The host's physical IOMMUs (default: one, `iommu0`, with a 2^12-entry PRI queue). */
+  instances?: readonly IommuInstanceOptions[];
+  /**
+   * Entries each PRI IRQ thread handles per event-loop turn before yielding (default: its queue's
+   * size; Infinity: every entry is handled inside its interrupt).
+   */
+  priqWeight?: number;
+  /** An exception thrown in an IRQ thread's turn of its own. */
+  onThreadError?: (error: unknown) => void;
 }
 
-/** A stream table entry: the stage-1 context plus the tag its IOTLB entries carry. */
+/** A stream table entry: the stage-1 context, the tag its IOTLB entries carry, and that IOTLB. */
 interface StreamEntry {
   ctx: Stage1Context;
   tag: number;
+  iotlb: Iotlb;
 }
 
 export class Iommu {
   readonly iopf: IopfQueue;
+  /** The physical IOMMUs; a stream not placed sits behind the first. */
+  readonly instances: readonly IommuInstance[];
+  /** The first instance's IOTLB. */
   readonly iotlb: Iotlb;
   /** Host-physical memory: where stage 2 points and DMA lands. */
   readonly host = new HostMemory();
@@ -82,6 +104,10 @@ export class Iommu {
   private readonly streams = new Map<number, StreamEntry>();
   private nextTag = 1;
   private readonly endpoints = new Map<number, PriEndpoint>();
+  private readonly placement = new Map<number, IommuInstance>();
+  /** Who a page request is attributed to (the sandbox's VM index; -1: nobody), and how to wake it. */
+  private requesterOf: (streamId: number, pasid: number) => number = () => -1;
+  private wakeRequester: (requester: number) => void = () => {};
   private readonly handlers = new Map<number, IopfHandler>();
   /** Test-only planted bugs (host/vmm/plant.ts), and the occurrences they count. */
   private bugs: { dropResponse?: number; misrouteFault?: number; staleTranslation?: number } = {};
@@ -90,7 +116,32 @@ export class Iommu {
   private rangeInvalidations = 0;
 
   constructor(options: IommuOptions = {}) {
-    this.iotlb = new Iotlb(options.iotlbEntries ?? 4096, options.iotlbWays ?? 4);
+    const wiring = {
+      weight: options.priqWeight,
+      report: (r: PageRequest) => this.iopf.report(r),
+      discardPartial: (instance: IommuInstance) =>
+        this.iopf.discardPartialWhere((streamId) => this.instanceOf(streamId) === instance),
+      autoRespond: (streamId: number, pasid: number, ssv: boolean, prgIndex: number) =>
+        this.endpoints.get(streamId)?.prgResponse(pasid, ssv, prgIndex, PRG_SUCCESS),
+      wake: (requester: number) => this.wakeRequester(requester),
+      onError: options.onThreadError,
+    };
+    const configured = options.instances?.length
+      ? options.instances
+      : [{ name: DEFAULT_IOMMU_NAME, priqLog2: DEFAULT_PRIQ_LOG2 }];
+    this.instances = configured.map(
+      (instance, index) =>
+        new IommuInstance(
+          index,
+          {
+            ...instance,
+            iotlbEntries: instance.iotlbEntries ?? options.iotlbEntries,
+            iotlbWays: instance.iotlbWays ?? options.iotlbWays,
+          },
+          wiring,
+        ),
+    );
+    this.iotlb = this.instances[0].iotlb;
     // A PASID without a handler of its own falls back to the RID's: with a nested stream the
     // guest owns the CD table, so every PASID's faults belong to the RID's attachment.
     const handlerFor = (streamId: number, pasid: number) =>
@@ -107,12 +158,54 @@ export class Iommu {
   }
 
   get stats(): TranslationStats {
-    return {
-      ...this.counts,
-      iotlbHits: this.iotlb.stats.hits,
-      iotlbMisses: this.iotlb.stats.misses,
-      invalidations: this.iotlb.stats.invalidations,
-    };
+    let iotlbHits = 0;
+    let iotlbMisses = 0;
+    let invalidations = 0;
+    for (const { iotlb } of this.instances) {
+      iotlbHits += iotlb.stats.hits;
+      iotlbMisses += iotlb.stats.misses;
+      invalidations += iotlb.stats.invalidations;
+    }
+    return { ...this.counts, iotlbHits, iotlbMisses, invalidations };
+  }
+
+  /**
+   * Put a stream behind physical IOMMU `instance` (before its STE is installed); `requester`: the
+   * VM its page requests are attributed to, one of the instance's sharers (call once per VM for a
+   * function shared between VMs).
+   */
+  placeStream(streamId: number, instance: number, requester?: number): void {
+    const target = this.instances[instance];
+    if (!target)
+      throw new RangeError(`no physical IOMMU ${instance} (the host has ${this.instances.length})`);
+    this.placement.set(streamId, target);
+    if (requester === undefined) return;
+    target.requesters.add(requester);
+    let count = 0;
+    for (const i of this.instances) for (const r of i.requesters) count = Math.max(count, r + 1);
+    for (const i of this.instances) i.sizeRequesters(count);
+  }
+
+  /** The physical IOMMU a stream sits behind. */
+  instanceOf(streamId: number): IommuInstance {
+    return this.placement.get(streamId) ?? this.instances[0];
+  }
+
+  /**
+   * Attribute page requests to requesters (`of` a stream and PASID; -1: nobody) for the PRI
+   * queues' noisy-neighbour accounting, and wake a requester's host loop once an IRQ thread has
+   * handed its requests on.
+   */
+  setRequesters(of: (streamId: number, pasid: number) => number, wake: (requester: number) => void): void {
+    this.requesterOf = of;
+    this.wakeRequester = wake;
+  }
+
+  /** Run every IRQ thread now until its PRI queue is empty (teardown, tests). */
+  drainPageRequests(): number {
+    let handled = 0;
+    for (const instance of this.instances) handled += instance.thread.drain();
+    return handled;
   }
 
   /**
@@ -122,14 +215,14 @@ export class Iommu {
    */
   installStream(streamId: number, ctx: Stage1Context): void {
     this.removeStream(streamId);
-    this.streams.set(streamId, { ctx, tag: this.nextTag++ });
+    this.streams.set(streamId, { ctx, tag: this.nextTag++, iotlb: this.instanceOf(streamId).iotlb });
   }
 
   removeStream(streamId: number): void {
     const entry = this.streams.get(streamId);
     if (!entry) return;
     this.streams.delete(streamId);
-    this.iotlb.invalidateDomain(entry.tag);
+    entry.iotlb.invalidateDomain(entry.tag);
     // The STE is gone: its stalled transactions terminate (CMD_STALL_TERM after the switch).
     this.stalls.stallTerm(streamId);
   }
@@ -215,9 +308,9 @@ export class Iommu {
     if (va !== undefined && length !== undefined) {
       const stale = this.bugs.staleTranslation;
       if (stale !== undefined && ++this.rangeInvalidations >= stale) return;
-      this.iotlb.invalidateRange(entry.tag, pasid, va, length);
-    } else if (pasid !== ANY_PASID) this.iotlb.invalidatePasid(entry.tag, pasid);
-    else this.iotlb.invalidateDomain(entry.tag);
+      entry.iotlb.invalidateRange(entry.tag, pasid, va, length);
+    } else if (pasid !== ANY_PASID) entry.iotlb.invalidatePasid(entry.tag, pasid);
+    else entry.iotlb.invalidateDomain(entry.tag);
   }
 
   /** Connect a device's PRI capability so that PRG responses reach it. */
@@ -256,8 +349,9 @@ export class Iommu {
       this.counts.stage1Faults++;
       return false;
     }
-    const page = this.iotlb.lookup(entry.tag, pasid, va);
-    if (page >= 0 && permits(this.iotlb.lastPerm, access)) {
+    const iotlb = entry.iotlb;
+    const page = iotlb.lookup(entry.tag, pasid, va);
+    if (page >= 0 && permits(iotlb.lastPerm, access)) {
       // The IOTLB holds the final host-physical page of both stages.
       const hpa = page + (va % PAGE_SIZE);
       const ctx = entry.ctx;
@@ -269,7 +363,7 @@ export class Iommu {
     }
     this.counts.walks++;
     if (walkStage1(entry.ctx, pasid, va, access, out)) {
-      this.iotlb.insert(entry.tag, pasid, va, out.hpa - (out.hpa % PAGE_SIZE), out.leafPerm);
+      iotlb.insert(entry.tag, pasid, va, out.hpa - (out.hpa % PAGE_SIZE), out.leafPerm);
       return true;
     }
     if (out.stage2) this.counts.stage2Faults++;
@@ -327,9 +421,12 @@ export class Iommu {
     handler(event);
   }
 
-  /** A Page Request Message from a device. */
+  /**
+   * A Page Request Message from a device: into the PRI queue of the IOMMU it sits behind, which
+   * raises its IRQ thread on the empty -> non-empty edge (or discards it under the overflow rule).
+   */
   pageRequest(request: PageRequest): void {
-    this.iopf.report(request);
+    this.instanceOf(request.streamId).priq.write(request, this.requesterOf(request.streamId, request.pasid));
   }
 }
 

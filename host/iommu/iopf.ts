@@ -164,6 +164,21 @@ export class IopfQueue {
     return dropped;
   }
 
+  /**
+   * iopf_queue_discard_partial: drop the partial groups of every stream `behind` accepts (the
+   * devices of one physical IOMMU, after its PRI queue overflowed), without answering them.
+   */
+  discardPartialWhere(behind: (streamId: number) => boolean): number {
+    let dropped = 0;
+    for (const [key, group] of this.partial) {
+      if (!behind(group.streamId)) continue;
+      this.partial.delete(key);
+      this.release(group);
+      dropped++;
+    }
+    return dropped;
+  }
+
   private take(): IopfGroup {
     const group = this.pool.pop() ?? new IopfGroup(this);
     group.count = 0;

@@ -3,6 +3,7 @@
  * later versions add fields and never remove or rename one.
  */
 import type { TranslationStats } from '../iommu/iommu.ts';
+import type { GuestDamage } from './damage.ts';
 import type { Violation } from './invariants.ts';
 
 export interface VmReport {
@@ -25,6 +26,8 @@ export interface VmReport {
   crashReason?: string;
   /** Objects alive in the VM's /dev/iommu: 0 after the run, and at once after a guest's death. */
   iommufdObjects: number;
+  /** What the guest did that no correct driver does, as the host counted it (damage.ts). */
+  damage: GuestDamage;
   pageRequests: number;
   pagesMapped: number;
   dmaCompleted: number;
@@ -60,6 +63,51 @@ export interface VmReport {
   bytesMoved: number;
   /** The VM's iommufd fault queue: groups the VMM read, answered through it, answered INVALID by teardown. */
   faultQueue: { read: number; responded: number; autoResponded: number };
+  /** What sharing physical IOMMUs cost this VM (README: "What the isolation figure means"). */
+  isolation: VmIsolation;
+}
+
+export interface VmIsolation {
+  /** The physical IOMMUs its PRI devices sit behind. */
+  iommus: string[];
+  /**
+   * Its page requests a physical PRI queue discarded during an overflow in which it held less than
+   * its fair share of the full queue (size / VMs sharing it): lost to the others' traffic.
+   */
+  lostToOthers: number;
+  /** Its discarded page requests when it held its fair share or more: its own storm. */
+  lostOwn: number;
+  /**
+   * Its fault round trips, from the first page request to the retry that translated (retries after
+   * an automatic Success included), and how many were timed. A VM with few faults in flight may
+   * starve with its p99 unmoved: the max shows it.
+   */
+  latencyP50Us: number;
+  latencyP99Us: number;
+  latencyMaxUs: number;
+  faultsTimed: number;
+}
+
+/** One physical IOMMU's PRI queue and IRQ thread over the run. */
+export interface PhysicalIommuReport {
+  name: string;
+  priqLog2: number;
+  /** VMs with a PRI device behind it. */
+  vms: string[];
+  written: number;
+  consumed: number;
+  discarded: number;
+  /** Discarded Last entries the queue answered Success. */
+  autoResponded: number;
+  stopMarkersDiscarded: number;
+  overflows: number;
+  /** Overflows the IRQ thread acknowledged once it had drained the queue. */
+  acknowledged: number;
+  highWater: number;
+  /** IRQ thread passes, those that ran in a turn of their own, and partial groups dropped on recovery. */
+  threadPasses: number;
+  deferredPasses: number;
+  partialsDiscarded: number;
 }
 
 export interface RunReport {
@@ -80,7 +128,9 @@ export interface RunReport {
   };
   dma: { ops: number; completed: number; failed: number; bytesVerified: number; unrecoverableFaults: number };
   latencyUs: { p50: number; p99: number; max: number; count: number };
-  /** The physical IOMMU's counters. */
+  /** The physical IOMMUs' counters, summed. */
   iommu: TranslationStats;
+  /** Each physical IOMMU's PRI queue. */
+  physicalIommus: PhysicalIommuReport[];
   invariants: { ok: boolean; violations: Violation[]; counts: Record<string, number> };
 }

@@ -1,18 +1,22 @@
 /**
- * Launch a topology, run its workloads, take it down, and say what happened. The host owns one
- * physical IOMMU; each VM gets its own guest RAM, channel, worker thread, fault queue and devices.
+ * Launch a topology, run its workloads, take it down, and say what happened. The host owns the
+ * physical IOMMUs (one unless the topology lists `iommus`); each VM gets its own guest RAM, channel,
+ * worker thread, fault queue and devices.
  */
 import { type Logger, makeLogger } from '../../shared/logger.ts';
+import type { PciFunction } from '../devices/pci-function.ts';
 import { SharedPri } from '../devices/shared-pri.ts';
 import { Iommu } from '../iommu/iommu.ts';
+import type { PhysicalPriqStats } from '../iommu/physical-queue.ts';
 import { Smmuv3Ops } from '../iommu/smmuv3-ops.ts';
 import { VtdOps } from '../iommu/vtd-ops.ts';
+import { guestDamage } from './damage.ts';
 import { DmaOracle } from './dma-oracle.ts';
 import { InvariantChecker } from './invariants.ts';
 import { LatencyHistogram } from './latency.ts';
 import { type PlantedBugs, parsePlantedBugs } from './plant.ts';
-import type { RunReport } from './report.ts';
-import type { Topology } from './topology.ts';
+import type { PhysicalIommuReport, RunReport, VmIsolation } from './report.ts';
+import { iommuIndexOf, physicalIommus, type Topology } from './topology.ts';
 import { FaultTrace } from './trace.ts';
 import { type DevicePlacement, Vm } from './vm.ts';
 
@@ -65,6 +69,16 @@ export function placeDevices(topology: Topology): DevicePlacement[][] {
   );
 }
 
+/** The oracle, also keeping each VM's fault round trips (its isolation figure's latency). */
+class RunOracle extends DmaOracle {
+  readonly latencyOf = new Map<PciFunction, LatencyHistogram>();
+
+  override faultResolved(device: PciFunction, ms: number): void {
+    super.faultResolved(device, ms);
+    this.latencyOf.get(device)?.recordMs(ms);
+  }
+}
+
 export function vmSeed(runSeed: number | undefined, configured: number, vmIndex: number): number {
   if (runSeed === undefined) return configured;
   return (Math.imul(runSeed ^ 0x5bd1e995, 0x9e3779b1) + vmIndex * 0x632be5ab) >>> 0;
@@ -94,7 +108,8 @@ export class Sandbox {
   private readonly iommu: Iommu;
   private readonly invariants = new InvariantChecker();
   private readonly latency = new LatencyHistogram();
-  private readonly oracle: DmaOracle;
+  private readonly oracle: RunOracle;
+  private readonly vmLatency: LatencyHistogram[];
   private readonly trace: FaultTrace | undefined;
   private readonly vms: Vm[];
   private started = 0;
@@ -106,7 +121,11 @@ export class Sandbox {
     private readonly options: RunOptions = {},
   ) {
     this.log = options.log ?? makeLogger({ side: 'host' });
-    this.iommu = new Iommu(topology.iommu);
+    this.iommu = new Iommu({
+      ...topology.iommu,
+      instances: physicalIommus(topology),
+      onThreadError: (error) => this.threadException(error),
+    });
     this.trace = options.trace ? new FaultTrace() : undefined;
     const plant = options.plant ?? parsePlantedBugs(process.env.IOASID_SANDBOX_PLANT);
     if (Object.keys(plant).length > 0) {
@@ -115,8 +134,10 @@ export class Sandbox {
     }
     const smmu = new Smmuv3Ops(this.iommu);
     const vtd = new VtdOps(this.iommu);
-    this.oracle = new DmaOracle(this.invariants, this.latency);
+    this.oracle = new RunOracle(this.invariants, this.latency);
+    this.vmLatency = topology.vms.map(() => new LatencyHistogram({ digits: 2 }));
     const owners = new Map<number, string>();
+    const requesters = new Map<number, number>();
     const ownerOf = (streamId: number, pasid: number) => owners.get(streamId * 0x10_0000 + pasid);
     const placements = placeDevices(topology);
     this.vms = topology.vms.map(
@@ -146,9 +167,18 @@ export class Sandbox {
       vm.devices.forEach((device, i) => {
         const placement = placements[vm.index][i];
         this.oracle.watch(device, { vm: vm.name, seed: vm.seed });
-        const pasids = vm.config.devices[i].pasids;
-        for (const pasid of placement.ownsRid ? [0, ...pasids] : pasids)
+        this.oracle.latencyOf.set(device, this.vmLatency[vm.index]);
+        const config = vm.config.devices[i];
+        this.iommu.placeStream(
+          device.streamId,
+          iommuIndexOf(topology, config),
+          config.pri ? vm.index : undefined,
+        );
+        const pasids = config.pasids;
+        for (const pasid of placement.ownsRid ? [0, ...pasids] : pasids) {
           owners.set(device.streamId * 0x10_0000 + pasid, vm.name);
+          requesters.set(device.streamId * 0x10_0000 + pasid, vm.index);
+        }
         if (placement.sharedPri) {
           if (placement.ownsRid) this.iommu.bindEndpoint(device.streamId, placement.sharedPri);
         } else {
@@ -157,6 +187,13 @@ export class Sandbox {
         }
       });
     }
+    // A page request is its PASID's owner's (the RID holder's without one of its own); once an IRQ
+    // thread has handed it on, that VM's loop reads its fault queue.
+    this.iommu.setRequesters(
+      (streamId, pasid) =>
+        requesters.get(streamId * 0x10_0000 + pasid) ?? requesters.get(streamId * 0x10_0000) ?? -1,
+      (vm) => this.vms[vm]?.devices[0]?.wake(),
+    );
   }
 
   /** Spawn the guests, install their STEs, start the workloads. */
@@ -230,6 +267,8 @@ export class Sandbox {
       await Promise.all(this.vms.map((vm) => vm.stop(this.options.graceMs ?? DEFAULT_GRACE_MS)));
     }
     await this.teardown();
+    // What the PRI queues still hold reaches the IOPF layer, where teardown left no handler: INVALID.
+    this.iommu.drainPageRequests();
     // Page-request groups and stalled transactions both travel as IOPF groups; none may be left.
     const lost = this.iommu.iopf.pending + this.iommu.stallIopf.pending;
     if (lost > 0) {
@@ -263,6 +302,40 @@ export class Sandbox {
     }
   }
 
+  /** An IRQ thread threw in a turn of its own: counted like a service loop's exception. */
+  private threadException(error: unknown): void {
+    this.invariants.violation({ rule: 'host-exception', detail: (error as Error).stack ?? String(error) });
+    this.log.error({ err: error }, 'a PRI queue IRQ thread threw');
+  }
+
+  /** A VM's share of the physical PRI queues' losses, and its own fault round trips. */
+  private isolationOf(vm: Vm): VmIsolation {
+    const { p50, p99, max, count } = this.vmLatency[vm.index].summary();
+    const behind = this.iommu.instances.filter((i) => i.requesters.has(vm.index));
+    return {
+      iommus: behind.map((i) => i.name),
+      lostToOthers: behind.reduce((n, i) => n + i.priq.lostToOthers(vm.index), 0),
+      lostOwn: behind.reduce((n, i) => n + i.priq.lostOwn(vm.index), 0),
+      // HDR reports a bucket's highest equivalent value; no percentile is above the max recorded.
+      latencyP50Us: Math.min(p50, max),
+      latencyP99Us: Math.min(p99, max),
+      latencyMaxUs: max,
+      faultsTimed: count,
+    };
+  }
+
+  private physicalIommuReport(): PhysicalIommuReport[] {
+    return this.iommu.instances.map((i) => ({
+      name: i.name,
+      priqLog2: i.priq.log2Size,
+      vms: [...i.requesters].map((r) => this.vms[r].name),
+      ...i.priq.stats,
+      threadPasses: i.thread.stats.passes,
+      deferredPasses: i.thread.stats.deferredPasses,
+      partialsDiscarded: i.thread.stats.partialsDiscarded,
+    }));
+  }
+
   private async teardown(): Promise<void> {
     if (this.state === 'stopped') return;
     await Promise.all(this.vms.map((vm) => vm.shutdown()));
@@ -276,6 +349,7 @@ export class Sandbox {
     const sum = (f: (vm: Vm) => number) => vms.reduce((n, vm) => n + f(vm), 0);
     const sumDevices = (f: (d: Vm['devices'][number]) => number) =>
       sum((vm) => vm.devices.reduce((n, d) => n + f(d), 0));
+    const priq = (key: keyof PhysicalPriqStats) => iommu.instances.reduce((n, i) => n + i.priq.stats[key], 0);
     return {
       topology: topology.name,
       routing: topology.routing,
@@ -299,6 +373,7 @@ export class Sandbox {
         dmaOps: vm.devices.reduce((n, d) => n + d.stats.ops, 0),
         crashed: vm.crashed,
         iommufdObjects: vm.registry.objectCount,
+        damage: guestDamage(vm.model),
         ...(vm.crashReason ? { crashReason: vm.crashReason } : {}),
         pageRequests: vm.devices.reduce((n, d) => n + d.stats.pageRequests, 0),
         pagesMapped: vm.guestStats?.pagesMapped ?? 0,
@@ -326,16 +401,19 @@ export class Sandbox {
           responded: vm.registry.fault.stats.responded,
           autoResponded: vm.registry.fault.stats.autoResponded,
         },
+        isolation: this.isolationOf(vm),
       })),
+      // A group whose Last a physical PRI queue discarded was raised, and answered Success by it.
       faults: {
-        raised: iommu.iopf.stats.groups + iommu.stallIopf.iopf.stats.groups,
+        raised: iommu.iopf.stats.groups + iommu.stallIopf.iopf.stats.groups + priq('autoResponded'),
         delivered: sum((vm) => vm.model.stats.delivered + vm.model.stats.stallsDelivered),
         responded: sum((vm) => vm.model.stats.guestAnswered),
         autoResponded:
           sum((vm) => vm.model.stats.autoResponded + vm.registry.fault.stats.autoResponded) +
           iommu.iopf.stats.answeredWithoutHandler +
-          iommu.stallIopf.iopf.stats.answeredWithoutHandler,
-        dropped: sum((vm) => vm.model.stats.dropped),
+          iommu.stallIopf.iopf.stats.answeredWithoutHandler +
+          priq('autoResponded'),
+        dropped: sum((vm) => vm.model.stats.dropped) + priq('discarded'),
         lost,
       },
       dma: {
@@ -347,6 +425,7 @@ export class Sandbox {
       },
       latencyUs: latency.summary(),
       iommu: iommu.stats,
+      physicalIommus: this.physicalIommuReport(),
       invariants: {
         ok: invariants.ok,
         violations: invariants.violations,

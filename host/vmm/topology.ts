@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { isNode, LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
 import { MISBEHAVIOURS } from '../../shared/control.ts';
+import { DEFAULT_IOMMU_NAME, DEFAULT_PRIQ_LOG2 } from '../iommu/iommu-instance.ts';
 
 const name = z
   .string()
@@ -74,6 +75,11 @@ export const DeviceSchema = z
       .optional()
       .describe(
         'a physical function shared between VMs: each VM listing it drives its own interface with its own PASIDs; the first VM to list it holds the RID',
+      ),
+    iommu: name
+      .optional()
+      .describe(
+        `the physical IOMMU (a name from \`iommus\`) the device sits behind; default the first (without \`iommus\`: ${DEFAULT_IOMMU_NAME})`,
       ),
   })
   .strict()
@@ -202,6 +208,24 @@ export const IommuSchema = z
     path: ['iotlbWays'],
   });
 
+export const PhysicalIommuSchema = z
+  .object({
+    name,
+    priqLog2: log2(1, 19).describe(
+      'the physical PRI queue, shared by every device behind this IOMMU: 2^n entries (SMMUv3 PRIQ rules)',
+    ),
+    evtqLog2: log2(1, 19)
+      .optional()
+      .describe('the physical event queue: 2^n entries (accepted; the host event path is not modelled yet)'),
+    iotlbEntries: pow2(1, 1 << 20)
+      .optional()
+      .describe("IOTLB entries (a power of two; default the `iommu` section's)"),
+    iotlbWays: pow2(1, 64)
+      .optional()
+      .describe("IOTLB associativity (a power of two, at most the entries; default the `iommu` section's)"),
+  })
+  .strict();
+
 export const TopologySchema = z
   .object({
     name,
@@ -212,7 +236,15 @@ export const TopologySchema = z
       .describe(
         'how queue records and interrupts travel between host and guests: shared-memory rings with Atomics, or postMessage',
       ),
-    iommu: IommuSchema.default({ iotlbEntries: 4096, iotlbWays: 4 }).describe('the physical IOMMU'),
+    iommu: IommuSchema.default({ iotlbEntries: 4096, iotlbWays: 4 }).describe(
+      `the physical IOMMU (without \`iommus\`: the only one, ${DEFAULT_IOMMU_NAME}, with a 2^${DEFAULT_PRIQ_LOG2}-entry PRI queue); with \`iommus\`, their default IOTLB`,
+    ),
+    iommus: z
+      .array(PhysicalIommuSchema)
+      .min(1)
+      .max(16)
+      .optional()
+      .describe("the host's physical IOMMUs; each device sits behind one (its `iommu`, default the first)"),
     vms: z.array(VmSchema).min(1).max(64),
     spinNs: z
       .number()
@@ -238,14 +270,48 @@ export const TopologySchema = z
       if (names.indexOf(n) !== i)
         ctx.addIssue({ code: 'custom', path: ['vms', i, 'name'], message: `duplicate VM name "${n}"` });
     });
-    checkSharedFunctions(t.vms, ctx);
+    checkSharedFunctions(t.vms, ctx, t.iommus?.[0].name ?? DEFAULT_IOMMU_NAME);
+    checkPhysicalIommus(t, ctx);
   });
 
+/** IOMMU names are distinct, every device names one that exists, and each IOTLB's ways fit its entries. */
+function checkPhysicalIommus(
+  t: { iommu: { iotlbEntries: number; iotlbWays: number }; iommus?: PhysicalIommuInput[]; vms: VmConfig[] },
+  ctx: z.RefinementCtx,
+): void {
+  const names = t.iommus?.map((i) => i.name) ?? [DEFAULT_IOMMU_NAME];
+  t.iommus?.forEach((i, n) => {
+    if (names.indexOf(i.name) !== n)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['iommus', n, 'name'],
+        message: `duplicate IOMMU name "${i.name}"`,
+      });
+    if ((i.iotlbWays ?? t.iommu.iotlbWays) > (i.iotlbEntries ?? t.iommu.iotlbEntries))
+      ctx.addIssue({
+        code: 'custom',
+        path: ['iommus', n, 'iotlbWays'],
+        message: 'expected iotlbWays <= iotlbEntries',
+      });
+  });
+  t.vms.forEach((vm, v) => {
+    vm.devices.forEach((d, i) => {
+      if (d.iommu !== undefined && !names.includes(d.iommu))
+        ctx.addIssue({
+          code: 'custom',
+          path: ['vms', v, 'devices', i, 'iommu'],
+          message: `no physical IOMMU named "${d.iommu}" (${t.iommus ? "the topology's `iommus` are" : 'without `iommus` the only one is'} ${names.map((n) => `"${n}"`).join(', ')})`,
+        });
+    });
+  });
+}
+
 /**
- * Interfaces on one shared function: the same PRI configuration, PASIDs that no two VMs share, and
- * at least one PASID for every interface but the RID holder's (it has no address space otherwise).
+ * Interfaces on one shared function: the same PRI configuration and physical IOMMU, PASIDs that no
+ * two VMs share, and at least one PASID for every interface but the RID holder's (it has no address
+ * space otherwise).
  */
-function checkSharedFunctions(vms: readonly VmConfig[], ctx: z.RefinementCtx): void {
+function checkSharedFunctions(vms: readonly VmConfig[], ctx: z.RefinementCtx, firstIommu: string): void {
   const first = new Map<string, DeviceConfig>();
   const pasidOwner = new Map<string, string>();
   vms.forEach((vm, v) => {
@@ -260,6 +326,12 @@ function checkSharedFunctions(vms: readonly VmConfig[], ctx: z.RefinementCtx): v
             code: 'custom',
             path: [...path, 'priCredits'],
             message: `every interface on function "${d.function}" needs the same pri and priCredits (one PRI capability)`,
+          });
+        if ((owner.iommu ?? firstIommu) !== (d.iommu ?? firstIommu))
+          ctx.addIssue({
+            code: 'custom',
+            path: [...path, 'iommu'],
+            message: `every interface on function "${d.function}" sits behind the same physical IOMMU (one RID)`,
           });
         if (d.pasids.length === 0)
           ctx.addIssue({
@@ -286,6 +358,39 @@ function checkSharedFunctions(vms: readonly VmConfig[], ctx: z.RefinementCtx): v
 export type Topology = z.infer<typeof TopologySchema>;
 export type VmConfig = Topology['vms'][number];
 export type DeviceConfig = VmConfig['devices'][number];
+type PhysicalIommuInput = z.infer<typeof PhysicalIommuSchema>;
+
+/** A physical IOMMU with its defaults resolved. */
+export interface PhysicalIommuConfig {
+  name: string;
+  priqLog2: number;
+  evtqLog2?: number;
+  iotlbEntries: number;
+  iotlbWays: number;
+}
+
+/**
+ * The host's physical IOMMUs: `iommus`, or without it the one the `iommu` section describes
+ * (named iommu0, with a PRI queue no topology's credits can fill).
+ */
+export function physicalIommus(t: Topology): PhysicalIommuConfig[] {
+  const { iotlbEntries, iotlbWays } = t.iommu;
+  if (!t.iommus) return [{ name: DEFAULT_IOMMU_NAME, priqLog2: DEFAULT_PRIQ_LOG2, iotlbEntries, iotlbWays }];
+  return t.iommus.map((i) => ({
+    ...i,
+    iotlbEntries: i.iotlbEntries ?? iotlbEntries,
+    iotlbWays: i.iotlbWays ?? iotlbWays,
+  }));
+}
+
+/** Index in `physicalIommus(t)` of the IOMMU a device sits behind. */
+export function iommuIndexOf(t: Topology, device: DeviceConfig): number {
+  if (device.iommu === undefined || !t.iommus) return 0;
+  return Math.max(
+    0,
+    t.iommus.findIndex((i) => i.name === device.iommu),
+  );
+}
 
 export class TopologyError extends Error {
   override readonly name = 'TopologyError';

@@ -1,0 +1,69 @@
+/**
+ * One physical IOMMU of the host: its IOTLB, its PRI queue shared by every device behind it, and
+ * the host driver's IRQ thread that drains that queue into the IOPF layer. The Iommu model holds
+ * every instance of the host; each stream sits behind one (Iommu.placeStream).
+ */
+import { Iotlb } from './iotlb.ts';
+import type { PageRequest } from './page-request.ts';
+import { type AutoResponder, PhysicalPriQueue } from './physical-queue.ts';
+import { PriqThread } from './priq-thread.ts';
+
+/** Big enough that no topology's outstanding page requests (its PRI credits) can fill it. */
+export const DEFAULT_PRIQ_LOG2 = 12;
+export const DEFAULT_IOMMU_NAME = 'iommu0';
+
+export interface IommuInstanceOptions {
+  name: string;
+  /** The physical PRI queue: 2^priqLog2 entries. */
+  priqLog2: number;
+  /** The physical event queue's size; not modelled yet (events go straight to their handler). */
+  evtqLog2?: number;
+  iotlbEntries?: number;
+  iotlbWays?: number;
+}
+
+/** What an instance needs from the Iommu model that holds it. */
+export interface IommuInstanceWiring {
+  /** Entries the IRQ thread handles per event-loop turn (default: one queue's worth). */
+  weight?: number;
+  report(r: PageRequest): void;
+  /** Drop the IOPF layer's partial groups of the streams behind `instance`. */
+  discardPartial(instance: IommuInstance): number;
+  autoRespond: AutoResponder;
+  wake(requester: number): void;
+  onError?(error: unknown): void;
+}
+
+export class IommuInstance {
+  readonly name: string;
+  readonly iotlb: Iotlb;
+  readonly priq: PhysicalPriQueue;
+  readonly thread: PriqThread;
+  readonly evtqLog2: number | undefined;
+  /** Requesters (the sandbox's VMs) with a PRI device behind this IOMMU. */
+  readonly requesters = new Set<number>();
+
+  constructor(
+    readonly index: number,
+    options: IommuInstanceOptions,
+    wiring: IommuInstanceWiring,
+  ) {
+    this.name = options.name;
+    this.evtqLog2 = options.evtqLog2;
+    this.iotlb = new Iotlb(options.iotlbEntries ?? 4096, options.iotlbWays ?? 4);
+    this.priq = new PhysicalPriQueue(options.priqLog2, wiring.autoRespond);
+    this.thread = new PriqThread(this.priq, {
+      weight: wiring.weight ?? this.priq.size,
+      report: wiring.report,
+      discardPartial: () => wiring.discardPartial(this),
+      wake: wiring.wake,
+      onError: wiring.onError,
+    });
+  }
+
+  /** Attribution arrays for requesters 0..count-1. */
+  sizeRequesters(count: number): void {
+    this.priq.setRequesters(count, this.requesters.size);
+    this.thread.setRequesters(count);
+  }
+}
