@@ -63,10 +63,12 @@ function group(
     addresses: Float64Array.from(requests, (r) => r.addr),
     accesses: Uint8Array.from(requests, (r) => r.perm),
     attachment: opts.attachment ?? attachmentA,
+    generation: 0,
     answers,
     respond(code: number) {
       if (answers.length > 0) throw new Error(`group ${grpid} answered twice (${answers[0]}, then ${code})`);
       answers.push(code);
+      return true;
     },
   };
 }
@@ -409,7 +411,16 @@ describe('FAULT object', () => {
     expect(groupCookies(readRecords(fd, 1))).toEqual([1]); // b2 takes the freed lowest cookie
     expect(fd.write(responses([2, 0], [1, 0]))).toBe(16);
     expect(fault.autoRespond(attachmentA)).toBe(0);
-    expect(fault.stats).toEqual({ reported: 5, read: 4, responded: 2, autoResponded: 3 });
+    expect(fault.stats).toEqual({
+      reported: 5,
+      read: 4,
+      responded: 2,
+      autoResponded: 3,
+      refusedResponses: 2,
+      lateResponses: 0,
+      revoked: 0,
+      staleTouches: 0,
+    });
   });
 
   test('destroy answers every remaining group INVALID', () => {

@@ -110,6 +110,8 @@ export interface PciFunctionStats {
   injectedEvents: number;
   /** Bytes the DMA engine moved between guest memory and its buffer. */
   bytesMoved: number;
+  /** PRG responses that arrived after PRI was disabled (ignored; a teardown answered too late). */
+  responsesAfterDisable: number;
 }
 
 export class PciFunction implements PriEndpoint, StallEndpoint {
@@ -133,6 +135,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     injected: 0,
     injectedEvents: 0,
     bytesMoved: 0,
+    responsesAfterDisable: 0,
   };
 
   private readonly sharedPri: SharedPri | undefined;
@@ -228,6 +231,10 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
   }
 
   prgResponse(pasid: number, _ssv: boolean, prgIndex: number, code: number): void {
+    if (!this.pri.enabled && this.hasPri) {
+      this.stats.responsesAfterDisable++;
+      return;
+    }
     if (!this.pri.complete(prgIndex, code === PRG_FAILURE)) return;
     this.tracer?.answered(prgIndex);
     const op = this.prgOp[prgIndex];
@@ -249,6 +256,11 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     }
     // A retry is ready, a completion is written, or a credit came back for a waiting op.
     this.wake();
+  }
+
+  /** PRI Enable cleared (the host unbound the function): no page request is sent any more. */
+  disablePri(): void {
+    this.pri.enabled = false;
   }
 
   /**

@@ -126,6 +126,14 @@ export interface IommuOps {
   ): InvalidateResult;
   /** Route the page requests of (device, RID or PASID) to `handler`; undefined stops routing. */
   setIopfHandler(device: IommuDevice, pasid: number | undefined, handler: IopfHandler | undefined): void;
+  /**
+   * iopf_queue_flush_dev: make every page request of (device, RID or PASID; the RID means all its
+   * PASIDs) that is on its way reach the IOPF layer now (the physical queue, an entry the IRQ
+   * thread holds) and drop its partial groups. Never fails.
+   */
+  flushFaults(device: IommuDevice, pasid: number | undefined): void;
+  /** The device left iommufd: disable its PRI once nothing else routes its faults. Never fails. */
+  disablePri(device: IommuDevice): void;
 }
 
 export interface InvalidationFormat {

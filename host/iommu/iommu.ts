@@ -201,6 +201,25 @@ export class Iommu {
     this.wakeRequester = wake;
   }
 
+  /**
+   * A teardown's flush for (stream, PASID; undefined: every PASID of it): the IRQ thread of the
+   * stream's IOMMU hands on the entry it holds and everything its queue holds (each reaches the
+   * IOPF layer and its route of the moment), then the stream's partial groups are dropped.
+   */
+  flushFaults(streamId: number, pasid: number | undefined): void {
+    this.instanceOf(streamId).thread.flush();
+    this.iopf.flushPartial(streamId, pasid);
+  }
+
+  /**
+   * The device left iommufd (unbind): disable its PRI, unless some attachment still routes the
+   * stream's faults (a function whose PASIDs another VM holds).
+   */
+  disablePri(streamId: number): void {
+    for (const key of this.handlers.keys()) if (streamOfKey(key) === streamId) return;
+    this.endpoints.get(streamId)?.disablePri?.();
+  }
+
   /** Run every IRQ thread now until its PRI queue is empty (teardown, tests). */
   drainPageRequests(): number {
     let handled = 0;
@@ -296,7 +315,7 @@ export class Iommu {
   /** Planted misroute: the handler of some other stream, if any. */
   private otherHandler(streamId: number): IopfHandler | undefined {
     for (const [key, handler] of this.handlers) {
-      if (Math.floor(key / 0x10_0001) !== streamId) return handler;
+      if (streamOfKey(key) !== streamId) return handler;
     }
     return undefined;
   }
@@ -442,4 +461,8 @@ const RID = -1;
 
 function handlerKey(streamId: number, pasid: number | undefined): number {
   return streamId * 0x10_0001 + (pasid ?? RID) + 1;
+}
+
+function streamOfKey(key: number): number {
+  return Math.floor(key / 0x10_0001);
 }

@@ -5,7 +5,12 @@
  * (no handler: INVALID at once); an answer to a group that was already answered is a counted no-op.
  *
  * Groups are pooled objects. A holder keeps (group, generation): once the group is answered and
- * reused, the generation moves on and a stale holder is detected, never silently served.
+ * reused, the generation moves on and a stale holder is detected, never silently served. At any
+ * time a group has one owner: the partial list, the handler it was handed to (the fault object),
+ * or the pool once answered.
+ *
+ * Teardown (flushPartial) and deadlines (expire) are the two ways the layer takes groups back
+ * from where they wait; see fault-queues.md 5 and the README's "Teardown" section.
  */
 import { MAX_GROUP_REQUESTS, type PageRequest, PRG_INVALID, type PriEndpoint } from './page-request.ts';
 
@@ -25,6 +30,8 @@ export class IopfGroup {
   count = 0;
   answered = true;
   raisedAt = 0;
+  /** The handler the group was handed to, until it is answered. */
+  holder: IopfHandler | undefined;
 
   constructor(private readonly queue: IopfQueue) {}
 
@@ -36,9 +43,12 @@ export class IopfGroup {
     return this.prgIndex;
   }
 
-  /** Answer this group (its current generation) once; see IopfQueue.respond. */
-  respond(code: number): void {
-    this.queue.respond(this, this.generation, code);
+  /**
+   * Answer this group once; see IopfQueue.respond. A holder passes the generation it was handed:
+   * an answer to a group that was answered and reused meanwhile is refused and counted.
+   */
+  respond(code: number, generation = this.generation): boolean {
+    return this.queue.respond(this, generation, code);
   }
 }
 
@@ -47,6 +57,11 @@ const NO_ATTACHMENT = Object.freeze({});
 /** Whoever owns an address space's faults: an iommufd fault object, in the end. */
 export interface IopfHandler {
   handleGroup(group: IopfGroup): void;
+  /**
+   * The IOPF layer takes `group` back (its deadline passed and it will be answered INVALID): forget
+   * it without answering. Only called for a group this handler holds, unanswered.
+   */
+  revoke?(group: IopfGroup): void;
 }
 
 export interface IopfStats {
@@ -56,8 +71,15 @@ export interface IopfStats {
   groups: number;
   answered: number;
   answeredWithoutHandler: number;
+  /** Answers refused: the group was already answered (a stale generation is one kind). */
   duplicateAnswers: number;
+  /** Refused answers that named a generation the group had moved past: a freed group touched. */
+  staleAnswers: number;
   partialOverflow: number;
+  /** Partial groups dropped by a teardown's flush (their Last, if it comes, starts a new group). */
+  partialsFlushed: number;
+  /** Groups whose response deadline passed: taken from their holder and answered INVALID. */
+  timeouts: number;
 }
 
 export function accessBits(r: PageRequest): number {
@@ -72,9 +94,25 @@ export class IopfQueue {
     answered: 0,
     answeredWithoutHandler: 0,
     duplicateAnswers: 0,
+    staleAnswers: 0,
     partialOverflow: 0,
+    partialsFlushed: 0,
+    timeouts: 0,
   };
+  /** Milliseconds a handed-over group may wait for its answer (0: forever). */
+  deadlineMs = 0;
+  /** Sees every request of every complete group (the re-fault gauge). */
+  observer: ((streamId: number, pasid: number, address: number) => void) | undefined;
   private readonly pool: IopfGroup[] = [];
+  /**
+   * Groups under a deadline, oldest first: deadlines are raise time + one constant, so a FIFO is
+   * in deadline order. A ring of (group, generation, deadline) that grows by doubling.
+   */
+  private dlGroups: (IopfGroup | undefined)[] = new Array(64);
+  private dlGeneration = new Float64Array(64);
+  private dlAt = new Float64Array(64);
+  private dlHead = 0;
+  private dlCount = 0;
   /** Open (partial) groups by streamId * 512 + PRG index. */
   private readonly partial = new Map<number, IopfGroup>();
   private outstanding = 0;
@@ -122,12 +160,19 @@ export class IopfQueue {
     this.stats.groups++;
     this.outstanding++;
     group.answered = false;
+    const observer = this.observer;
+    if (observer) {
+      for (let i = 0; i < group.count; i++) observer(group.streamId, group.pasid, group.addresses[i]);
+    }
     const handler = this.handlerFor(group.streamId, group.pasid);
     if (!handler) {
       this.stats.answeredWithoutHandler++;
       this.respond(group, group.generation, PRG_INVALID);
       return;
     }
+    const generation = group.generation;
+    group.holder = handler;
+    if (this.deadlineMs > 0) this.pushDeadline(group, generation, group.raisedAt + this.deadlineMs);
     handler.handleGroup(group);
   }
 
@@ -138,6 +183,7 @@ export class IopfQueue {
   respond(group: IopfGroup, generation: number, code: number): boolean {
     if (group.answered || group.generation !== generation) {
       this.stats.duplicateAnswers++;
+      if (group.generation !== generation) this.stats.staleAnswers++;
       return false;
     }
     group.answered = true;
@@ -179,6 +225,80 @@ export class IopfQueue {
     return dropped;
   }
 
+  /**
+   * A teardown's flush (iopf_queue_flush_dev): drop the partial groups of (stream, PASID), or of
+   * every PASID of the stream when `pasid` is undefined, without answering them. Returns the count.
+   */
+  flushPartial(streamId: number, pasid: number | undefined): number {
+    let dropped = 0;
+    for (const [key, group] of this.partial) {
+      if (group.streamId !== streamId || (pasid !== undefined && group.pasid !== pasid)) continue;
+      this.partial.delete(key);
+      this.release(group);
+      dropped++;
+    }
+    this.stats.partialsFlushed += dropped;
+    return dropped;
+  }
+
+  /** Partial groups parked now. */
+  get partialCount(): number {
+    return this.partial.size;
+  }
+
+  /**
+   * Answer INVALID every handed-over group whose deadline is at or before `now` and is still
+   * unanswered (an `iopf-timeout`), after taking it back from its holder. Returns how many.
+   */
+  expire(now: number): number {
+    let expired = 0;
+    while (this.dlCount > 0 && this.dlAt[this.dlHead] <= now) {
+      const group = this.dlGroups[this.dlHead] as IopfGroup;
+      const generation = this.dlGeneration[this.dlHead];
+      this.dlGroups[this.dlHead] = undefined;
+      this.dlHead = (this.dlHead + 1) % this.dlGroups.length;
+      this.dlCount--;
+      if (group.answered || group.generation !== generation) continue;
+      group.holder?.revoke?.(group);
+      if (this.respond(group, generation, PRG_INVALID)) {
+        this.stats.timeouts++;
+        expired++;
+      }
+    }
+    return expired;
+  }
+
+  /** The earliest pending deadline (Infinity: none). */
+  get nextDeadline(): number {
+    return this.dlCount > 0 ? this.dlAt[this.dlHead] : Number.POSITIVE_INFINITY;
+  }
+
+  private pushDeadline(group: IopfGroup, generation: number, at: number): void {
+    if (this.dlCount === this.dlGroups.length) this.growDeadlines();
+    const slot = (this.dlHead + this.dlCount) % this.dlGroups.length;
+    this.dlGroups[slot] = group;
+    this.dlGeneration[slot] = generation;
+    this.dlAt[slot] = at;
+    this.dlCount++;
+  }
+
+  private growDeadlines(): void {
+    const size = this.dlGroups.length;
+    const groups: (IopfGroup | undefined)[] = new Array(size * 2);
+    const generation = new Float64Array(size * 2);
+    const at = new Float64Array(size * 2);
+    for (let i = 0; i < this.dlCount; i++) {
+      const from = (this.dlHead + i) % size;
+      groups[i] = this.dlGroups[from];
+      generation[i] = this.dlGeneration[from];
+      at[i] = this.dlAt[from];
+    }
+    this.dlGroups = groups;
+    this.dlGeneration = generation;
+    this.dlAt = at;
+    this.dlHead = 0;
+  }
+
   private take(): IopfGroup {
     const group = this.pool.pop() ?? new IopfGroup(this);
     group.count = 0;
@@ -189,6 +309,7 @@ export class IopfQueue {
 
   private release(group: IopfGroup): void {
     group.generation++;
+    group.holder = undefined;
     this.pool.push(group);
   }
 }

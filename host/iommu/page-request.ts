@@ -43,4 +43,6 @@ export function newPageRequest(): PageRequest {
 /** The side of a device that takes PRG responses (its PRI capability). */
 export interface PriEndpoint {
   prgResponse(pasid: number, ssv: boolean, prgIndex: number, code: number): void;
+  /** PRI Enable cleared: no more page requests; a response arriving later is ignored and counted. */
+  disablePri?(): void;
 }

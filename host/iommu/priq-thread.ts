@@ -11,6 +11,12 @@
  * hop; past it the rest waits for its next turn (setImmediate), and devices that outpace it fill
  * the queue, as they do when a real IRQ thread falls behind. `drain()` runs it at once, whatever
  * the budget.
+ *
+ * Teardown synchronises with the thread through `flush()` (the SMMUv3 fix that drains the hardware
+ * queue, the running thread and the IOPF work before a domain switch): the entry the thread has
+ * consumed but not handed on yet goes first, then the rest of the queue, even from inside the
+ * thread's own pass. `mask()` holds the interrupt (the thread not scheduled yet) so that tests can
+ * leave entries in the queue, and `onHolding` runs code at the moment the thread holds an entry.
  */
 import { decodePriqEntry, newPriqEntry } from '../../shared/records/priq-entry.ts';
 import { newPageRequest, type PageRequest } from './page-request.ts';
@@ -42,6 +48,15 @@ export class PriqThread {
   private budget: number;
   private refillPending = false;
   private running = false;
+  /** The thread consumed `request` from the queue and has not handed it on yet. */
+  private holding = false;
+  private masked = false;
+  private latched = false;
+  /**
+   * Runs while the thread holds an entry it consumed and has not handed on (tests place a
+   * teardown there: stage "being drained").
+   */
+  onHolding: ((request: Readonly<PageRequest>) => void) | undefined;
   private readonly entry = newPriqEntry();
   private readonly request = newPageRequest();
   /** Requesters whose entries this pass handed on, to wake once at its end. */
@@ -72,8 +87,41 @@ export class PriqThread {
     return this.pass(limit, false);
   }
 
+  /**
+   * Synchronise with the thread, for a teardown: hand on the entry it holds, then everything in
+   * the queue, masked or not; from inside the thread's own pass too (that pass then finds the
+   * queue empty). Returns the entries handed on.
+   */
+  flush(): number {
+    let handled = 0;
+    if (this.holding) {
+      this.holding = false;
+      this.options.report(this.request);
+      handled++;
+    }
+    if (this.running) return handled + this.consume(Number.POSITIVE_INFINITY);
+    return handled + this.pass(Number.POSITIVE_INFINITY, false);
+  }
+
+  /** Hold the interrupt: edges are latched, not served, until unmask(). */
+  mask(): void {
+    this.masked = true;
+  }
+
+  unmask(): void {
+    this.masked = false;
+    if (this.latched || !this.queue.empty || this.queue.overflowActive) {
+      this.latched = false;
+      this.interrupt();
+    }
+  }
+
   /** The queue's interrupt: run now within this turn's budget, else in the next turn. */
   private interrupt(): void {
+    if (this.masked) {
+      this.latched = true;
+      return;
+    }
     if (this.running) return;
     if (this.budget > 0) this.pass(this.budget, true);
     else this.scheduleRefill();
@@ -119,6 +167,13 @@ export class PriqThread {
       r.last = e.last;
       handled++;
       this.touch(q.requesterOfLast);
+      if (this.onHolding) {
+        this.holding = true;
+        this.onHolding(r);
+        // A flush from inside the hook handed the entry on already.
+        if (!this.holding) continue;
+        this.holding = false;
+      }
       this.options.report(r);
     }
     return handled;
@@ -134,7 +189,7 @@ export class PriqThread {
   private readonly refill = (): void => {
     this.refillPending = false;
     this.budget = this.options.weight;
-    if (this.running || (this.queue.empty && !this.queue.overflowActive)) return;
+    if (this.masked || this.running || (this.queue.empty && !this.queue.overflowActive)) return;
     this.stats.deferredPasses++;
     try {
       this.pass(this.budget, true);

@@ -315,4 +315,12 @@ export class VtdOps implements IommuOps, Stage2Owner {
   setIopfHandler(device: IommuDevice, pasid: number | undefined, handler: IopfHandler | undefined): void {
     this.iommu.setFaultHandler(device.streamId, pasid, handler);
   }
+
+  flushFaults(device: IommuDevice, pasid: number | undefined): void {
+    this.iommu.flushFaults(device.streamId, pasid);
+  }
+
+  disablePri(device: IommuDevice): void {
+    this.iommu.disablePri(device.streamId);
+  }
 }

@@ -3,6 +3,11 @@
  * attached by RID or by PASID to an IOAS (through an automatic paging domain) or a HWPT. Each
  * attachment holds its HWPT and the DEVICE. Detach and replace answer every page-request group of
  * the ended attachment INVALID; removal never fails.
+ *
+ * Ending an attachment follows the agreed teardown order: stop routing new page requests to it,
+ * flush what is on its way (the physical PRI queue, a request the IRQ thread holds, partial
+ * groups), answer INVALID every group the fault object holds for it, and only then switch or
+ * block the domain. Unbinding the device then disables its PRI.
  */
 import type { IommuDevice } from '../iommu/iommu-ops.ts';
 import type { IopfGroup, IopfHandler } from '../iommu/iopf.ts';
@@ -33,6 +38,19 @@ export class Attachment implements IopfHandler {
     group.attachment = this;
     fault.report(group);
   }
+
+  revoke(group: IopfGroup): void {
+    this.hwpt.fault?.revoke(group);
+  }
+}
+
+/**
+ * The first steps of ending an attachment: no new group is routed to it, and every request
+ * already on its way is flushed out (answered INVALID for want of a route, or dropped as partial).
+ */
+function quiesce(device: DeviceObject, pasid: number | undefined): void {
+  device.hw.ops.setIopfHandler(device.hw, pasid, undefined);
+  device.hw.ops.flushFaults(device.hw, pasid);
 }
 
 export class DeviceObject extends IommufdObject {
@@ -220,9 +238,12 @@ export function replaceDevice(
     return old.hwpt.id;
   }
   const { hwpt, created } = resolveHwpt(ctx, device, pt, pasid);
+  // A request raised under the old domain must not reach the new one's fault queue.
+  quiesce(device, pasid);
   try {
     bindTo(device, pasid, hwpt, old);
   } catch (error) {
+    device.hw.ops.setIopfHandler(device.hw, pasid, old.hwpt.fault ? old : undefined);
     if (created) ctx.table.remove(hwpt);
     throw error;
   }
@@ -234,7 +255,7 @@ export function replaceDevice(
 export function detachDevice(ctx: AttachContext, device: DeviceObject, pasid: number | undefined): void {
   const attachment = device.attachment(pasid);
   if (!attachment) return;
-  device.hw.ops.setIopfHandler(device.hw, pasid, undefined);
+  quiesce(device, pasid);
   device.hw.ops.detach(device.hw, pasid);
   device.attachments.delete(pasid ?? -1);
   if (pasid === undefined) ioasOf(attachment.hwpt).removeReserved(attachment);

@@ -7,6 +7,10 @@
  * when a group is read, not when it arrives, lowest free value from 1 (the kernel's XA_FLAGS_ALLOC1
  * xarray). Every group is answered exactly once: by userspace through write(), or INVALID on its
  * behalf when its attachment ends or the object is destroyed.
+ *
+ * Groups are pooled by the IOMMU core, so the object keeps the generation each group had when it
+ * arrived and checks it at every touch: a group that was freed behind the object's back (the 2026
+ * detach race: one group on two lists) is counted in `staleTouches` and never read or answered.
  */
 import { IommufdError } from './errors.ts';
 import {
@@ -46,8 +50,13 @@ export interface FaultGroup {
   readonly accesses: Uint8Array;
   /** Identity of the (device, pasid) attachment that raised it. */
   readonly attachment: object;
-  /** Send the response to the device; the FAULT object calls it exactly once per group. */
-  respond(code: number): void;
+  /** Moves on each time the (pooled) group is answered and reused. */
+  readonly generation: number;
+  /**
+   * Send the response to the device for the group as it was at `generation`; the FAULT object
+   * calls it at most once per group. False when the group had moved on (nothing sent).
+   */
+  respond(code: number, generation: number): boolean;
 }
 
 export interface FaultStats {
@@ -59,6 +68,17 @@ export interface FaultStats {
   responded: number;
   /** Groups answered INVALID on userspace's behalf: attachment ended, or object destroyed. */
   autoResponded: number;
+  /** Responses refused because no group awaits their cookie (late: answered meanwhile; or bogus). */
+  refusedResponses: number;
+  /**
+   * Responses accepted whose group a teardown answered INVALID while the response was being
+   * applied: not sent (a silent, counted no-op).
+   */
+  lateResponses: number;
+  /** Groups taken back by the IOMMU core because their response deadline passed. */
+  revoked: number;
+  /** Touches of a held group whose generation had moved on: must stay 0 (the oracle). */
+  staleTouches: number;
 }
 
 /** The fd returned by IOMMU_FAULT_QUEUE_ALLOC. */
@@ -89,11 +109,30 @@ export interface FaultTracer {
 
 export class FaultObject extends IommufdObject {
   readonly type = 'FAULT';
-  readonly stats: FaultStats = { reported: 0, read: 0, responded: 0, autoResponded: 0 };
+  readonly stats: FaultStats = {
+    reported: 0,
+    read: 0,
+    responded: 0,
+    autoResponded: 0,
+    refusedResponses: 0,
+    lateResponses: 0,
+    revoked: 0,
+    staleTouches: 0,
+  };
   tracer: FaultTracer | undefined;
+  /**
+   * Runs while a response is being applied: its cookie is erased and the device has not got it
+   * yet (tests place a teardown there: stage "answered but not yet applied").
+   */
+  onApplying: ((group: FaultGroup) => void) | undefined;
 
-  /** Undelivered FIFO: live entries are [head, length). */
+  /** The group whose response write() is applying now, and its generation. */
+  private applying: FaultGroup | undefined;
+  private applyingGeneration = 0;
+
+  /** Undelivered FIFO: live entries are [head, length), each with the generation it arrived with. */
   private undelivered: (FaultGroup | undefined)[] = [];
+  private undeliveredGeneration: number[] = [];
   private head = 0;
   private readonly responses = new ResponseTable();
   /** Reused by read(): one record's fields, so composing a record allocates nothing. */
@@ -117,6 +156,22 @@ export class FaultObject extends IommufdObject {
   report(group: FaultGroup): void {
     this.stats.reported++;
     this.undelivered.push(group);
+    this.undeliveredGeneration.push(group.generation);
+  }
+
+  /**
+   * The IOMMU core takes a group back unanswered (its deadline passed; the core answers it): it
+   * leaves the queue or the response table, and a response to its cookie is refused from now on.
+   */
+  revoke(group: FaultGroup): void {
+    for (let i = this.head; i < this.undelivered.length; i++) {
+      if (this.undelivered[i] !== group || this.undeliveredGeneration[i] !== group.generation) continue;
+      this.undelivered.splice(i, 1);
+      this.undeliveredGeneration.splice(i, 1);
+      this.stats.revoked++;
+      return;
+    }
+    if (this.responses.eraseGroup(group)) this.stats.revoked++;
   }
 
   /**
@@ -168,6 +223,14 @@ export class FaultObject extends IommufdObject {
     let done = 0;
     while (this.head < this.undelivered.length) {
       const group = this.undelivered[this.head] as FaultGroup;
+      const generation = this.undeliveredGeneration[this.head];
+      if (group.generation !== generation) {
+        // Freed while queued here: never copy a record out of it.
+        this.stats.staleTouches++;
+        this.undelivered[this.head] = undefined;
+        this.head++;
+        continue;
+      }
       const bytes = group.count * PGFAULT_BYTES;
       // Groups go out whole; one that does not fit stays at the head for the next read.
       if (bytes > buf.length - done) {
@@ -181,7 +244,7 @@ export class FaultObject extends IommufdObject {
       }
       let cookie: number;
       try {
-        cookie = this.responses.insert(group, this.injector);
+        cookie = this.responses.insert(group, generation, this.injector);
       } catch (error) {
         // The group stays undelivered; what was already copied is still returned.
         if (done === 0) throw error;
@@ -228,12 +291,14 @@ export class FaultObject extends IommufdObject {
       const { cookie, code } = readPageResponseInto(view, done, response);
       let failure: IommufdError | undefined;
       let group: FaultGroup | undefined;
+      let generation = 0;
       if (code !== IOMMUFD_PAGE_RESP_SUCCESS && code !== IOMMUFD_PAGE_RESP_INVALID) {
         failure = new IommufdError(
           'EINVAL',
           `response at byte ${done}: code ${code} is not SUCCESS or INVALID`,
         );
       } else {
+        generation = this.responses.generationOf(cookie);
         group = this.responses.erase(cookie);
         if (group === undefined) {
           failure = new IommufdError(
@@ -243,14 +308,26 @@ export class FaultObject extends IommufdObject {
         }
       }
       if (group === undefined) {
+        this.stats.refusedResponses++;
         // Responses already consumed stand; the error is reported only if none was.
         if (done === 0) throw failure;
         break;
       }
       done += PAGE_RESPONSE_BYTES;
+      if (group.generation !== generation) {
+        // Freed behind the table's back: the response is consumed but touches nothing.
+        this.stats.staleTouches++;
+        continue;
+      }
       this.stats.responded++;
       this.tracer?.responded(group);
-      group.respond(code);
+      this.applying = group;
+      this.applyingGeneration = generation;
+      this.onApplying?.(group);
+      this.applying = undefined;
+      // A teardown in the window answered the group INVALID: this response is late.
+      if (group.generation !== generation) this.stats.lateResponses++;
+      else group.respond(code, generation);
     }
     return done;
   }
@@ -262,35 +339,67 @@ export class FaultObject extends IommufdObject {
    */
   autoRespond(attachment: object): number {
     const answered: FaultGroup[] = [];
+    const generations: number[] = [];
     let kept = 0;
     for (let i = this.head; i < this.undelivered.length; i++) {
       const group = this.undelivered[i] as FaultGroup;
-      if (group.attachment === attachment) answered.push(group);
-      else this.undelivered[kept++] = group;
+      const generation = this.undeliveredGeneration[i];
+      if (group.attachment === attachment || group.generation !== generation) {
+        answered.push(group);
+        generations.push(generation);
+      } else {
+        this.undeliveredGeneration[kept] = generation;
+        this.undelivered[kept++] = group;
+      }
     }
     this.undelivered.length = kept;
+    this.undeliveredGeneration.length = kept;
     this.head = 0;
-    this.responses.eraseWhere((group) => group.attachment === attachment, answered);
+    this.responses.eraseWhere((group) => group.attachment === attachment, answered, generations);
+    this.takeApplying((group) => group.attachment === attachment, answered, generations);
     // Answer only once the queue is consistent again: a device may react to INVALID at once.
-    this.answerInvalid(answered);
+    this.answerInvalid(answered, generations);
     return answered.length;
   }
 
   /** The last reference is gone: nobody can answer the remaining groups any more, so answer INVALID. */
   override destroy(): void {
     const answered: FaultGroup[] = [];
-    for (let i = this.head; i < this.undelivered.length; i++)
+    const generations: number[] = [];
+    for (let i = this.head; i < this.undelivered.length; i++) {
       answered.push(this.undelivered[i] as FaultGroup);
+      generations.push(this.undeliveredGeneration[i]);
+    }
     this.undelivered = [];
+    this.undeliveredGeneration = [];
     this.head = 0;
-    this.responses.eraseWhere(() => true, answered);
-    this.answerInvalid(answered);
+    this.responses.eraseWhere(() => true, answered, generations);
+    this.takeApplying(() => true, answered, generations);
+    this.answerInvalid(answered, generations);
   }
 
-  private answerInvalid(groups: FaultGroup[]): void {
-    for (const group of groups) {
+  /** A response being applied right now is outstanding too: the teardown answers it first. */
+  private takeApplying(
+    match: (group: FaultGroup) => boolean,
+    into: FaultGroup[],
+    generations: number[],
+  ): void {
+    const group = this.applying;
+    if (group === undefined || group.generation !== this.applyingGeneration || !match(group)) return;
+    this.applying = undefined;
+    into.push(group);
+    generations.push(this.applyingGeneration);
+  }
+
+  private answerInvalid(groups: FaultGroup[], generations: number[]): void {
+    for (let i = 0; i < groups.length; i++) {
+      const group = groups[i];
+      if (group.generation !== generations[i]) {
+        this.stats.staleTouches++;
+        continue;
+      }
       this.stats.autoResponded++;
-      group.respond(IOMMUFD_PAGE_RESP_INVALID);
+      group.respond(IOMMUFD_PAGE_RESP_INVALID, generations[i]);
     }
   }
 
@@ -298,9 +407,11 @@ export class FaultObject extends IommufdObject {
   private compactUndelivered(): void {
     if (this.head === this.undelivered.length) {
       this.undelivered.length = 0;
+      this.undeliveredGeneration.length = 0;
       this.head = 0;
     } else if (this.head >= 1024 && this.head * 2 >= this.undelivered.length) {
       this.undelivered.splice(0, this.head);
+      this.undeliveredGeneration.splice(0, this.head);
       this.head = 0;
     }
   }
@@ -313,11 +424,13 @@ export class FaultObject extends IommufdObject {
  */
 class ResponseTable {
   private readonly groups: (FaultGroup | undefined)[] = [undefined];
+  /** The generation each group had when it was read. */
+  private readonly generations: number[] = [0];
   /** Free cookies below `groups.length`, as a binary min-heap. */
   private readonly free: number[] = [];
   size = 0;
 
-  insert(group: FaultGroup, injector: FaultInjector): number {
+  insert(group: FaultGroup, generation: number, injector: FaultInjector): number {
     // xa_alloc can fail (no memory for the node); the read puts the group back.
     injector.check('cookie-insert');
     let cookie: number;
@@ -327,8 +440,10 @@ class ResponseTable {
       cookie = this.groups.length;
       if (cookie > MAX_COOKIE) throw new IommufdError('EBUSY', 'all u32 cookies are awaiting a response');
       this.groups.push(undefined);
+      this.generations.push(0);
     }
     this.groups[cookie] = group;
+    this.generations[cookie] = generation;
     this.size++;
     return cookie;
   }
@@ -336,6 +451,22 @@ class ResponseTable {
   /** The group awaiting a response under `cookie`, left in place. */
   peek(cookie: number): FaultGroup | undefined {
     return cookie > 0 && cookie < this.groups.length ? this.groups[cookie] : undefined;
+  }
+
+  /** The generation the group under `cookie` was read with (0 if none). */
+  generationOf(cookie: number): number {
+    return cookie > 0 && cookie < this.groups.length ? this.generations[cookie] : 0;
+  }
+
+  /** Erase `group` (at its current generation) wherever it waits; false if it is not here. */
+  eraseGroup(group: FaultGroup): boolean {
+    for (let cookie = 1; cookie < this.groups.length; cookie++) {
+      if (this.groups[cookie] === group && this.generations[cookie] === group.generation) {
+        this.erase(cookie);
+        return true;
+      }
+    }
+    return false;
   }
 
   /** Remove and return the group of `cookie`, or undefined if none awaits a response under it. */
@@ -348,6 +479,7 @@ class ResponseTable {
     if (this.size === 0) {
       // Nothing outstanding: every cookie is free again, starting over from 1.
       this.groups.length = 1;
+      this.generations.length = 1;
       this.free.length = 0;
     } else {
       this.pushFree(cookie);
@@ -355,13 +487,19 @@ class ResponseTable {
     return group;
   }
 
-  /** Erase every group matching `match`, in cookie order, appending them to `into`. */
-  eraseWhere(match: (group: FaultGroup) => boolean, into: FaultGroup[]): void {
+  /**
+   * Erase every group matching `match` (and every one whose generation moved on: it cannot stay),
+   * in cookie order, appending them and their generations to `into` and `generations`.
+   */
+  eraseWhere(match: (group: FaultGroup) => boolean, into: FaultGroup[], generations: number[]): void {
     for (let cookie = 1; cookie < this.groups.length; cookie++) {
       const group = this.groups[cookie];
-      if (group !== undefined && match(group)) {
+      if (group === undefined) continue;
+      const generation = this.generations[cookie];
+      if (match(group) || group.generation !== generation) {
         this.erase(cookie);
         into.push(group);
+        generations.push(generation);
       }
     }
   }

@@ -752,6 +752,8 @@ export class Iommufd {
   private unbind(device: DeviceObject): void {
     for (const key of [...device.attachments.keys()])
       detachDevice(this.attachCtx, device, key < 0 ? undefined : key);
+    // Every group is answered by now: the device may stop asking (PCI PRI disable).
+    device.hw.ops.disablePri(device.hw);
     if (device.vdevice) this.table.tombstone(device.vdevice);
     device.put();
     this.table.remove(device);

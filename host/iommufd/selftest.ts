@@ -262,6 +262,14 @@ export class MockIommu implements IommuOps {
     else this.handlers.delete(key);
   }
 
+  /** The mock's TRIGGER_IOPF reports at once: nothing waits on the way, nothing to flush. */
+  flushFaults(device: IommuDevice, pasid: number | undefined): void {
+    this.iopf.flushPartial(device.streamId, pasid);
+  }
+
+  /** The mock has no PRI capability to disable. */
+  disablePri(_device: IommuDevice): void {}
+
   /** IOMMU_TEST_OP_TRIGGER_IOPF: one request with LAST_PAGE (and PASID_VALID when pasid != 0). */
   triggerIopf(device: MockDevice, pasid: number, grpid: number, perm: number, addr: number): void {
     const r = newPageRequest();
