@@ -8,13 +8,17 @@ export { RingConsumer, type RingGeometry, RingProducer, ringBytes } from '../sha
 export { PciFunction, type PciFunctionOptions } from './devices/pci-function.ts';
 export { PriCapability } from './devices/pri-capability.ts';
 export { Iommu } from './iommu/iommu.ts';
+export { IommuInstance, type IommuInstanceOptions } from './iommu/iommu-instance.ts';
 export { IopfGroup, type IopfHandler, IopfQueue } from './iommu/iopf.ts';
 export { PRG_FAILURE, PRG_INVALID, PRG_SUCCESS } from './iommu/page-request.ts';
+export { PhysicalPriQueue } from './iommu/physical-queue.ts';
+export { PriqThread } from './iommu/priq-thread.ts';
+export { type RefaultFigures, RefaultGauge } from './iommu/refault-gauge.ts';
 export { Smmuv3Ops } from './iommu/smmuv3-ops.ts';
 export { ACCESS_EXEC, ACCESS_PRIV, ACCESS_READ, ACCESS_WRITE, walkStage1 } from './iommu/stage1-walker.ts';
 export { type Errno, IommufdError } from './iommufd/errors.ts';
 export * from './iommufd/eventq-records.ts';
-export type { FaultFd } from './iommufd/fault.ts';
+export type { FaultFd, FaultObject } from './iommufd/fault.ts';
 export { type FailPoint, FaultInjector } from './iommufd/fault-injector.ts';
 export * from './iommufd/hwpt.ts';
 export {
@@ -31,6 +35,8 @@ export { type InjectedFault, type RunOptions, runTopology, Sandbox } from './vmm
 export {
   loadTopology,
   parseTopology,
+  TEARDOWN_OPS,
+  type TeardownOp,
   type Topology,
   TopologyError,
   topologyJsonSchema,

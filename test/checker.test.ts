@@ -77,7 +77,15 @@ describe('planted host bugs are caught by name', () => {
       },
     );
     expect(p.status).toBe(3);
-    expect(JSON.parse(p.stdout).invariants.counts).toEqual({ 'fault-delivered-to-non-owner': 1 });
+    const counts = JSON.parse(p.stdout).invariants.counts;
+    expect(counts['fault-delivered-to-non-owner']).toBe(1);
+    // The misrouted group waits in the other VM's fault queue, past its own device's unbind: its
+    // answer arrives after PRI was disabled, so the device never gets one. Nothing else breaks.
+    expect(Object.keys(counts).sort()).toEqual([
+      'fault-delivered-to-non-owner',
+      'group-unanswered',
+      'response-after-pri-disabled',
+    ]);
   });
 
   test('a bad plant is refused with the names it knows', () => {

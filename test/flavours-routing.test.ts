@@ -24,7 +24,7 @@ describe('the VT-d flavour', () => {
     expect(vm.flavour).toBe('vtd');
     expect(vm.faultsByKind).toEqual({ pageRequest: 128, stall: 0, terminate: 0 });
     expect(vm.responses).toEqual({ success: 128, invalid: 0, failure: 0 });
-    expect(vm.faultQueue).toEqual({ read: 128, responded: 128, autoResponded: 0 });
+    expect(vm.faultQueue).toMatchObject({ read: 128, responded: 128, autoResponded: 0, staleTouches: 0 });
     expect(vm.bytesVerified).toBe(128 * PAGE);
     expect(r.faults.lost).toBe(0);
   });

@@ -24,7 +24,7 @@ describe('running a topology', () => {
       expect(vm.dmaFailed).toBe(0);
       expect(vm.overflowsAcknowledged).toBe(0);
       // Every group came out of the VM's iommufd fault queue and went back into it by cookie.
-      expect(vm.faultQueue).toEqual({ read: 256, responded: 256, autoResponded: 0 });
+      expect(vm.faultQueue).toMatchObject({ read: 256, responded: 256, autoResponded: 0, staleTouches: 0 });
     }
     expect(r.faults).toEqual({
       raised: 512,
@@ -33,6 +33,7 @@ describe('running a topology', () => {
       autoResponded: 0,
       dropped: 0,
       lost: 0,
+      iopfTimeouts: 0,
     });
     expect(r.dma.bytesVerified).toBe(2 * 256 * PAGE);
     expect(r.dma.completed).toBe(r.dma.ops);

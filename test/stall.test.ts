@@ -242,22 +242,27 @@ describe('SMMUv3 stall model', () => {
 function keeper() {
   const groups: IopfGroup[] = [];
   const generations: number[] = [];
+  /** Generation of each group taken back by revoke, at the moment it was taken. */
+  const revoked: number[] = [];
   const handler: IopfHandler = {
     handleGroup(group) {
       groups.push(group);
       generations.push(group.generation);
     },
+    revoke(group) {
+      revoked.push(group.generation);
+    },
   };
-  return { groups, generations, handler };
+  return { groups, generations, revoked, handler };
 }
 
 function bridged(options: StallModelOptions = {}, withHandler = true) {
   const { model, outcomes, stall } = setup(options);
-  const { groups, generations, handler } = keeper();
+  const { groups, generations, revoked, handler } = keeper();
   const bridge = new StallIopfBridge(model, () => (withHandler ? handler : undefined));
   /** The handler answers the n-th group it was given. */
   const answer = (n: number, code: number) => bridge.iopf.respond(groups[n], generations[n], code);
-  return { model, outcomes, stall, groups, bridge, answer };
+  return { model, outcomes, stall, groups, generations, revoked, bridge, answer };
 }
 
 describe('stall to IOPF bridge', () => {
@@ -324,6 +329,28 @@ describe('stall to IOPF bridge', () => {
       [1, 'abort'],
       [2, 'retry'],
     ]);
+  });
+
+  test('a stall that goes away is taken back from its holder before its group is answered', () => {
+    // Without this the fault queue keeps a group the bridge frees: one group on two lists.
+    const { model, stall, generations, revoked, bridge } = bridged();
+    const [stag] = stall(1, 0x1000, 1);
+    bridge.toIopf(1, stag);
+    model.stallTerm(1);
+    expect(revoked).toEqual([generations[0]]);
+    expect(bridge.stats.cancelled).toBe(1);
+    expect(bridge.pending).toBe(0);
+  });
+
+  test('a stall group past its deadline is taken back from the real holder and aborted', () => {
+    const { outcomes, stall, generations, revoked, bridge } = bridged();
+    bridge.iopf.deadlineMs = 1;
+    const [stag] = stall(1, 0x1000, 1);
+    bridge.toIopf(1, stag);
+    expect(bridge.iopf.expire(performance.now() + 5)).toBe(1);
+    expect(revoked).toEqual([generations[0]]);
+    expect(outcomes).toEqual([[1, 'abort']]);
+    expect(bridge.iopf.stats.timeouts).toBe(1);
   });
 
   test('a stage-2 stall is not reported as IOPF but aborted', () => {

@@ -4,7 +4,7 @@ import { describe, expect, test } from 'vitest';
 import { runCampaign, shardIndices } from '../host/stress/campaign.ts';
 import { drawTopology, replayCommand, runSeed } from '../host/stress/generate.ts';
 import { runOne } from '../host/stress/run-worker.ts';
-import { TopologySchema } from '../host/vmm/topology.ts';
+import { TEARDOWN_OPS, TopologySchema } from '../host/vmm/topology.ts';
 import { MISBEHAVIOURS } from '../shared/control.ts';
 
 /** The first campaign seed from `from` whose first `runs` runs all have at most `maxVms` VMs (quick runs). */
@@ -25,6 +25,9 @@ describe('drawTopology', () => {
     let tinyQueue = false;
     let shared = false;
     let timeouts = true;
+    const teardowns = new Set<string>();
+    let deadlines = 0;
+    let iommus = 0;
     for (let seed = 0; seed < 500; seed++) {
       const t = drawTopology(seed);
       expect(drawTopology(seed)).toEqual(t);
@@ -32,7 +35,10 @@ describe('drawTopology', () => {
       expect(t.routing).toBe('ioasid-owner');
       expect(t.vms.length).toBeGreaterThanOrEqual(1);
       expect(t.vms.length).toBeLessThanOrEqual(16);
+      if (t.iopfTimeoutMs !== undefined) deadlines++;
+      if (t.iommus !== undefined) iommus++;
       for (const vm of t.vms) {
+        if (vm.teardown) teardowns.add(vm.teardown.op);
         expect(vm.devices.length).toBeGreaterThanOrEqual(1);
         expect(vm.devices.length).toBeLessThanOrEqual(4);
         flavours.add(vm.viommu);
@@ -50,6 +56,9 @@ describe('drawTopology', () => {
     expect(tinyQueue).toBe(true);
     expect(shared).toBe(true);
     expect(timeouts).toBe(true);
+    expect([...teardowns].sort()).toEqual([...TEARDOWN_OPS].sort());
+    expect(deadlines).toBeGreaterThan(50);
+    expect(iommus).toBeGreaterThan(50);
   });
 
   test('run 0 of a campaign has its seed, so the replay command reruns it', () => {
@@ -75,6 +84,8 @@ describe('ioasid-sandbox stress', () => {
     expect(p.status).toBe(0);
     expect(r).toMatchObject({ runs: 4, passed: 4, failed: 0, seed, durationMs: expect.any(Number) });
     expect(Object.keys(r.misbehaviours).sort()).toEqual([...MISBEHAVIOURS].sort());
+    expect(Object.keys(r.teardowns).sort()).toEqual([...TEARDOWN_OPS].sort());
+    expect(r).toMatchObject({ deadlines: expect.any(Number), iopfTimeouts: expect.any(Number) });
   });
 
   test('a failed run exits 3 and names its seed, replay command and violations', () => {
@@ -83,7 +94,8 @@ describe('ioasid-sandbox stress', () => {
     for (; ; seed++) {
       const t = drawTopology(seed);
       const [vm] = t.vms;
-      if (t.vms.length === 1 && vm.misbehave.length === 0 && vm.workload.kind === 'sva-stream')
+      const plain = vm.misbehave.length === 0 && !vm.teardown && t.iopfTimeoutMs === undefined;
+      if (t.vms.length === 1 && plain && vm.workload.kind === 'sva-stream')
         if (vm.devices.every((d) => d.pri)) break;
     }
     const p = spawnSync(
@@ -128,18 +140,20 @@ describe('ioasid-sandbox stress', () => {
     let seed = 7000;
     for (; ; seed++) {
       const t = drawTopology(seed);
-      if (
-        t.vms.length >= 2 &&
-        t.vms.length <= 4 &&
-        t.vms.some((vm) => vm.misbehave.length === 0 && vm.workload.kind !== 'idle')
-      )
+      // A deadline makes DMA outcomes depend on timing; so does a teardown of the compared VM.
+      const steady = (vm: (typeof t.vms)[number]) =>
+        vm.misbehave.length === 0 && !vm.teardown && ['sva-stream', 'map-churn'].includes(vm.workload.kind);
+      if (t.vms.length >= 2 && t.vms.length <= 4 && t.iopfTimeoutMs === undefined && t.vms.some(steady))
         break;
     }
     expect(drawTopology(seed)).toEqual(drawTopology(seed));
     const [a, b] = [await runOne({ seed }), await runOne({ seed })];
     expect(a.passed && b.passed).toBe(true);
     const compared = (i: number) =>
-      a.vms[i].misbehave.length === 0 && a.vms[i].workloadDone && b.vms[i].workloadDone;
+      a.vms[i].misbehave.length === 0 &&
+      a.vms[i].teardown === undefined &&
+      a.vms[i].workloadDone &&
+      b.vms[i].workloadDone;
     const counts = (r: typeof a) =>
       r.vms
         .filter((_, i) => compared(i))

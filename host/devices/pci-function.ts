@@ -216,7 +216,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     for (let n = 0; n < this.runCount; n++) {
       const state = this.opState[this.runQueue[(this.runHead + n) % this.capacity]];
       if (state === READY) return true;
-      if (state === WAITING_CREDIT && this.pri.canRequest()) return true;
+      if (state === WAITING_CREDIT && (this.pri.canRequest() || !this.pri.usable)) return true;
       if (state === COMPLETING && this.complete.claim() >= 0) return true;
     }
     return false;
@@ -261,6 +261,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
   /** PRI Enable cleared (the host unbound the function): no page request is sent any more. */
   disablePri(): void {
     this.pri.enabled = false;
+    this.wake();
   }
 
   /**
@@ -370,7 +371,8 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
       if (state === COMPLETING) {
         if (this.writeCompletion(op)) moved++;
         else this.enqueue(op, COMPLETING);
-      } else if (state === WAITING_CREDIT && !this.pri.canRequest()) {
+      } else if (state === WAITING_CREDIT && this.pri.usable && !this.pri.canRequest()) {
+        // Waiting for a credit; once PRI is unusable the op runs again and fails its fault.
         this.enqueue(op, WAITING_CREDIT);
       } else {
         this.run(op);

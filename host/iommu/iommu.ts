@@ -26,6 +26,7 @@ import {
 import { type IopfHandler, IopfQueue } from './iopf.ts';
 import { ANY_PASID, type Iotlb, TLB_PERM_EXEC, TLB_PERM_UNPRIV, TLB_PERM_WRITE } from './iotlb.ts';
 import { type PageRequest, PRG_SUCCESS, type PriEndpoint } from './page-request.ts';
+import { RefaultGauge } from './refault-gauge.ts';
 import {
   ACCESS_EXEC,
   ACCESS_PRIV,
@@ -97,6 +98,9 @@ export class Iommu {
   /** Stalled transactions (the stall model), and the bridge that reports them as IOPF groups. */
   readonly stalls = new StallModel();
   readonly stallIopf: StallIopfBridge;
+  /** How often the same page faults again, per requester (refault-gauge.ts). */
+  readonly refaults = new RefaultGauge();
+  private readonly timeouts = new Map<number, number>();
   /** The terminate model's recording: at most one event record per transaction. */
   readonly recorder = new FaultRecorder({ record: (event) => this.deliverEvent(event) });
   private readonly fault = newTranslationFault();
@@ -155,6 +159,19 @@ export class Iommu {
         this.bugs.dropResponse === ++this.responsesSent ? undefined : this.endpoints.get(streamId),
     );
     this.stallIopf = new StallIopfBridge(this.stalls, handlerFor);
+    this.iopf.observer = (streamId, pasid, address) =>
+      this.refaults.record(this.requesterOf(streamId, pasid), streamId, pasid, address);
+    const timedOut = (streamId: number, pasid: number) => {
+      const requester = this.requesterOf(streamId, pasid);
+      if (requester >= 0) this.timeouts.set(requester, (this.timeouts.get(requester) ?? 0) + 1);
+    };
+    this.iopf.onTimeout = timedOut;
+    this.stallIopf.iopf.onTimeout = timedOut;
+  }
+
+  /** Groups of `requester` answered INVALID at their response deadline (page requests and stalls). */
+  timeoutsOf(requester: number): number {
+    return this.timeouts.get(requester) ?? 0;
   }
 
   get stats(): TranslationStats {

@@ -101,6 +101,8 @@ export class IopfQueue {
   };
   /** Milliseconds a handed-over group may wait for its answer (0: forever). */
   deadlineMs = 0;
+  /** Told the (stream, PASID) of each group its deadline expired. */
+  onTimeout: ((streamId: number, pasid: number) => void) | undefined;
   /** Sees every request of every complete group (the re-fault gauge). */
   observer: ((streamId: number, pasid: number, address: number) => void) | undefined;
   private readonly pool: IopfGroup[] = [];
@@ -260,9 +262,11 @@ export class IopfQueue {
       this.dlCount--;
       if (group.answered || group.generation !== generation) continue;
       group.holder?.revoke?.(group);
+      const { streamId, pasid } = group;
       if (this.respond(group, generation, PRG_INVALID)) {
         this.stats.timeouts++;
         expired++;
+        this.onTimeout?.(streamId, pasid);
       }
     }
     return expired;

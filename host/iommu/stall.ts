@@ -629,15 +629,25 @@ export class StallIopfBridge {
     stage2Aborted: 0,
     unknown: 0,
   };
-  /** The pending group of each stall slot, and its generation. */
+  /** The pending group of each stall slot, its generation, and the handler holding it. */
   private readonly groupOf: (IopfGroup | undefined)[];
   private readonly groupGeneration: Int32Array;
+  private readonly holderOf: (IopfHandler | undefined)[];
   private readonly responders = new Map<number, PriEndpoint>();
   private readonly request = newPageRequest();
   private readonly found = newStalledTransaction();
   private cancelling = false;
-  /** Stands between the queue and the real handler to note which group belongs to which stall. */
-  private readonly capture: IopfHandler = { handleGroup: (group) => this.hold(group) };
+  /**
+   * Stands between the queue and the real handler to note which group belongs to which stall; a
+   * group the queue takes back (its deadline) is taken back from the real handler.
+   */
+  private readonly capture: IopfHandler = {
+    handleGroup: (group) => this.hold(group),
+    revoke: (group) => {
+      const handle = this.model.handleOf(group.streamId, group.grpid);
+      if (handle >= 0) this.holderOf[handle]?.revoke?.(group);
+    },
+  };
 
   constructor(
     private readonly model: StallModel,
@@ -646,6 +656,7 @@ export class StallIopfBridge {
   ) {
     this.groupOf = new Array<IopfGroup | undefined>(model.capacity).fill(undefined);
     this.groupGeneration = new Int32Array(model.capacity);
+    this.holderOf = new Array<IopfHandler | undefined>(model.capacity).fill(undefined);
     model.setReleaseListener({ stallReleased: (handle) => this.cancel(handle) });
     this.iopf = new IopfQueue(
       // No handler: the queue answers INVALID at once, which aborts the stall (Linux: "nobody cared").
@@ -695,11 +706,12 @@ export class StallIopfBridge {
 
   private hold(group: IopfGroup): void {
     const handle = this.model.handleOf(group.streamId, group.grpid);
+    const handler = this.handlerFor(group.streamId, group.pasid);
     if (handle >= 0) {
       this.groupOf[handle] = group;
       this.groupGeneration[handle] = group.generation;
+      this.holderOf[handle] = handler;
     }
-    const handler = this.handlerFor(group.streamId, group.pasid);
     if (handler) handler.handleGroup(group);
     else group.respond(PRG_INVALID);
   }
@@ -718,18 +730,27 @@ export class StallIopfBridge {
     // Our own cancellation: the stall is already gone.
     if (this.cancelling) return;
     const handle = this.model.handleOf(streamId, stag);
-    if (handle >= 0) this.groupOf[handle] = undefined;
+    if (handle >= 0) {
+      this.groupOf[handle] = undefined;
+      this.holderOf[handle] = undefined;
+    }
     const retry = code === PRG_SUCCESS;
     if (retry) this.stats.retried++;
     else this.stats.aborted++;
     this.model.resume(streamId, stag, retry, !retry);
   }
 
-  /** A stall went away while its group was pending: answer the group so no later answer counts. */
+  /**
+   * A stall went away while its group was pending: take the group back from its holder (the fault
+   * queue must not keep a group that is about to be freed) and answer it, so no later answer counts.
+   */
   private cancel(handle: number): void {
     const group = this.groupOf[handle];
     if (group === undefined) return;
+    const holder = this.holderOf[handle];
     this.groupOf[handle] = undefined;
+    this.holderOf[handle] = undefined;
+    if (group.generation === this.groupGeneration[handle]) holder?.revoke?.(group);
     this.cancelling = true;
     if (this.iopf.respond(group, this.groupGeneration[handle], PRG_INVALID)) this.stats.cancelled++;
     this.cancelling = false;

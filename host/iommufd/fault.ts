@@ -75,7 +75,7 @@ export interface FaultStats {
    * applied: not sent (a silent, counted no-op).
    */
   lateResponses: number;
-  /** Groups taken back by the IOMMU core because their response deadline passed. */
+  /** Groups taken back by the IOMMU core: their response deadline passed, or their stall went away. */
   revoked: number;
   /** Touches of a held group whose generation had moved on: must stay 0 (the oracle). */
   staleTouches: number;
@@ -160,8 +160,9 @@ export class FaultObject extends IommufdObject {
   }
 
   /**
-   * The IOMMU core takes a group back unanswered (its deadline passed; the core answers it): it
-   * leaves the queue or the response table, and a response to its cookie is refused from now on.
+   * The IOMMU core takes a group back unanswered (its deadline passed, or its stall went away; the
+   * core answers it): it leaves the queue or the response table, and a response to its cookie is
+   * refused from now on.
    */
   revoke(group: FaultGroup): void {
     for (let i = this.head; i < this.undelivered.length; i++) {

@@ -9,6 +9,7 @@ import { Presets, SingleBar } from 'cli-progress';
 import { Piscina } from 'piscina';
 import { MISBEHAVIOURS, type Misbehaviour } from '../../shared/control.ts';
 import type { Violation } from '../vmm/invariants.ts';
+import { TEARDOWN_OPS, type TeardownOp } from '../vmm/topology.ts';
 import { replayCommand, runSeed } from './generate.ts';
 import { DEFAULT_RUN_DURATION_MS, hostException, type RunResult, type RunTask } from './run-worker.ts';
 
@@ -48,6 +49,11 @@ export interface CampaignReport {
   misbehaviours: Record<Misbehaviour, number>;
   /** Runs whose topology has a VM with this misbehaviour. */
   misbehavioursDrawn: Record<Misbehaviour, number>;
+  /** Runs with a VM into which this teardown operation was injected. */
+  teardowns: Record<TeardownOp, number>;
+  /** Runs that set a response deadline on every group (iopfTimeoutMs), and the groups expired. */
+  deadlines: number;
+  iopfTimeouts: number;
   /** Well-behaved VMs, over all runs, whose workload did not finish within the cap. */
   unfinished: number;
   seed: number;
@@ -131,6 +137,8 @@ function summarise(
     for (const m of r.exercised) misbehaviours[m]++;
     for (const m of r.misbehaviours) misbehavioursDrawn[m]++;
   }
+  const teardowns = Object.fromEntries(TEARDOWN_OPS.map((op) => [op, 0])) as Record<TeardownOp, number>;
+  for (const r of results) for (const op of new Set(r.teardowns)) teardowns[op]++;
   const failures = results.flatMap((r, slot) =>
     r.passed
       ? []
@@ -152,6 +160,9 @@ function summarise(
     failures,
     misbehaviours,
     misbehavioursDrawn,
+    teardowns,
+    deadlines: results.filter((r) => r.deadline).length,
+    iopfTimeouts: results.reduce((n, r) => n + r.iopfTimeouts, 0),
     unfinished: results.reduce((n, r) => n + r.unfinished, 0),
     seed: options.seed,
     shard: options.shard ? `${options.shard.index}/${options.shard.count}` : null,
@@ -191,6 +202,8 @@ export function formatCampaign(r: CampaignReport): string {
   const lines = [
     `stress: ${r.runs} run(s) of campaign seed ${r.seed}${r.shard ? ` (shard ${r.shard})` : ''}, ${r.passed} passed, ${r.failed} failed, ${(r.durationMs / 1000).toFixed(1)} s on ${r.workers} worker(s)`,
     `misbehaviours exercised (runs): ${MISBEHAVIOURS.map((m) => `${m} ${r.misbehaviours[m]}`).join(', ')}`,
+    `teardowns injected (runs): ${TEARDOWN_OPS.map((op) => `${op} ${r.teardowns[op]}`).join(', ')}`,
+    `response deadlines: ${r.deadlines} run(s), ${r.iopfTimeouts} group(s) expired`,
   ];
   if (r.unfinished > 0)
     lines.push(`${r.unfinished} well-behaved VM(s) did not finish their workload within the cap`);

@@ -4,7 +4,7 @@
  */
 import { MISBEHAVIOURS, type Misbehaviour, type WorkloadKind } from '../../shared/control.ts';
 import { Prng } from '../../shared/prng.ts';
-import { type Topology, TopologySchema } from '../vmm/topology.ts';
+import { TEARDOWN_OPS, type Topology, TopologySchema } from '../vmm/topology.ts';
 
 export const MAX_VMS = 16;
 export const MAX_DEVICES = 4;
@@ -15,6 +15,12 @@ const SECOND_MISBEHAVIOUR_P = 0.2;
 const SHARED_FUNCTION_P = 0.35;
 /** Misbehaviours that leave faults unanswered: their VMs get a short responseTimeoutMs. */
 const SILENT: readonly Misbehaviour[] = ['hang', 'never-respond'];
+/** Chance that a VM gets a teardown operation injected while its faults are in flight. */
+const TEARDOWN_P = 0.12;
+/** Chance that a run sets a response deadline on every group (iopfTimeoutMs). */
+const DEADLINE_P = 0.2;
+/** Chance that a run has physical IOMMUs of its own (1 to 3, small PRI queues, devices spread). */
+const IOMMUS_P = 0.3;
 
 /**
  * The seed of run `index` in a campaign seeded `campaignSeed`. Run 0 has the campaign's seed, so
@@ -64,6 +70,7 @@ type DeviceInput = {
   pasids: number[];
   priCredits: number;
   function?: string;
+  iommu?: string;
 };
 
 export function drawTopology(seed: number): Topology {
@@ -118,6 +125,9 @@ export function drawTopology(seed: number): Topology {
       },
       misbehave,
       ...(timeout ? { responseTimeoutMs: between(prng, 200, 500) } : {}),
+      ...(chance(prng, TEARDOWN_P)
+        ? { teardown: { atMs: between(prng, 0, 150), op: pick(prng, TEARDOWN_OPS) } }
+        : {}),
     };
   });
   // A function shared by two VT-d VMs: the first holds its RID and PASID 1, the other PASID 2.
@@ -131,9 +141,24 @@ export function drawTopology(seed: number): Topology {
       else vm.devices.push(iface);
     });
   }
+  // Physical IOMMUs: each device that is not a shared function's interface sits behind one.
+  const iommus = chance(prng, IOMMUS_P)
+    ? Array.from({ length: between(prng, 1, 3) }, (_, i) => ({
+        name: `iommu${i}`,
+        priqLog2: between(prng, 3, 8),
+      }))
+    : undefined;
+  if (iommus) {
+    for (const vm of vms) {
+      for (const device of vm.devices) if (!device.function) device.iommu = pick(prng, iommus).name;
+    }
+  }
+  const deadline = chance(prng, DEADLINE_P) ? between(prng, 5, 200) : undefined;
   return TopologySchema.parse({
     name: `stress-${seed.toString(16)}`,
     routing: 'ioasid-owner',
+    ...(iommus ? { iommus } : {}),
+    ...(deadline === undefined ? {} : { iopfTimeoutMs: deadline }),
     iommu: pick(prng, [
       { iotlbEntries: 4096, iotlbWays: 4 },
       { iotlbEntries: 64, iotlbWays: 4 },

@@ -7,7 +7,7 @@ import { makeLogger } from '../../shared/logger.ts';
 import type { Violation } from '../vmm/invariants.ts';
 import type { RunReport } from '../vmm/report.ts';
 import { runTopology } from '../vmm/sandbox.ts';
-import type { Topology } from '../vmm/topology.ts';
+import type { TeardownOp, Topology } from '../vmm/topology.ts';
 import { drawTopology } from './generate.ts';
 
 /** Misbehaviours after which the host may legitimately declare the guest dead. */
@@ -26,6 +26,8 @@ export interface RunTask {
 export interface VmCounts {
   name: string;
   misbehave: Misbehaviour[];
+  /** The teardown operation injected into the VM, if any (its counts then depend on timing). */
+  teardown?: TeardownOp;
   workloadDone: boolean;
   crashed: boolean;
   dmaOps: number;
@@ -43,6 +45,11 @@ export interface RunResult {
   /** Misbehaviours drawn for some VM, and those whose VM had a fault to mishandle (or crashed). */
   misbehaviours: Misbehaviour[];
   exercised: Misbehaviour[];
+  /** Teardown operations injected into some VM, and whether the run set response deadlines. */
+  teardowns: TeardownOp[];
+  deadline: boolean;
+  /** Groups answered INVALID at their deadline. */
+  iopfTimeouts: number;
   vms: VmCounts[];
   /** Well-behaved VMs whose workload did not finish within the duration cap (not a failure). */
   unfinished: number;
@@ -67,7 +74,8 @@ export function judge(seed: number, topology: Topology, report: RunReport): RunR
     for (const m of misbehave) misbehaviours.add(m);
     const faults = vm.faultsDelivered + vm.eventsDelivered;
     if (faults > 0 || vm.crashed) for (const m of misbehave) exercised.add(m);
-    if (vm.crashed && !misbehave.some((m) => MAY_CRASH.includes(m)))
+    const teardown = topology.vms[i].teardown?.op;
+    if (vm.crashed && teardown !== 'guest-death' && !misbehave.some((m) => MAY_CRASH.includes(m)))
       add({
         rule: 'vm-crashed',
         vm: vm.name,
@@ -79,10 +87,11 @@ export function judge(seed: number, topology: Topology, report: RunReport): RunR
         vm: vm.name,
         detail: `${vm.iommufdObjects} object(s) alive in the VM's /dev/iommu after the run`,
       });
-    if (misbehave.length === 0 && !vm.workloadDone && !vm.crashed) unfinished++;
+    if (misbehave.length === 0 && !teardown && !vm.workloadDone && !vm.crashed) unfinished++;
     return {
       name: vm.name,
       misbehave,
+      ...(teardown ? { teardown } : {}),
       workloadDone: vm.workloadDone,
       crashed: vm.crashed,
       dmaOps: vm.dmaOps,
@@ -98,6 +107,9 @@ export function judge(seed: number, topology: Topology, report: RunReport): RunR
     counts,
     misbehaviours: [...misbehaviours],
     exercised: [...exercised],
+    teardowns: topology.vms.flatMap((vm) => (vm.teardown ? [vm.teardown.op] : [])),
+    deadline: topology.iopfTimeoutMs !== undefined,
+    iopfTimeouts: report.faults.iopfTimeouts,
     vms,
     unfinished,
     durationMs: report.durationMs,
@@ -114,13 +126,17 @@ function trimViolation(v: Violation): Violation {
 /** A run that never produced a report: the host threw (or the pool lost the worker). */
 export function hostException(seed: number, error: unknown, where: string): RunResult {
   const detail = `${where}: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`;
+  const topology = drawTopology(seed);
   return {
     seed,
     passed: false,
     violations: [trimViolation({ rule: 'host-exception', detail })],
     counts: { 'host-exception': 1 },
-    misbehaviours: [...new Set(drawTopology(seed).vms.flatMap((vm) => vm.misbehave))],
+    misbehaviours: [...new Set(topology.vms.flatMap((vm) => vm.misbehave))],
     exercised: [],
+    teardowns: topology.vms.flatMap((vm) => (vm.teardown ? [vm.teardown.op] : [])),
+    deadline: topology.iopfTimeoutMs !== undefined,
+    iopfTimeouts: 0,
     vms: [],
     unfinished: 0,
     durationMs: 0,

@@ -3,6 +3,7 @@
  * later versions add fields and never remove or rename one.
  */
 import type { TranslationStats } from '../iommu/iommu.ts';
+import type { RefaultFigures } from '../iommu/refault-gauge.ts';
 import type { GuestDamage } from './damage.ts';
 import type { Violation } from './invariants.ts';
 
@@ -61,8 +62,28 @@ export interface VmReport {
   injectedEvents: number;
   /** Bytes this VM's devices moved by DMA. */
   bytesMoved: number;
-  /** The VM's iommufd fault queue: groups the VMM read, answered through it, answered INVALID by teardown. */
-  faultQueue: { read: number; responded: number; autoResponded: number };
+  /**
+   * The VM's iommufd fault queue: groups the VMM read, answered through it, answered INVALID by
+   * teardown; responses it refused (no group awaits the cookie) or dropped as late (a teardown
+   * answered the group while the response was being applied); groups the IOMMU core took back
+   * (`revoked`: a deadline passed, or a stall went away); touches of a group freed behind its back
+   * (`staleTouches`, must be 0).
+   */
+  faultQueue: {
+    read: number;
+    responded: number;
+    autoResponded: number;
+    refusedResponses: number;
+    lateResponses: number;
+    revoked: number;
+    staleTouches: number;
+  };
+  /** Groups of this VM the host answered INVALID because their response deadline passed. */
+  iopfTimeouts: number;
+  /** How often the same page faulted again (README: "Teardown", re-fault gauge). */
+  refaults: RefaultFigures;
+  /** The teardown operation the topology injected, when, and its outcome ('done' or an errno). */
+  teardown?: { op: string; atMs: number; outcome: string };
   /** What sharing physical IOMMUs cost this VM (README: "What the isolation figure means"). */
   isolation: VmIsolation;
 }
@@ -125,6 +146,8 @@ export interface RunReport {
     autoResponded: number;
     dropped: number;
     lost: number;
+    /** Groups answered INVALID at their response deadline (topology `iopfTimeoutMs`). */
+    iopfTimeouts: number;
   };
   dma: { ops: number; completed: number; failed: number; bytesVerified: number; unrecoverableFaults: number };
   latencyUs: { p50: number; p99: number; max: number; count: number };

@@ -16,7 +16,7 @@ import { InvariantChecker } from './invariants.ts';
 import { LatencyHistogram } from './latency.ts';
 import { type PlantedBugs, parsePlantedBugs } from './plant.ts';
 import type { PhysicalIommuReport, RunReport, VmIsolation } from './report.ts';
-import { iommuIndexOf, physicalIommus, type Topology } from './topology.ts';
+import { iommuIndexOf, physicalIommus, type TeardownOp, type Topology } from './topology.ts';
 import { FaultTrace } from './trace.ts';
 import { type DevicePlacement, Vm } from './vm.ts';
 
@@ -112,6 +112,7 @@ export class Sandbox {
   private readonly vmLatency: LatencyHistogram[];
   private readonly trace: FaultTrace | undefined;
   private readonly vms: Vm[];
+  private readonly timers: NodeJS.Timeout[] = [];
   private started = 0;
   private elapsed = 0;
   private state: 'new' | 'running' | 'stopped' = 'new';
@@ -127,6 +128,10 @@ export class Sandbox {
       onThreadError: (error) => this.threadException(error),
     });
     this.trace = options.trace ? new FaultTrace() : undefined;
+    if (topology.iopfTimeoutMs !== undefined) {
+      this.iommu.iopf.deadlineMs = topology.iopfTimeoutMs;
+      this.iommu.stallIopf.iopf.deadlineMs = topology.iopfTimeoutMs;
+    }
     const plant = options.plant ?? parsePlantedBugs(process.env.IOASID_SANDBOX_PLANT);
     if (Object.keys(plant).length > 0) {
       this.iommu.plantBugs(plant);
@@ -209,6 +214,7 @@ export class Sandbox {
       await this.teardown();
       throw error;
     }
+    this.startTimers();
     this.log.info({ topology: this.topology.name, vms: this.vms.length }, 'topology running');
   }
 
@@ -246,6 +252,19 @@ export class Sandbox {
   }
 
   /**
+   * A VMM teardown operation on every device of a running VM, now (README "Teardown"): detach,
+   * replace, fault-fd-close, hwpt-destroy, unbind, or guest-death. Its faults in flight are
+   * answered exactly once; the outcome ('done' or the registry's errno) is in the VM's report.
+   */
+  injectTeardown(vmName: string, op: TeardownOp): string {
+    if (this.state !== 'running') throw new Error('injectTeardown needs a running sandbox');
+    const vm = this.vms.find((v) => v.name === vmName);
+    if (!vm) throw new Error(`no VM named ${vmName}`);
+    vm.teardownOp(op, Math.round(performance.now() - this.started));
+    return vm.teardown?.outcome ?? 'done';
+  }
+
+  /**
    * Guest death on demand: end a VM's worker as if it had died. Everything pending for it is
    * answered INVALID, its devices detached, its objects destroyed; the other VMs go on.
    */
@@ -278,6 +297,7 @@ export class Sandbox {
       });
     }
     this.checkDevicesAnswered();
+    this.checkTeardownOracle();
     if (this.trace && this.options.trace) this.trace.write(this.options.trace);
     return this.report();
   }
@@ -336,7 +356,78 @@ export class Sandbox {
     }));
   }
 
+  private iopfTimeouts(): number {
+    return this.iommu.iopf.stats.timeouts + this.iommu.stallIopf.iopf.stats.timeouts;
+  }
+
+  /**
+   * Teardown operations the topology injects (a VM's `teardown`), and the response deadline's
+   * clock (`iopfTimeoutMs`): expired groups are taken back and answered INVALID.
+   */
+  private startTimers(): void {
+    for (const vm of this.vms) {
+      const teardown = vm.config.teardown;
+      if (!teardown) continue;
+      this.timers.push(
+        setTimeout(() => {
+          try {
+            vm.teardownOp(teardown.op, teardown.atMs);
+          } catch (error) {
+            this.threadException(error);
+          }
+        }, teardown.atMs),
+      );
+    }
+    const timeout = this.topology.iopfTimeoutMs;
+    if (timeout === undefined) return;
+    const expire = () => {
+      const now = performance.now();
+      this.iommu.iopf.expire(now);
+      this.iommu.stallIopf.iopf.expire(now);
+    };
+    this.timers.push(setInterval(expire, Math.max(1, Math.min(50, timeout / 4))));
+  }
+
+  private stopTimers(): void {
+    for (const timer of this.timers) clearTimeout(timer);
+    this.timers.length = 0;
+  }
+
+  /**
+   * The generation oracle and the PRI rule, once everything is torn down: no pooled group was
+   * touched after it was freed, and no response reached a device after its PRI was disabled.
+   */
+  private checkTeardownOracle(): void {
+    const stale = this.iommu.iopf.stats.staleAnswers + this.iommu.stallIopf.iopf.stats.staleAnswers;
+    if (stale > 0) {
+      this.invariants.violation({
+        rule: 'freed-group-touched',
+        detail: `${stale} answer(s) named a page-request group generation that had already been freed`,
+      });
+    }
+    for (const vm of this.vms) {
+      const touches = vm.registry.fault.stats.staleTouches;
+      if (touches > 0) {
+        this.invariants.violation({
+          rule: 'freed-group-touched',
+          vm: vm.name,
+          detail: `the VM's fault queue held ${touches} group(s) freed behind its back`,
+        });
+      }
+      for (const device of vm.devices) {
+        if (device.stats.responsesAfterDisable === 0) continue;
+        this.invariants.violation({
+          rule: 'response-after-pri-disabled',
+          vm: vm.name,
+          device: device.name,
+          detail: `${device.stats.responsesAfterDisable} PRG response(s) reached the device after its PRI was disabled`,
+        });
+      }
+    }
+  }
+
   private async teardown(): Promise<void> {
+    this.stopTimers();
     if (this.state === 'stopped') return;
     await Promise.all(this.vms.map((vm) => vm.shutdown()));
     this.elapsed = performance.now() - this.started;
@@ -400,7 +491,14 @@ export class Sandbox {
           read: vm.registry.fault.stats.read,
           responded: vm.registry.fault.stats.responded,
           autoResponded: vm.registry.fault.stats.autoResponded,
+          refusedResponses: vm.registry.fault.stats.refusedResponses,
+          lateResponses: vm.registry.fault.stats.lateResponses,
+          revoked: vm.registry.fault.stats.revoked,
+          staleTouches: vm.registry.fault.stats.staleTouches,
         },
+        iopfTimeouts: iommu.timeoutsOf(vm.index),
+        refaults: iommu.refaults.figures(vm.index),
+        ...(vm.teardown ? { teardown: { ...vm.teardown } } : {}),
         isolation: this.isolationOf(vm),
       })),
       // A group whose Last a physical PRI queue discarded was raised, and answered Success by it.
@@ -412,9 +510,11 @@ export class Sandbox {
           sum((vm) => vm.model.stats.autoResponded + vm.registry.fault.stats.autoResponded) +
           iommu.iopf.stats.answeredWithoutHandler +
           iommu.stallIopf.iopf.stats.answeredWithoutHandler +
+          this.iopfTimeouts() +
           priq('autoResponded'),
         dropped: sum((vm) => vm.model.stats.dropped) + priq('discarded'),
         lost,
+        iopfTimeouts: this.iopfTimeouts(),
       },
       dma: {
         ops: sumDevices((d) => d.stats.ops),

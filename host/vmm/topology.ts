@@ -92,6 +92,28 @@ export const DeviceSchema = z
     path: ['stall'],
   });
 
+/** VMM teardown operations a topology can inject into a running VM (README "Teardown"). */
+export const TEARDOWN_OPS = [
+  'detach',
+  'replace',
+  'fault-fd-close',
+  'hwpt-destroy',
+  'unbind',
+  'guest-death',
+] as const;
+export type TeardownOp = (typeof TEARDOWN_OPS)[number];
+
+export const TeardownSchema = z
+  .object({
+    atMs: z.number().int().min(0).max(600_000).describe('milliseconds after the launch'),
+    op: z
+      .enum(TEARDOWN_OPS)
+      .describe(
+        "what the VMM does to every device of the VM while its faults are in flight: detach, replace the HWPT with a fresh one, close the fault fd, destroy the attached HWPT (refused: EBUSY), unbind, or the guest's death",
+      ),
+  })
+  .strict();
+
 export const WorkloadSchema = z
   .object({
     kind: z.enum(['sva-stream', 'fault-storm', 'map-churn', 'stray-dma', 'idle']),
@@ -137,6 +159,9 @@ export const VmSchema = z
       .describe(
         'treat the guest as dead (answer and tear down everything of it) when a fault delivered to it stays unanswered this long',
       ),
+    teardown: TeardownSchema.optional().describe(
+      'a teardown operation injected into the running VM (its faults in flight are answered exactly once)',
+    ),
   })
   .strict()
   .superRefine((vm, ctx) => {
@@ -253,6 +278,15 @@ export const TopologySchema = z
       .max(1_000_000)
       .default(20_000)
       .describe('how long a guest spins on its doorbell before sleeping'),
+    iopfTimeoutMs: z
+      .number()
+      .int()
+      .min(1)
+      .max(600_000)
+      .optional()
+      .describe(
+        'response deadline of every page-request group handed to a fault queue: past it the host answers INVALID and counts an iopf-timeout (default: none)',
+      ),
     hostSpinNs: z
       .number()
       .int()

@@ -4,8 +4,10 @@
  * the guest's commands. Vsmmu (SMMUv3) and Vvtd (VT-d) implement it.
  */
 import type { DeviceContext } from '../../shared/control.ts';
+import { IommufdError } from '../iommufd/errors.ts';
 import type { FaultFd, FaultObject } from '../iommufd/fault.ts';
 import type { CorruptIndices } from './damage.ts';
+import type { TeardownOp } from './topology.ts';
 
 export interface ViommuModelStats {
   /** Groups written whole into the guest's page request queue. */
@@ -100,6 +102,25 @@ export interface VmRegistry {
   installContexts(contexts: readonly DeviceContext[]): void;
   /** Detach every device (pending groups are answered INVALID), then close everything. */
   teardown(): void;
+  /**
+   * A teardown operation on every device while its faults are in flight (topology `teardown`);
+   * returns 'done' or the errno the registry answered (hwpt-destroy: EBUSY).
+   */
+  teardownOp(op: RegistryTeardownOp): string;
   /** Objects alive in the VM's /dev/iommu (0 once torn down). */
   readonly objectCount: number;
+}
+
+/** The teardown operations a registry carries out (guest death is the VM's own). */
+export type RegistryTeardownOp = Exclude<TeardownOp, 'guest-death'>;
+
+/** Run registry calls; 'done', or the errno of the first refused one. */
+export function errnoOutcome(calls: () => void): string {
+  try {
+    calls();
+    return 'done';
+  } catch (error) {
+    if (error instanceof IommufdError) return error.errno;
+    throw error;
+  }
 }

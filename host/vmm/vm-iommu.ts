@@ -22,7 +22,7 @@ import { IOMMU_HWPT_ALLOC_NEST_PARENT, IOMMU_HWPT_FAULT_ID_VALID } from '../iomm
 import { Iommufd } from '../iommufd/iommufd.ts';
 import type { VeventqFd } from '../iommufd/veventq.ts';
 import { mapGuestRam } from './guest-ram.ts';
-import type { VmRegistry } from './viommu-model.ts';
+import { errnoOutcome, type RegistryTeardownOp, type VmRegistry } from './viommu-model.ts';
 import type { VdeviceMap } from './vsmmu.ts';
 
 /** Events the host queues for the VMM before it reads them; more are lost (and say so). */
@@ -43,6 +43,11 @@ export class VmIommu implements VdeviceMap, VmRegistry {
   /** The vIOMMU's event queue: the stage-1 events of terminated transactions. */
   readonly veventqFd: VeventqFd;
   private readonly devIds: number[];
+  /** The nested HWPT each device is attached to (after installContexts), and its vSTE. */
+  private readonly nested: number[] = [];
+  private readonly vstes: Uint8Array[] = [];
+  private faultFdOpen = true;
+  private unbound = false;
   private readonly viommuId: number;
   private readonly faultId: number;
   /** Host-physical base of the VM's RAM. */
@@ -90,17 +95,59 @@ export class VmIommu implements VdeviceMap, VmRegistry {
   /** The guest installed its STEs: a nested HWPT per device with its vSTE, attached to the RID. */
   installContexts(contexts: readonly DeviceContext[]): void {
     contexts.forEach((ctx, vsid) => {
-      const devId = this.devIds[vsid];
-      const { hwptId } = this.fd.hwptAlloc({
-        flags: IOMMU_HWPT_FAULT_ID_VALID,
-        devId,
-        ptId: this.viommuId,
-        dataType: IOMMU_HWPT_DATA_ARM_SMMUV3,
-        data: encodeVste(ctx.cdTableGpa, ctx.cdLog2),
-        faultId: this.faultId,
-      });
-      this.fd.attachDevice({ devId, ptId: hwptId });
+      this.vstes[vsid] = encodeVste(ctx.cdTableGpa, ctx.cdLog2);
+      this.nested[vsid] = this.nestedHwpt(vsid);
+      this.fd.attachDevice({ devId: this.devIds[vsid], ptId: this.nested[vsid] });
     });
+  }
+
+  private nestedHwpt(vsid: number): number {
+    return this.fd.hwptAlloc({
+      flags: IOMMU_HWPT_FAULT_ID_VALID,
+      devId: this.devIds[vsid],
+      ptId: this.viommuId,
+      dataType: IOMMU_HWPT_DATA_ARM_SMMUV3,
+      data: this.vstes[vsid],
+      faultId: this.faultId,
+    }).hwptId;
+  }
+
+  /**
+   * A teardown operation on every device while its faults are in flight; returns its outcome
+   * ('done', or the errno the registry answered).
+   */
+  teardownOp(op: RegistryTeardownOp): string {
+    const fd = this.fd;
+    switch (op) {
+      case 'detach':
+        for (const devId of this.devIds) fd.detachDevice({ devId });
+        return 'done';
+      case 'replace':
+        // A fresh nested HWPT with the same vSTE: the device goes on, its faults in flight do not.
+        this.nested.forEach((old, vsid) => {
+          this.nested[vsid] = this.nestedHwpt(vsid);
+          fd.replaceDevice({ devId: this.devIds[vsid], ptId: this.nested[vsid] });
+          fd.destroy({ id: old });
+        });
+        return 'done';
+      case 'fault-fd-close':
+        this.closeFaultFd();
+        return 'done';
+      case 'hwpt-destroy':
+        return errnoOutcome(() => {
+          for (const id of this.nested) fd.destroy({ id });
+        });
+      case 'unbind':
+        for (const devId of this.devIds) fd.unbindDevice({ devId });
+        this.unbound = true;
+        return 'done';
+    }
+  }
+
+  private closeFaultFd(): void {
+    if (!this.faultFdOpen) return;
+    this.faultFdOpen = false;
+    this.faultFd.close();
   }
 
   get objectCount(): number {
@@ -144,8 +191,8 @@ export class VmIommu implements VdeviceMap, VmRegistry {
   /** Detach every device (pending groups are answered INVALID), then close the fd and the registry. */
   teardown(): void {
     if (!this.fd.objects().length) return;
-    for (const devId of this.devIds) this.fd.detachDevice({ devId });
-    this.faultFd.close();
+    if (!this.unbound) for (const devId of this.devIds) this.fd.detachDevice({ devId });
+    this.closeFaultFd();
     this.veventqFd.close();
     this.fd.close();
     this.ops.iommu.host.unregister(this.ramBase);

@@ -23,7 +23,7 @@ import type { Iommu } from '../iommu/iommu.ts';
 import type { Smmuv3Ops } from '../iommu/smmuv3-ops.ts';
 import type { VtdOps } from '../iommu/vtd-ops.ts';
 import type { InvariantChecker } from './invariants.ts';
-import type { Topology, VmConfig } from './topology.ts';
+import type { TeardownOp, Topology, VmConfig } from './topology.ts';
 import type { FaultTrace } from './trace.ts';
 import type { ViommuModel, VmRegistry } from './viommu-model.ts';
 import { VmIommu } from './vm-iommu.ts';
@@ -102,6 +102,8 @@ export class Vm {
   crashed = false;
   crashReason: string | undefined;
   guestStats: GuestStats | undefined;
+  /** The teardown operation injected into this VM, when and with what outcome. */
+  teardown: { op: TeardownOp; atMs: number; outcome: string } | undefined;
 
   /** The host's channel: shared with the guest (`sab`), or the host's own copy (`postmessage`). */
   private readonly channel: SharedArrayBuffer;
@@ -341,6 +343,29 @@ export class Vm {
       },
       Math.max(5, Math.min(50, timeout / 4)),
     );
+  }
+
+  /**
+   * A VMM teardown operation on every device of this VM while its faults are in flight. The
+   * registry answers every group it ends (detach, replace, unbind), and the VMM forgets what it
+   * had delivered: a guest answer to one of those groups is then a counted unknown response, never
+   * applied to a group that reused its cookie. Guest death is `giveUp`.
+   */
+  teardownOp(op: TeardownOp, atMs: number): void {
+    if (this.crashed) {
+      this.teardown = { op, atMs, outcome: 'skipped: the guest is dead' };
+      return;
+    }
+    if (op === 'guest-death') {
+      this.giveUp('guest death injected by the topology (teardown: guest-death)');
+      this.teardown = { op, atMs, outcome: 'done' };
+      return;
+    }
+    const outcome = this.registry.teardownOp(op);
+    if (op === 'detach' || op === 'replace' || op === 'unbind') this.model.forgetDelivered();
+    this.teardown = { op, atMs, outcome };
+    this.log.info({ op, outcome }, 'teardown injected');
+    this.hostBell.ring();
   }
 
   /** Declare the guest dead and end its worker; everything of it is answered and torn down. */

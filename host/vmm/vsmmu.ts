@@ -184,6 +184,8 @@ export class Vsmmu implements ViommuModel {
 
   /** Read whole groups from the fault fd into the guest's PRI queue; returns records moved. */
   drainFaults(): number {
+    // A fault fd the VMM has closed (teardown: fault-fd-close) is never read again.
+    if (!this.faultFd.writable) return 0;
     let moved = 0;
     for (
       let bytes = this.faultFd.read(this.faultBuffer);

@@ -33,7 +33,7 @@ import {
 } from '../iommufd/hwpt.ts';
 import { Iommufd } from '../iommufd/iommufd.ts';
 import { mapGuestRam } from './guest-ram.ts';
-import type { VmRegistry } from './viommu-model.ts';
+import { errnoOutcome, type RegistryTeardownOp, type VmRegistry } from './viommu-model.ts';
 
 export interface VtdAssignedDevice {
   /** Physical StreamID (the function's RID). */
@@ -58,6 +58,10 @@ export class VtdVmIommu implements VmRegistry {
   private readonly ramBase: number;
   /** Nested HWPT of (guest device index, PASID), as index * 2^20 + PASID. */
   private readonly hwpts = new Map<number, number>();
+  /** First-stage table address of each (device, PASID) with a nested HWPT, keyed the same way. */
+  private readonly ttbs = new Map<number, number>();
+  private faultFdOpen = true;
+  private unbound = false;
   private readonly invalidation = new Uint8Array(24);
 
   constructor(
@@ -111,27 +115,79 @@ export class VtdVmIommu implements VmRegistry {
       this.rejectedEntries++;
       return;
     }
-    const routed = this.routing === 'ioasid-owner' || rid;
     try {
-      const { hwptId } = this.fd.hwptAlloc({
-        flags: IOMMU_HWPT_ALLOC_PASID | (routed ? IOMMU_HWPT_FAULT_ID_VALID : 0),
-        devId,
-        ptId: this.s2,
-        dataType: IOMMU_HWPT_DATA_VTD_S1,
-        data: encodeVtdS1(ttb),
-        faultId: routed ? this.faultId : 0,
-      });
+      const hwptId = this.nestedHwpt(index, pasid, ttb);
       try {
         this.fd.attachDevice(rid ? { devId, ptId: hwptId } : { devId, ptId: hwptId, pasid });
       } catch (error) {
         this.fd.destroy({ id: hwptId });
         throw error;
       }
+      this.ttbs.set(index * 0x10_0000 + pasid, ttb);
       this.hwpts.set(index * 0x10_0000 + pasid, hwptId);
     } catch (error) {
       if (!(error instanceof IommufdError)) throw error;
       this.rejectedEntries++;
     }
+  }
+
+  /** A nested HWPT for (device, PASID) over the first-stage table at `ttb`. */
+  private nestedHwpt(index: number, pasid: number, ttb: number): number {
+    const routed = this.routing === 'ioasid-owner' || pasid === 0;
+    return this.fd.hwptAlloc({
+      flags: IOMMU_HWPT_ALLOC_PASID | (routed ? IOMMU_HWPT_FAULT_ID_VALID : 0),
+      devId: this.devIds[index],
+      ptId: this.s2,
+      dataType: IOMMU_HWPT_DATA_VTD_S1,
+      data: encodeVtdS1(ttb),
+      faultId: routed ? this.faultId : 0,
+    }).hwptId;
+  }
+
+  /** See VmRegistry.teardownOp: every attached (device, PASID) at once. */
+  teardownOp(op: RegistryTeardownOp): string {
+    const fd = this.fd;
+    switch (op) {
+      case 'detach':
+        for (const key of this.hwpts.keys()) fd.detachDevice(this.attachTarget(key));
+        return 'done';
+      case 'replace':
+        for (const [key, old] of this.hwpts) {
+          const hwptId = this.nestedHwpt(
+            Math.floor(key / 0x10_0000),
+            key % 0x10_0000,
+            this.ttbs.get(key) as number,
+          );
+          fd.replaceDevice({ ...this.attachTarget(key), ptId: hwptId });
+          fd.destroy({ id: old });
+          this.hwpts.set(key, hwptId);
+        }
+        return 'done';
+      case 'fault-fd-close':
+        this.closeFaultFd();
+        return 'done';
+      case 'hwpt-destroy':
+        return errnoOutcome(() => {
+          for (const id of this.hwpts.values()) fd.destroy({ id });
+        });
+      case 'unbind':
+        for (const devId of this.devIds) fd.unbindDevice({ devId });
+        this.unbound = true;
+        return 'done';
+    }
+  }
+
+  /** The DEVICE and PASID (none for the RID) of a (device, PASID) key. */
+  private attachTarget(key: number): { devId: number; pasid?: number } {
+    const devId = this.devIds[Math.floor(key / 0x10_0000)];
+    const pasid = key % 0x10_0000;
+    return pasid === 0 ? { devId } : { devId, pasid };
+  }
+
+  private closeFaultFd(): void {
+    if (!this.faultFdOpen) return;
+    this.faultFdOpen = false;
+    this.faultFd.close();
   }
 
   get objectCount(): number {
@@ -177,13 +233,9 @@ export class VtdVmIommu implements VmRegistry {
 
   teardown(): void {
     if (!this.fd.objects().length) return;
-    for (const [key] of this.hwpts) {
-      const devId = this.devIds[Math.floor(key / 0x10_0000)];
-      const pasid = key % 0x10_0000;
-      this.fd.detachDevice(pasid === 0 ? { devId } : { devId, pasid });
-    }
+    if (!this.unbound) for (const key of this.hwpts.keys()) this.fd.detachDevice(this.attachTarget(key));
     this.hwpts.clear();
-    this.faultFd.close();
+    this.closeFaultFd();
     this.fd.close();
     this.ops.iommu.host.unregister(this.ramBase);
   }

@@ -118,6 +118,8 @@ export class Vvtd implements ViommuModel {
   }
 
   drainFaults(): number {
+    // A fault fd the VMM has closed (teardown: fault-fd-close) is never read again.
+    if (!this.faultFd.writable) return 0;
     let moved = 0;
     for (
       let bytes = this.faultFd.read(this.faultBuffer);
