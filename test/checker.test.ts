@@ -79,13 +79,12 @@ describe('planted host bugs are caught by name', () => {
     expect(p.status).toBe(3);
     const counts = JSON.parse(p.stdout).invariants.counts;
     expect(counts['fault-delivered-to-non-owner']).toBe(1);
-    // The misrouted group waits in the other VM's fault queue, past its own device's unbind: its
-    // answer arrives after PRI was disabled, so the device never gets one. Nothing else breaks.
-    expect(Object.keys(counts).sort()).toEqual([
-      'fault-delivered-to-non-owner',
-      'group-unanswered',
-      'response-after-pri-disabled',
-    ]);
+    // If the misrouted group still waits in the other VM's fault queue when its own device is
+    // unbound, its answer arrives after PRI was disabled and the device never gets one (whether it
+    // does depends on timing). Nothing else may break.
+    const consequences = ['group-unanswered', 'response-after-pri-disabled'];
+    for (const rule of Object.keys(counts))
+      expect(['fault-delivered-to-non-owner', ...consequences]).toContain(rule);
   });
 
   test('a bad plant is refused with the names it knows', () => {

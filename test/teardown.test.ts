@@ -211,8 +211,8 @@ describe.each(OPS)('teardown by %s', (op) => {
     r.device.send(1, true);
     r.device.send(2, true, 2);
     let ran = false;
-    r.thread.onHolding = (request) => {
-      if (request.prgIndex !== 1 || ran) return;
+    r.thread.onHolding = () => {
+      if (r.thread.heldRequest.prgIndex !== 1 || ran) return;
       ran = true;
       teardown[op](r);
       expectAnsweredByOp(r, op, 1);

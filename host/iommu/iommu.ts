@@ -102,7 +102,10 @@ export class Iommu {
   readonly refaults = new RefaultGauge();
   private readonly timeouts = new Map<number, number>();
   /** The terminate model's recording: at most one event record per transaction. */
-  readonly recorder = new FaultRecorder({ record: (event) => this.deliverEvent(event) });
+  readonly recorder = new FaultRecorder({
+    // Into the event queue of the IOMMU the stream sits behind; its thread hands records on.
+    record: (event) => this.instanceOf(event.streamId).evtq.write(event),
+  });
   private readonly fault = newTranslationFault();
   private readonly eventHandlers = new Map<number, (event: Readonly<EventRecordFields>) => void>();
   private readonly streams = new Map<number, StreamEntry>();
@@ -127,6 +130,8 @@ export class Iommu {
         this.iopf.discardPartialWhere((streamId) => this.instanceOf(streamId) === instance),
       autoRespond: (streamId: number, pasid: number, ssv: boolean, prgIndex: number) =>
         this.endpoints.get(streamId)?.prgResponse(pasid, ssv, prgIndex, PRG_SUCCESS),
+      handleEvent: (event: Readonly<EventRecordFields>) => this.handleEvent(event),
+      stallCapacity: this.stalls.capacity,
       wake: (requester: number) => this.wakeRequester(requester),
       onError: options.onThreadError,
     };
@@ -224,7 +229,10 @@ export class Iommu {
    * IOPF layer and its route of the moment), then the stream's partial groups are dropped.
    */
   flushFaults(streamId: number, pasid: number | undefined): void {
-    this.instanceOf(streamId).thread.flush();
+    const instance = this.instanceOf(streamId);
+    instance.thread.flush();
+    // Stall records waiting in the event queue become IOPF groups now, under the routes of now.
+    instance.evtqThread.flush();
     this.iopf.flushPartial(streamId, pasid);
   }
 
@@ -237,10 +245,10 @@ export class Iommu {
     this.endpoints.get(streamId)?.disablePri?.();
   }
 
-  /** Run every IRQ thread now until its PRI queue is empty (teardown, tests). */
+  /** Run every IRQ thread now until its queue (PRI and event) is empty (teardown, tests). */
   drainPageRequests(): number {
     let handled = 0;
-    for (const instance of this.instances) handled += instance.thread.drain();
+    for (const instance of this.instances) handled += instance.thread.drain() + instance.evtqThread.drain();
     return handled;
   }
 
@@ -440,8 +448,19 @@ export class Iommu {
     f.access = access;
     f.stall = true;
     f.stag = r.stag;
+    // The Stall=1 record goes through the event queue; its thread raises the IOPF group.
     this.recorder.record(f, true);
-    this.stallIopf.toIopf(streamId, r.stag);
+  }
+
+  /**
+   * The event thread's record: a stall becomes an IOPF group; any other goes to its vIOMMU. The
+   * stream's VM is woken: a record handled in a turn of the thread's own has nobody else to.
+   */
+  private handleEvent(event: Readonly<EventRecordFields>): void {
+    this.deliverEvent(event);
+    if (event.stall) this.stallIopf.toIopf(event.streamId, event.stag);
+    const requester = this.requesterOf(event.streamId, event.ssv ? event.substreamId : 0);
+    if (requester >= 0) this.wakeRequester(requester);
   }
 
   private deliverEvent(event: Readonly<EventRecordFields>): void {

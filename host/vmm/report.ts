@@ -3,6 +3,7 @@
  * later versions add fields and never remove or rename one.
  */
 import type { TranslationStats } from '../iommu/iommu.ts';
+import type { PhysicalEvtqStats } from '../iommu/physical-event-queue.ts';
 import type { RefaultFigures } from '../iommu/refault-gauge.ts';
 import type { GuestDamage } from './damage.ts';
 import type { Violation } from './invariants.ts';
@@ -129,6 +130,12 @@ export interface PhysicalIommuReport {
   threadPasses: number;
   deferredPasses: number;
   partialsDiscarded: number;
+  /**
+   * Its event queue (SMMUv3 EVTQ rules): records written, consumed, non-stall records discarded
+   * when full, overflows raised and acknowledged, stall records that waited for room, high water,
+   * and its thread's passes.
+   */
+  eventQueue: { evtqLog2: number; threadPasses: number; deferredPasses: number } & PhysicalEvtqStats;
 }
 
 export interface RunReport {

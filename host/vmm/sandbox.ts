@@ -353,6 +353,12 @@ export class Sandbox {
       threadPasses: i.thread.stats.passes,
       deferredPasses: i.thread.stats.deferredPasses,
       partialsDiscarded: i.thread.stats.partialsDiscarded,
+      eventQueue: {
+        evtqLog2: i.evtq.log2Size,
+        ...i.evtq.stats,
+        threadPasses: i.evtqThread.stats.passes,
+        deferredPasses: i.evtqThread.stats.deferredPasses,
+      },
     }));
   }
 

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { isNode, LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
 import { MISBEHAVIOURS } from '../../shared/control.ts';
-import { DEFAULT_IOMMU_NAME, DEFAULT_PRIQ_LOG2 } from '../iommu/iommu-instance.ts';
+import { DEFAULT_EVTQ_LOG2, DEFAULT_IOMMU_NAME, DEFAULT_PRIQ_LOG2 } from '../iommu/iommu-instance.ts';
 
 const name = z
   .string()
@@ -241,7 +241,9 @@ export const PhysicalIommuSchema = z
     ),
     evtqLog2: log2(1, 19)
       .optional()
-      .describe('the physical event queue: 2^n entries (accepted; the host event path is not modelled yet)'),
+      .describe(
+        `the physical event queue, shared by every device behind this IOMMU: 2^n entries (SMMUv3 EVTQ rules; default 2^${DEFAULT_EVTQ_LOG2})`,
+      ),
     iotlbEntries: pow2(1, 1 << 20)
       .optional()
       .describe("IOTLB entries (a power of two; default the `iommu` section's)"),

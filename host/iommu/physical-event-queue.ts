@@ -1,0 +1,216 @@
+/**
+ * The host's physical event queue (SMMUv3 EVTQ, fault-queues.md 1.1, 1.2; spec 7.2.1, 7.4): 2^n
+ * 32-byte entries in the event record layout (shared/records/evtq-entry.ts), written by the IOMMU
+ * for every stream behind it and consumed by the host driver's event thread (EvtqThread below).
+ *
+ * Its overflow rules are not the PRI queue's:
+ * - a non-stall record that finds the queue full is discarded, and OVFLG toggles only if no
+ *   overflow is pending (a second one is invisible until software acknowledges the first);
+ * - the queue keeps accepting records while the overflow is unacknowledged, as soon as it has room;
+ * - a record of a stalled transaction is never discarded and never causes an overflow: it waits in
+ *   the SMMU's stall buffer and is written ahead of any record that comes after it.
+ *
+ * PROD and CONS hold index + wrap (bits [n:0]); PROD bit 31 is OVFLG, CONS bit 31 OVACKFLG.
+ */
+import {
+  decodeEvtqEntry,
+  EVTQ_ENTRY_WORDS,
+  type EvtqEntry,
+  encodeEvtqEntry,
+  newEvtqEntry,
+} from '../../shared/records/evtq-entry.ts';
+import { IrqThread, type IrqThreadOptions, type IrqThreadStats } from './irq-thread.ts';
+
+const OVF = 0x8000_0000 | 0;
+
+export interface PhysicalEvtqStats {
+  /** Records committed to the queue (held stall records once they got there). */
+  written: number;
+  consumed: number;
+  /** Non-stall records discarded because the queue was full. */
+  discarded: number;
+  /** Discards that toggled OVFLG, and overflows the host acknowledged. */
+  overflows: number;
+  acknowledged: number;
+  /** Stall records that had to wait in the stall buffer. */
+  stallsHeld: number;
+  highWater: number;
+}
+
+export class PhysicalEventQueue {
+  readonly log2Size: number;
+  readonly size: number;
+  readonly stats: PhysicalEvtqStats = {
+    written: 0,
+    consumed: 0,
+    discarded: 0,
+    overflows: 0,
+    acknowledged: 0,
+    stallsHeld: 0,
+    highWater: 0,
+  };
+  readonly words: Int32Array;
+  /** Called on the empty -> non-empty edge: the queue's interrupt. */
+  irq: () => void = () => {};
+  private readonly wrapMask: number;
+  private readonly indexMask: number;
+  private prod = 0;
+  private cons = 0;
+  /** The stall buffer: a FIFO of encoded stall records waiting for room. */
+  private readonly held: Int32Array;
+  private heldHead = 0;
+  private heldCount = 0;
+
+  /** @param stallCapacity stall records that can wait at once (the stall model's STAGs suffice). */
+  constructor(log2Size: number, stallCapacity: number) {
+    if (!Number.isInteger(log2Size) || log2Size < 1 || log2Size > 19) {
+      throw new RangeError(`an event queue has 2^1..2^19 entries; got log2 ${log2Size}`);
+    }
+    this.log2Size = log2Size;
+    this.size = 1 << log2Size;
+    this.indexMask = this.size - 1;
+    this.wrapMask = (2 << log2Size) - 1;
+    this.words = new Int32Array(this.size * EVTQ_ENTRY_WORDS);
+    this.held = new Int32Array(Math.max(1, stallCapacity) * EVTQ_ENTRY_WORDS);
+  }
+
+  get empty(): boolean {
+    return ((this.prod ^ this.cons) & this.wrapMask) === 0;
+  }
+
+  get full(): boolean {
+    return ((this.prod ^ this.cons) & this.wrapMask) === this.size;
+  }
+
+  get occupancy(): number {
+    return ((this.prod & this.wrapMask) - (this.cons & this.wrapMask)) & this.wrapMask;
+  }
+
+  get overflowActive(): boolean {
+    return ((this.prod ^ this.cons) & OVF) !== 0;
+  }
+
+  get prodRegister(): number {
+    return this.prod >>> 0;
+  }
+
+  get consRegister(): number {
+    return this.cons >>> 0;
+  }
+
+  /** Stall records waiting in the stall buffer. */
+  get heldStalls(): number {
+    return this.heldCount;
+  }
+
+  /**
+   * The IOMMU records an event. Returns 'written', 'held' (a stall record waiting for room) or
+   * 'discarded' (a non-stall record that found the queue full).
+   */
+  write(e: Readonly<EvtqEntry>): 'written' | 'held' | 'discarded' {
+    const wasEmpty = this.empty;
+    this.releaseHeld();
+    // Held stall records go first: a later record is written only once they are all in.
+    if (this.heldCount === 0 && !this.full) {
+      this.commit(e);
+      if (wasEmpty) this.irq();
+      return 'written';
+    }
+    if (wasEmpty && !this.empty) this.irq();
+    if (e.stall) {
+      if (this.heldCount * EVTQ_ENTRY_WORDS === this.held.length) {
+        throw new Error('event queue: the stall buffer is full (more stalls than the stall model has STAGs)');
+      }
+      const slot = (this.heldHead + this.heldCount) % (this.held.length / EVTQ_ENTRY_WORDS);
+      encodeEvtqEntry(this.held, slot * EVTQ_ENTRY_WORDS, e);
+      this.heldCount++;
+      this.stats.stallsHeld++;
+      return 'held';
+    }
+    this.stats.discarded++;
+    if (!this.overflowActive) {
+      this.prod ^= OVF;
+      this.stats.overflows++;
+    }
+    return 'discarded';
+  }
+
+  /**
+   * Consume the entry at CONS: its word offset in `words` (valid until the next write or
+   * `releaseHeld`), or -1 when the queue is empty.
+   */
+  pop(): number {
+    if (this.empty) return -1;
+    const slot = this.cons & this.indexMask;
+    this.cons = (this.cons & OVF) | ((this.cons + 1) & this.wrapMask);
+    this.stats.consumed++;
+    return slot * EVTQ_ENTRY_WORDS;
+  }
+
+  /** CONS.OVACKFLG := PROD.OVFLG. */
+  acknowledgeOverflow(): void {
+    if (!this.overflowActive) return;
+    this.cons = (this.cons & ~OVF) | (this.prod & OVF);
+    this.stats.acknowledged++;
+  }
+
+  /** Move held stall records into whatever room the queue has, oldest first. */
+  releaseHeld(): void {
+    const slots = this.held.length / EVTQ_ENTRY_WORDS;
+    while (this.heldCount > 0 && !this.full) {
+      const from = this.heldHead * EVTQ_ENTRY_WORDS;
+      const to = (this.prod & this.indexMask) * EVTQ_ENTRY_WORDS;
+      this.words.set(this.held.subarray(from, from + EVTQ_ENTRY_WORDS), to);
+      this.advanceProd();
+      this.heldHead = (this.heldHead + 1) % slots;
+      this.heldCount--;
+    }
+  }
+
+  private commit(e: Readonly<EvtqEntry>): void {
+    encodeEvtqEntry(this.words, (this.prod & this.indexMask) * EVTQ_ENTRY_WORDS, e);
+    this.advanceProd();
+  }
+
+  /** Entry first, then PROD (3.5.2). */
+  private advanceProd(): void {
+    this.prod = (this.prod & OVF) | ((this.prod + 1) & this.wrapMask);
+    this.stats.written++;
+    const held = this.occupancy;
+    if (held > this.stats.highWater) this.stats.highWater = held;
+  }
+}
+
+export interface EvtqThreadOptions extends IrqThreadOptions {
+  /** One event record, decoded (the driver's arm_smmu_handle_evt). */
+  handle(e: Readonly<EvtqEntry>): void;
+}
+
+/**
+ * The host driver's event-queue thread (Linux arm_smmu_evtq_thread): records go to `handle` (a
+ * stall becomes an IOPF group, a stage-1 record goes to its vIOMMU); after an overflow the lost
+ * records are only counted, then acknowledged. Each entry it frees lets a held stall record in.
+ */
+export class EvtqThread extends IrqThread {
+  readonly stats: IrqThreadStats = { passes: 0, deferredPasses: 0 };
+  private readonly entry = newEvtqEntry();
+
+  constructor(
+    private readonly queue: PhysicalEventQueue,
+    private readonly options: EvtqThreadOptions,
+  ) {
+    super(queue, options);
+  }
+
+  protected take(): boolean {
+    const at = this.queue.pop();
+    if (at < 0) return false;
+    decodeEvtqEntry(this.queue.words, at, this.entry);
+    this.queue.releaseHeld();
+    return true;
+  }
+
+  protected handOn(): void {
+    this.options.handle(this.entry);
+  }
+}
