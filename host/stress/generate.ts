@@ -19,7 +19,7 @@ const SILENT: readonly Misbehaviour[] = ['hang', 'never-respond'];
 const TEARDOWN_P = 0.12;
 /** Chance that a run sets a response deadline on every group (iopfTimeoutMs). */
 const DEADLINE_P = 0.2;
-/** Chance that a run has physical IOMMUs of its own (1 to 3, small PRI queues, devices spread). */
+/** Chance that a run has physical IOMMUs of its own (1 to 3, small queues, devices spread). */
 const IOMMUS_P = 0.3;
 
 /**
@@ -146,6 +146,7 @@ export function drawTopology(seed: number): Topology {
     ? Array.from({ length: between(prng, 1, 3) }, (_, i) => ({
         name: `iommu${i}`,
         priqLog2: between(prng, 3, 8),
+        evtqLog2: between(prng, 2, 8),
       }))
     : undefined;
   if (iommus) {
