@@ -250,15 +250,19 @@ export async function runBench(quick: boolean): Promise<BenchReport> {
       nestedWalksPerS: target(nested, '>= 5,000,000', nested >= 5_000_000),
       vms16Over1: target(ratios.vms16Over1, '>= 0.7', ratios.vms16Over1 >= 0.7),
       launchMs: target(launch.launchMs, launchTarget, launch.vms === 64 && launch.launchMs <= 3000),
-      rssPerVmMB: target(launch.rssPerVmMB, '<= 25', launch.rssPerVmMB <= 25),
+      rssPerVmMB: target(launch.rssPerVmMB, '<= 25', launch.rssPerVmMB > 0 && launch.rssPerVmMB <= 25),
     },
-    warnings:
-      floor.spinUs > floor.sleepUs
+    warnings: [
+      ...(floor.spinUs > floor.sleepUs
         ? [
             `the spin round trip (${floor.spinUs} us) was slower than the blocking one (${floor.sleepUs} us): ` +
               'both threads could not run at once, so the cores were busy elsewhere; spin-based figures and ratios are not meaningful in this run',
           ]
-        : [],
+        : []),
+      ...(launch.rssPerVmMB <= 0
+        ? ['resident memory fell while the VMs launched: rssPerVmMB is not meaningful in this run']
+        : []),
+    ],
     elapsedMs: Math.round(performance.now() - started),
   };
 }
