@@ -8,6 +8,7 @@
  * successful translation. Throughput counts page-request groups between the workloads' start and
  * their end, launch excluded.
  */
+import { spawn } from 'node:child_process';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type { TransportKind } from '../../shared/channel-side.ts';
@@ -111,6 +112,30 @@ function collectGarbage(): void {
 }
 
 const GUEST_RAM_MIB = 16;
+
+const LAUNCH_CHILD = new URL(
+  import.meta.url.endsWith('.ts') ? './launch-child.mjs' : './launch-child.js',
+  import.meta.url,
+);
+
+/** launchMany in a fresh process (launch-child.ts), so that its resident memory is its own. */
+export function launchManyIsolated(vms: number): Promise<LaunchFigures> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [LAUNCH_CHILD.pathname, String(vms)], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let out = '';
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (chunk: string) => {
+      out += chunk;
+    });
+    child.on('error', reject);
+    child.on('exit', (code) => {
+      if (code !== 0) reject(new Error(`the launch figure's process exited with ${code}`));
+      else resolve(JSON.parse(out) as LaunchFigures);
+    });
+  });
+}
 
 /** Launch `vms` VMs of 16 MiB; each pages in one page by a page request. */
 export async function launchMany(vms: number): Promise<LaunchFigures> {

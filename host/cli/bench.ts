@@ -10,7 +10,7 @@ import { PageAllocator } from '../../guest/mm/page-allocator.ts';
 import type { TransportKind } from '../../shared/channel-side.ts';
 import { GuestMemory, PAGE_SIZE } from '../../shared/guest-memory.ts';
 import { measureFloors } from '../bench/floors.ts';
-import { faultRoundTrip, faultThroughput, launchMany } from '../bench/sandbox-bench.ts';
+import { faultRoundTrip, faultThroughput, launchManyIsolated } from '../bench/sandbox-bench.ts';
 import { Iommu } from '../iommu/iommu.ts';
 import { Smmuv3Ops } from '../iommu/smmuv3-ops.ts';
 import { ACCESS_READ, newWalkResult, type Stage1Context, walkStage1 } from '../iommu/stage1-walker.ts';
@@ -197,7 +197,7 @@ export async function runBench(quick: boolean): Promise<BenchReport> {
   const vms1PerS = ring.perS;
   const vms4PerS = await median(quick ? 1 : 3, () => faultThroughput(4, quick, 'sab'));
   const vms16PerS = await median(quick ? 1 : 3, () => faultThroughput(16, quick, 'sab'));
-  const launch = await launchMany(quick ? 16 : 64);
+  const launch = await launchManyIsolated(quick ? 16 : 64);
   const floor = {
     spinUs: floors.spinUs.median,
     sleepUs: floors.sleepUs.median,
