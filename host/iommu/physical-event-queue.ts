@@ -10,7 +10,7 @@
  * - a record of a stalled transaction is never discarded and never causes an overflow: it waits in
  *   the SMMU's stall buffer and is written ahead of any record that comes after it.
  *
- * PROD and CONS hold index + wrap (bits [n:0]); PROD bit 31 is OVFLG, CONS bit 31 OVACKFLG.
+ * PROD and CONS: queue-registers.ts.
  */
 import {
   decodeEvtqEntry,
@@ -20,8 +20,7 @@ import {
   newEvtqEntry,
 } from '../../shared/records/evtq-entry.ts';
 import { IrqThread, type IrqThreadOptions, type IrqThreadStats } from './irq-thread.ts';
-
-const OVF = 0x8000_0000 | 0;
+import { QueueRegisters } from './queue-registers.ts';
 
 export interface PhysicalEvtqStats {
   /** Records committed to the queue (held stall records once they got there). */
@@ -37,9 +36,7 @@ export interface PhysicalEvtqStats {
   highWater: number;
 }
 
-export class PhysicalEventQueue {
-  readonly log2Size: number;
-  readonly size: number;
+export class PhysicalEventQueue extends QueueRegisters {
   readonly stats: PhysicalEvtqStats = {
     written: 0,
     consumed: 0,
@@ -52,10 +49,6 @@ export class PhysicalEventQueue {
   readonly words: Int32Array;
   /** Called on the empty -> non-empty edge: the queue's interrupt. */
   irq: () => void = () => {};
-  private readonly wrapMask: number;
-  private readonly indexMask: number;
-  private prod = 0;
-  private cons = 0;
   /** The stall buffer: a FIFO of encoded stall records waiting for room. */
   private readonly held: Int32Array;
   private heldHead = 0;
@@ -63,39 +56,9 @@ export class PhysicalEventQueue {
 
   /** @param stallCapacity stall records that can wait at once (the stall model's STAGs suffice). */
   constructor(log2Size: number, stallCapacity: number) {
-    if (!Number.isInteger(log2Size) || log2Size < 1 || log2Size > 19) {
-      throw new RangeError(`an event queue has 2^1..2^19 entries; got log2 ${log2Size}`);
-    }
-    this.log2Size = log2Size;
-    this.size = 1 << log2Size;
-    this.indexMask = this.size - 1;
-    this.wrapMask = (2 << log2Size) - 1;
+    super(log2Size, 'an event queue');
     this.words = new Int32Array(this.size * EVTQ_ENTRY_WORDS);
     this.held = new Int32Array(Math.max(1, stallCapacity) * EVTQ_ENTRY_WORDS);
-  }
-
-  get empty(): boolean {
-    return ((this.prod ^ this.cons) & this.wrapMask) === 0;
-  }
-
-  get full(): boolean {
-    return ((this.prod ^ this.cons) & this.wrapMask) === this.size;
-  }
-
-  get occupancy(): number {
-    return ((this.prod & this.wrapMask) - (this.cons & this.wrapMask)) & this.wrapMask;
-  }
-
-  get overflowActive(): boolean {
-    return ((this.prod ^ this.cons) & OVF) !== 0;
-  }
-
-  get prodRegister(): number {
-    return this.prod >>> 0;
-  }
-
-  get consRegister(): number {
-    return this.cons >>> 0;
   }
 
   /** Stall records waiting in the stall buffer. */
@@ -129,7 +92,7 @@ export class PhysicalEventQueue {
     }
     this.stats.discarded++;
     if (!this.overflowActive) {
-      this.prod ^= OVF;
+      this.raiseOverflow();
       this.stats.overflows++;
     }
     return 'discarded';
@@ -141,17 +104,15 @@ export class PhysicalEventQueue {
    */
   pop(): number {
     if (this.empty) return -1;
-    const slot = this.cons & this.indexMask;
-    this.cons = (this.cons & OVF) | ((this.cons + 1) & this.wrapMask);
+    const slot = this.consSlot;
+    this.advanceCons();
     this.stats.consumed++;
     return slot * EVTQ_ENTRY_WORDS;
   }
 
   /** CONS.OVACKFLG := PROD.OVFLG. */
   acknowledgeOverflow(): void {
-    if (!this.overflowActive) return;
-    this.cons = (this.cons & ~OVF) | (this.prod & OVF);
-    this.stats.acknowledged++;
+    if (this.acknowledge()) this.stats.acknowledged++;
   }
 
   /** Move held stall records into whatever room the queue has, oldest first. */
@@ -159,22 +120,22 @@ export class PhysicalEventQueue {
     const slots = this.held.length / EVTQ_ENTRY_WORDS;
     while (this.heldCount > 0 && !this.full) {
       const from = this.heldHead * EVTQ_ENTRY_WORDS;
-      const to = (this.prod & this.indexMask) * EVTQ_ENTRY_WORDS;
+      const to = this.prodSlot * EVTQ_ENTRY_WORDS;
       this.words.set(this.held.subarray(from, from + EVTQ_ENTRY_WORDS), to);
-      this.advanceProd();
+      this.publish();
       this.heldHead = (this.heldHead + 1) % slots;
       this.heldCount--;
     }
   }
 
   private commit(e: Readonly<EvtqEntry>): void {
-    encodeEvtqEntry(this.words, (this.prod & this.indexMask) * EVTQ_ENTRY_WORDS, e);
-    this.advanceProd();
+    encodeEvtqEntry(this.words, this.prodSlot * EVTQ_ENTRY_WORDS, e);
+    this.publish();
   }
 
   /** Entry first, then PROD (3.5.2). */
-  private advanceProd(): void {
-    this.prod = (this.prod & OVF) | ((this.prod + 1) & this.wrapMask);
+  private publish(): void {
+    this.advanceProd();
     this.stats.written++;
     const held = this.occupancy;
     if (held > this.stats.highWater) this.stats.highWater = held;

@@ -3,8 +3,7 @@
  * in the PRIQ entry layout (shared/records/priq-entry.ts), written by the IOMMU for every device
  * behind it and consumed by the host driver's IRQ thread (priq-thread.ts).
  *
- * PROD and CONS hold index + wrap (bits [n:0]); PROD bit 31 is OVFLG, CONS bit 31 OVACKFLG. All 2^n
- * slots are usable: full is equal indices with different wraps. The entry that finds the queue full
+ * PROD and CONS are queue-registers.ts's (all 2^n slots usable). The entry that finds the queue full
  * toggles OVFLG and is discarded; while OVFLG != OVACKFLG every entry is discarded (PRIQ writes are
  * inhibited, unlike EVTQ). A discarded entry with Last gets an automatic PRG response Success with
  * its PRGI and PASID, so the device retries; a discarded Last=0 entry or Stop Marker gets nothing.
@@ -22,8 +21,7 @@ import {
   type PriqEntry,
 } from '../../shared/records/priq-entry.ts';
 import type { PageRequest } from './page-request.ts';
-
-const OVF = 0x8000_0000 | 0;
+import { QueueRegisters } from './queue-registers.ts';
 
 export interface PhysicalPriqStats {
   /** Entries committed to the queue. */
@@ -47,9 +45,7 @@ export interface PhysicalPriqStats {
 /** Where the queue's automatic responses go (the IOMMU's PRI response path to the endpoint). */
 export type AutoResponder = (streamId: number, pasid: number, ssv: boolean, prgIndex: number) => void;
 
-export class PhysicalPriQueue {
-  readonly log2Size: number;
-  readonly size: number;
+export class PhysicalPriQueue extends QueueRegisters {
   readonly stats: PhysicalPriqStats = {
     written: 0,
     consumed: 0,
@@ -64,11 +60,6 @@ export class PhysicalPriQueue {
   readonly words: Int32Array;
   /** Requester of the entry in each slot (host bookkeeping). */
   private readonly slotRequester: Int16Array;
-  /** Index + wrap mask, and the index mask. */
-  private readonly wrapMask: number;
-  private readonly indexMask: number;
-  private prod = 0;
-  private cons = 0;
   private readonly scratch: PriqEntry = newPriqEntry();
   /** Called on the empty -> non-empty edge: the queue's interrupt. */
   irq: () => void = () => {};
@@ -87,13 +78,7 @@ export class PhysicalPriQueue {
     log2Size: number,
     private readonly autoRespond: AutoResponder,
   ) {
-    if (!Number.isInteger(log2Size) || log2Size < 1 || log2Size > 19) {
-      throw new RangeError(`a PRI queue has 2^1..2^19 entries; got log2 ${log2Size}`);
-    }
-    this.log2Size = log2Size;
-    this.size = 1 << log2Size;
-    this.indexMask = this.size - 1;
-    this.wrapMask = (2 << log2Size) - 1;
+    super(log2Size, 'a PRI queue');
     this.words = new Int32Array(this.size * PRIQ_ENTRY_WORDS);
     this.slotRequester = new Int16Array(this.size);
   }
@@ -117,33 +102,6 @@ export class PhysicalPriQueue {
     this.sharers = Math.max(1, sharers);
   }
 
-  get empty(): boolean {
-    return ((this.prod ^ this.cons) & this.wrapMask) === 0;
-  }
-
-  get full(): boolean {
-    return ((this.prod ^ this.cons) & this.wrapMask) === this.size;
-  }
-
-  /** Entries between CONS and PROD. */
-  get occupancy(): number {
-    return ((this.prod & this.wrapMask) - (this.cons & this.wrapMask)) & this.wrapMask;
-  }
-
-  /** The overflow condition is active: OVFLG differs from OVACKFLG. */
-  get overflowActive(): boolean {
-    return ((this.prod ^ this.cons) & OVF) !== 0;
-  }
-
-  /** PROD and CONS as the registers read (index + wrap, bit 31 the overflow flag). */
-  get prodRegister(): number {
-    return this.prod >>> 0;
-  }
-
-  get consRegister(): number {
-    return this.cons >>> 0;
-  }
-
   /** Requester `r`'s entries discarded by overflows other requesters caused, and by its own. */
   lostToOthers(r: number): number {
     return r >= 0 && r < this.lostOthers.length ? this.lostOthers[r] : 0;
@@ -160,13 +118,13 @@ export class PhysicalPriQueue {
   write(r: PageRequest, requester: number): boolean {
     if (this.overflowActive) return this.discard(r, requester);
     if (this.full) {
-      this.prod ^= OVF;
+      this.raiseOverflow();
       this.stats.overflows++;
       this.freezeShares();
       return this.discard(r, requester);
     }
     const wasEmpty = this.empty;
-    const slot = this.prod & this.indexMask;
+    const slot = this.prodSlot;
     const e = this.scratch;
     e.streamId = r.streamId;
     e.substreamId = r.pasid;
@@ -183,7 +141,7 @@ export class PhysicalPriQueue {
     this.slotRequester[slot] = tracked ? requester : -1;
     if (tracked) this.held[requester]++;
     // Entry first, then PROD (3.5.2); the interrupt is never observable before the PROD update.
-    this.prod = (this.prod & OVF) | ((this.prod + 1) & this.wrapMask);
+    this.advanceProd();
     this.stats.written++;
     const held = this.occupancy;
     if (held > this.stats.highWater) this.stats.highWater = held;
@@ -197,20 +155,18 @@ export class PhysicalPriQueue {
    */
   pop(): number {
     if (this.empty) return -1;
-    const slot = this.cons & this.indexMask;
+    const slot = this.consSlot;
     const requester = this.slotRequester[slot];
     if (requester >= 0) this.held[requester]--;
     this.requesterOfLast = requester;
-    this.cons = (this.cons & OVF) | ((this.cons + 1) & this.wrapMask);
+    this.advanceCons();
     this.stats.consumed++;
     return slot * PRIQ_ENTRY_WORDS;
   }
 
   /** CONS.OVACKFLG := PROD.OVFLG (Linux queue_sync_cons_ovf): writes are accepted again. */
   acknowledgeOverflow(): void {
-    if (!this.overflowActive) return;
-    this.cons = (this.cons & ~OVF) | (this.prod & OVF);
-    this.stats.acknowledged++;
+    if (this.acknowledge()) this.stats.acknowledged++;
   }
 
   /** Each requester's share of the full queue at the moment the overflow is raised. */

@@ -5,6 +5,7 @@
 import type { TranslationStats } from '../iommu/iommu.ts';
 import type { PhysicalEvtqStats } from '../iommu/physical-event-queue.ts';
 import type { RefaultFigures } from '../iommu/refault-gauge.ts';
+import type { FaultStats } from '../iommufd/fault.ts';
 import type { GuestDamage } from './damage.ts';
 import type { Violation } from './invariants.ts';
 
@@ -63,22 +64,11 @@ export interface VmReport {
   injectedEvents: number;
   /** Bytes this VM's devices moved by DMA. */
   bytesMoved: number;
-  /**
-   * The VM's iommufd fault queue: groups the VMM read, answered through it, answered INVALID by
-   * teardown; responses it refused (no group awaits the cookie) or dropped as late (a teardown
-   * answered the group while the response was being applied); groups the IOMMU core took back
-   * (`revoked`: a deadline passed, or a stall went away); touches of a group freed behind its back
-   * (`staleTouches`, must be 0).
-   */
-  faultQueue: {
-    read: number;
-    responded: number;
-    autoResponded: number;
-    refusedResponses: number;
-    lateResponses: number;
-    revoked: number;
-    staleTouches: number;
-  };
+  /** The VM's iommufd fault queue's counters (FaultStats has what each means). */
+  faultQueue: Pick<
+    FaultStats,
+    'read' | 'responded' | 'autoResponded' | 'refusedResponses' | 'lateResponses' | 'revoked' | 'staleTouches'
+  >;
   /** Groups of this VM the host answered INVALID because their response deadline passed. */
   iopfTimeouts: number;
   /** How often the same page faulted again (README: "Teardown", re-fault gauge). */

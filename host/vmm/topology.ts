@@ -13,6 +13,8 @@ const name = z
   .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$/, 'expected a name of 1-32 letters, digits, "_", "." or "-"');
 
 const log2 = (min: number, max: number) => z.number().int().min(min).max(max);
+/** A timeout: 1 ms to 10 minutes. */
+const millis = z.number().int().min(1).max(600_000);
 
 export const InjectorSchema = z
   .object({
@@ -150,11 +152,7 @@ export const VmSchema = z
       .default([])
       .refine((m) => new Set(m).size === m.length, 'expected distinct misbehaviours')
       .describe('a hostile guest: how it misbehaves'),
-    responseTimeoutMs: z
-      .number()
-      .int()
-      .min(1)
-      .max(600_000)
+    responseTimeoutMs: millis
       .optional()
       .describe(
         'treat the guest as dead (answer and tear down everything of it) when a fault delivered to it stays unanswered this long',
@@ -280,11 +278,7 @@ export const TopologySchema = z
       .max(1_000_000)
       .default(20_000)
       .describe('how long a guest spins on its doorbell before sleeping'),
-    iopfTimeoutMs: z
-      .number()
-      .int()
-      .min(1)
-      .max(600_000)
+    iopfTimeoutMs: millis
       .optional()
       .describe(
         'response deadline of every page-request group handed to a fault queue: past it the host answers INVALID and counts an iopf-timeout (default: none)',
