@@ -58,8 +58,8 @@ const NO_ATTACHMENT = Object.freeze({});
 export interface IopfHandler {
   handleGroup(group: IopfGroup): void;
   /**
-   * The IOPF layer takes `group` back (its deadline passed and it will be answered INVALID): forget
-   * it without answering. Only called for a group this handler holds, unanswered.
+   * The IOMMU core takes `group` back, unanswered, and answers it INVALID itself (its deadline
+   * passed, or the stall it stands for went away): forget it without answering.
    */
   revoke?(group: IopfGroup): void;
 }
@@ -270,11 +270,6 @@ export class IopfQueue {
       }
     }
     return expired;
-  }
-
-  /** The earliest pending deadline (Infinity: none). */
-  get nextDeadline(): number {
-    return this.dlCount > 0 ? this.dlAt[this.dlHead] : Number.POSITIVE_INFINITY;
   }
 
   private pushDeadline(group: IopfGroup, generation: number, at: number): void {

@@ -114,6 +114,8 @@ export class Sandbox {
   private readonly vms: Vm[];
   private readonly timers: NodeJS.Timeout[] = [];
   private started = 0;
+  /** When the launch completed: what a teardown's `atMs` counts from. */
+  private launched = 0;
   private elapsed = 0;
   private state: 'new' | 'running' | 'stopped' = 'new';
 
@@ -214,6 +216,7 @@ export class Sandbox {
       await this.teardown();
       throw error;
     }
+    this.launched = performance.now();
     this.startTimers();
     this.log.info({ topology: this.topology.name, vms: this.vms.length }, 'topology running');
   }
@@ -260,7 +263,7 @@ export class Sandbox {
     if (this.state !== 'running') throw new Error('injectTeardown needs a running sandbox');
     const vm = this.vms.find((v) => v.name === vmName);
     if (!vm) throw new Error(`no VM named ${vmName}`);
-    vm.teardownOp(op, Math.round(performance.now() - this.started));
+    vm.teardownOp(op, Math.round(performance.now() - this.launched));
     return vm.teardown?.outcome ?? 'done';
   }
 

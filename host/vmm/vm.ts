@@ -357,7 +357,7 @@ export class Vm {
       return;
     }
     if (op === 'guest-death') {
-      this.giveUp('guest death injected by the topology (teardown: guest-death)');
+      this.giveUp('guest death injected (teardown: guest-death)');
       this.teardown = { op, atMs, outcome: 'done' };
       return;
     }
