@@ -17,13 +17,16 @@ export interface RefaultFigures {
   refaults: number;
   /** Distinct pages that faulted more than once. */
   pagesRefaulted: number;
-  /** The most faults counted for one page, and which page it was (-1 when nothing faulted). */
+  /** The most faults counted for one page, and which page it was (undefined when nothing faulted). */
   maxFaults: number;
   hottest: { streamId: number; pasid: number; address: number } | undefined;
 }
 
 export class RefaultGauge {
-  /** Per slot: the page number, its stream, PASID and requester (+1; 0 marks a free slot), count. */
+  /**
+   * Per slot: the page number, its stream and PASID, its requester + 2 (so that -1, nobody, is 1
+   * and 0 marks a free slot), and its count.
+   */
   private readonly page = new Float64Array(SLOTS);
   private readonly stream = new Int32Array(SLOTS);
   private readonly pasid = new Int32Array(SLOTS);
