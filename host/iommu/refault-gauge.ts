@@ -4,7 +4,8 @@
  * as one address faulting again and again. Each request of each complete page-request group is
  * counted per (requester, stream, PASID, page) in a fixed open-addressed table, so counting
  * allocates nothing; when a probe finds neither its key nor a free slot within a few steps, the
- * coldest slot it saw is reused (counted in `evictions`), so the counts are a lower bound.
+ * coldest slot it saw is reused (counted in `evictions`): an evicted page that faults again starts
+ * over, so the counts are a lower bound (and a page can count twice in `pagesRefaulted`).
  */
 
 /** Table slots (a power of two) and the probe length. */
@@ -32,6 +33,17 @@ export class RefaultGauge {
   private readonly pasid = new Int32Array(SLOTS);
   private readonly owner = new Int32Array(SLOTS);
   private readonly count = new Uint32Array(SLOTS);
+  /**
+   * Per requester + 1, kept as each request is counted so that reading them costs nothing (a live
+   * report may be read every millisecond): refaults, pages refaulted, the hottest page's count and
+   * its stream, PASID and page number.
+   */
+  private refaults = new Float64Array(0);
+  private pagesRefaulted = new Float64Array(0);
+  private maxFaults = new Float64Array(0);
+  private hotStream = new Int32Array(0);
+  private hotPasid = new Int32Array(0);
+  private hotPage = new Float64Array(0);
   evictions = 0;
 
   /** One page request of a complete group, attributed to `requester` (-1: nobody). */
@@ -51,7 +63,11 @@ export class RefaultGauge {
         this.stream[slot] === streamId &&
         this.pasid[slot] === pasid
       ) {
-        this.count[slot]++;
+        const n = ++this.count[slot];
+        const r = owner - 1;
+        this.refaults[r]++;
+        if (n === 2) this.pagesRefaulted[r]++;
+        if (n > this.maxFaults[r]) this.hottest(r, n, streamId, pasid, page);
         return;
       }
       if (this.count[slot] < this.count[coldest]) coldest = slot;
@@ -60,27 +76,17 @@ export class RefaultGauge {
     this.claim(coldest, owner, page, streamId, pasid);
   }
 
-  /** The figures of one requester (not on the hot path: it scans the table). */
+  /** The figures of one requester. */
   figures(requester: number): RefaultFigures {
-    const owner = requester + 2;
-    const out: RefaultFigures = { refaults: 0, pagesRefaulted: 0, maxFaults: 0, hottest: undefined };
-    for (let slot = 0; slot < SLOTS; slot++) {
-      if (this.owner[slot] !== owner) continue;
-      const n = this.count[slot];
-      if (n > 1) {
-        out.refaults += n - 1;
-        out.pagesRefaulted++;
-      }
-      if (n > out.maxFaults) {
-        out.maxFaults = n;
-        out.hottest = {
-          streamId: this.stream[slot],
-          pasid: this.pasid[slot],
-          address: this.page[slot] * PAGE,
-        };
-      }
-    }
-    return out;
+    const r = requester + 1;
+    if (r < 0 || r >= this.maxFaults.length || this.maxFaults[r] === 0)
+      return { refaults: 0, pagesRefaulted: 0, maxFaults: 0, hottest: undefined };
+    return {
+      refaults: this.refaults[r],
+      pagesRefaulted: this.pagesRefaulted[r],
+      maxFaults: this.maxFaults[r],
+      hottest: { streamId: this.hotStream[r], pasid: this.hotPasid[r], address: this.hotPage[r] * PAGE },
+    };
   }
 
   private claim(slot: number, owner: number, page: number, streamId: number, pasid: number): void {
@@ -89,6 +95,31 @@ export class RefaultGauge {
     this.stream[slot] = streamId;
     this.pasid[slot] = pasid;
     this.count[slot] = 1;
+    const r = owner - 1;
+    if (r >= this.maxFaults.length) this.grow(r + 1);
+    if (this.maxFaults[r] === 0) this.hottest(r, 1, streamId, pasid, page);
+  }
+
+  private hottest(r: number, n: number, streamId: number, pasid: number, page: number): void {
+    this.maxFaults[r] = n;
+    this.hotStream[r] = streamId;
+    this.hotPasid[r] = pasid;
+    this.hotPage[r] = page;
+  }
+
+  /** Room for `size` requesters (once per new requester, never per request). */
+  private grow(size: number): void {
+    const widen = <T extends Float64Array | Int32Array>(old: T, make: (n: number) => T): T => {
+      const next = make(size);
+      next.set(old);
+      return next;
+    };
+    this.refaults = widen(this.refaults, (n) => new Float64Array(n));
+    this.pagesRefaulted = widen(this.pagesRefaulted, (n) => new Float64Array(n));
+    this.maxFaults = widen(this.maxFaults, (n) => new Float64Array(n));
+    this.hotStream = widen(this.hotStream, (n) => new Int32Array(n));
+    this.hotPasid = widen(this.hotPasid, (n) => new Int32Array(n));
+    this.hotPage = widen(this.hotPage, (n) => new Float64Array(n));
   }
 }
 

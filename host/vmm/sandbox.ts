@@ -278,6 +278,14 @@ export class Sandbox {
     vm.giveUp('killed by the host (Sandbox.killGuest)');
   }
 
+  /**
+   * DMA descriptors each VM's devices have completed so far, in topology order: a live counter
+   * cheap enough to poll every millisecond (report() computes every figure and percentile).
+   */
+  dmaCompleted(): number[] {
+    return this.vms.map((vm) => vm.devices.reduce((n, d) => n + d.stats.completed, 0));
+  }
+
   /** The report so far (live while running; final after stop). */
   report(): RunReport {
     return this.buildReport(this.state === 'stopped' ? this.elapsed : performance.now() - this.started);
