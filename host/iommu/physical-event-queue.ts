@@ -121,7 +121,7 @@ export class PhysicalEventQueue extends QueueRegisters {
     while (this.heldCount > 0 && !this.full) {
       const from = this.heldHead * EVTQ_ENTRY_WORDS;
       const to = this.prodSlot * EVTQ_ENTRY_WORDS;
-      this.words.set(this.held.subarray(from, from + EVTQ_ENTRY_WORDS), to);
+      for (let w = 0; w < EVTQ_ENTRY_WORDS; w++) this.words[to + w] = this.held[from + w];
       this.publish();
       this.heldHead = (this.heldHead + 1) % slots;
       this.heldCount--;

@@ -51,8 +51,9 @@ export interface CampaignReport {
   misbehavioursDrawn: Record<Misbehaviour, number>;
   /** Runs with a VM into which this teardown operation was injected. */
   teardowns: Record<TeardownOp, number>;
-  /** Runs that set a response deadline on every group (iopfTimeoutMs), and the groups expired. */
+  /** Runs that set a response deadline on every group (iopfTimeoutMs). */
   deadlines: number;
+  /** Groups answered INVALID at their deadline, over all runs. */
   iopfTimeouts: number;
   /** Well-behaved VMs, over all runs, whose workload did not finish within the cap. */
   unfinished: number;
