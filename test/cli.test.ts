@@ -86,6 +86,27 @@ describe('ioasid-sandbox run', () => {
     expect(p.stdout).toMatch(/invariants: ok/);
   });
 
+  test('the summary names an injected teardown and its outcome, and the deadline count', () => {
+    const file = join(tmp, 'teardown.yaml');
+    writeFileSync(
+      file,
+      `name: teardown
+iopfTimeoutMs: 5000
+vms:
+  - name: victim
+    memoryMiB: 16
+    viommu: smmuv3
+    devices: [{ name: d, pri: true, pasids: [1] }]
+    workload: { kind: sva-stream, pages: 64, seed: 1 }
+    teardown: { atMs: 0, op: hwpt-destroy }
+`,
+    );
+    const p = cli('run', file);
+    expect(p.status).toBe(0);
+    expect(p.stdout).toMatch(/victim: .*, teardown hwpt-destroy at 0 ms: EBUSY/);
+    expect(p.stdout).toMatch(/answered automatically \(0 at their deadline\)/);
+  });
+
   test('a field of the wrong type exits 2 and names the field path', () => {
     const file = join(tmp, 'wrong-type.yaml');
     writeFileSync(

@@ -8,7 +8,7 @@ import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { makeLogger } from '../../shared/logger.ts';
 import { FAIL_NTH_SCENARIOS, formatFailNth, runFailNthSweep } from '../iommufd/fail-nth.ts';
 import { formatCampaign, progressBar, runCampaign, type Shard, shardIndices } from '../stress/campaign.ts';
-import type { RunReport } from '../vmm/report.ts';
+import type { RunReport, VmReport } from '../vmm/report.ts';
 import { runTopology } from '../vmm/sandbox.ts';
 import { loadTopology, TopologyError } from '../vmm/topology.ts';
 import { formatBench, runBench } from './bench.ts';
@@ -39,14 +39,28 @@ function shard(value: string): Shard {
   return { index, count };
 }
 
+/** What happened to a VM beyond its fault counts: a teardown, deadlines, a hot page. */
+function vmNotes(vm: VmReport): string {
+  const notes: string[] = [];
+  if (vm.teardown) notes.push(`teardown ${vm.teardown.op} at ${vm.teardown.atMs} ms: ${vm.teardown.outcome}`);
+  if (vm.iopfTimeouts > 0) notes.push(`${vm.iopfTimeouts} iopf-timeouts`);
+  const { refaults, maxFaults, hottest } = vm.refaults;
+  if (refaults > 0 && hottest)
+    notes.push(
+      `${refaults} refaults, hottest page 0x${hottest.address.toString(16)} faulted ${maxFaults} times`,
+    );
+  if (vm.crashed) notes.push(`CRASHED (${vm.crashReason})`);
+  return notes.map((n) => `, ${n}`).join('');
+}
+
 function summary(r: RunReport): string {
   const lines = [
     `topology ${r.topology} (routing ${r.routing}) ran ${r.durationMs} ms`,
     ...r.vms.map(
       (vm) =>
-        `  ${vm.name}: ${vm.faultsDelivered} faults delivered, responses ${vm.responses.success} success / ${vm.responses.invalid} invalid / ${vm.responses.failure} failure, ${vm.dmaOps} DMA ops${vm.crashed ? `, CRASHED (${vm.crashReason})` : ''}`,
+        `  ${vm.name}: ${vm.faultsDelivered} faults delivered, responses ${vm.responses.success} success / ${vm.responses.invalid} invalid / ${vm.responses.failure} failure, ${vm.dmaOps} DMA ops${vmNotes(vm)}`,
     ),
-    `faults: ${r.faults.raised} raised, ${r.faults.delivered} delivered, ${r.faults.responded} answered by guests, ${r.faults.autoResponded} answered automatically, ${r.faults.dropped} dropped, ${r.faults.lost} lost`,
+    `faults: ${r.faults.raised} raised, ${r.faults.delivered} delivered, ${r.faults.responded} answered by guests, ${r.faults.autoResponded} answered automatically (${r.faults.iopfTimeouts} at their deadline), ${r.faults.dropped} dropped, ${r.faults.lost} lost`,
     `dma: ${r.dma.ops} ops, ${r.dma.completed} completed, ${r.dma.failed} failed, ${r.dma.bytesVerified} bytes verified`,
     `fault round trip: p50 ${r.latencyUs.p50} us, p99 ${r.latencyUs.p99} us, max ${r.latencyUs.max} us (${r.latencyUs.count} faults)`,
     r.invariants.ok
