@@ -28,6 +28,7 @@ describe('drawTopology', () => {
     const teardowns = new Set<string>();
     let deadlines = 0;
     let iommus = 0;
+    let postMessage = 0;
     for (let seed = 0; seed < 500; seed++) {
       const t = drawTopology(seed);
       expect(drawTopology(seed)).toEqual(t);
@@ -37,6 +38,7 @@ describe('drawTopology', () => {
       expect(t.vms.length).toBeLessThanOrEqual(16);
       if (t.iopfTimeoutMs !== undefined) deadlines++;
       if (t.iommus !== undefined) iommus++;
+      if (t.transport === 'postmessage') postMessage++;
       for (const vm of t.vms) {
         if (vm.teardown) teardowns.add(vm.teardown.op);
         expect(vm.devices.length).toBeGreaterThanOrEqual(1);
@@ -59,6 +61,7 @@ describe('drawTopology', () => {
     expect([...teardowns].sort()).toEqual([...TEARDOWN_OPS].sort());
     expect(deadlines).toBeGreaterThan(50);
     expect(iommus).toBeGreaterThan(50);
+    expect(postMessage).toBeGreaterThan(30);
   });
 
   test('run 0 of a campaign has its seed, so the replay command reruns it', () => {
@@ -85,7 +88,11 @@ describe('ioasid-sandbox stress', () => {
     expect(r).toMatchObject({ runs: 4, passed: 4, failed: 0, seed, durationMs: expect.any(Number) });
     expect(Object.keys(r.misbehaviours).sort()).toEqual([...MISBEHAVIOURS].sort());
     expect(Object.keys(r.teardowns).sort()).toEqual([...TEARDOWN_OPS].sort());
-    expect(r).toMatchObject({ deadlines: expect.any(Number), iopfTimeouts: expect.any(Number) });
+    expect(r).toMatchObject({
+      deadlines: expect.any(Number),
+      iopfTimeouts: expect.any(Number),
+      postMessageRuns: expect.any(Number),
+    });
   });
 
   test('a failed run exits 3 and names its seed, replay command and violations', () => {

@@ -55,6 +55,8 @@ export interface CampaignReport {
   deadlines: number;
   /** Groups answered INVALID at their deadline, over all runs. */
   iopfTimeouts: number;
+  /** Runs whose queue records travelled by postMessage. */
+  postMessageRuns: number;
   /** Well-behaved VMs, over all runs, whose workload did not finish within the cap. */
   unfinished: number;
   seed: number;
@@ -164,6 +166,7 @@ function summarise(
     teardowns,
     deadlines: results.filter((r) => r.deadline).length,
     iopfTimeouts: results.reduce((n, r) => n + r.iopfTimeouts, 0),
+    postMessageRuns: results.filter((r) => r.postMessage).length,
     unfinished: results.reduce((n, r) => n + r.unfinished, 0),
     seed: options.seed,
     shard: options.shard ? `${options.shard.index}/${options.shard.count}` : null,
@@ -204,7 +207,7 @@ export function formatCampaign(r: CampaignReport): string {
     `stress: ${r.runs} run(s) of campaign seed ${r.seed}${r.shard ? ` (shard ${r.shard})` : ''}, ${r.passed} passed, ${r.failed} failed, ${(r.durationMs / 1000).toFixed(1)} s on ${r.workers} worker(s)`,
     `misbehaviours exercised (runs): ${MISBEHAVIOURS.map((m) => `${m} ${r.misbehaviours[m]}`).join(', ')}`,
     `teardowns injected (runs): ${TEARDOWN_OPS.map((op) => `${op} ${r.teardowns[op]}`).join(', ')}`,
-    `response deadlines: ${r.deadlines} run(s), ${r.iopfTimeouts} group(s) expired`,
+    `response deadlines: ${r.deadlines} run(s), ${r.iopfTimeouts} group(s) expired; ${r.postMessageRuns} run(s) over postMessage`,
   ];
   if (r.unfinished > 0)
     lines.push(`${r.unfinished} well-behaved VM(s) did not finish their workload within the cap`);

@@ -19,6 +19,8 @@ const SILENT: readonly Misbehaviour[] = ['hang', 'never-respond'];
 const TEARDOWN_P = 0.12;
 /** Chance that a run sets a response deadline on every group (iopfTimeoutMs). */
 const DEADLINE_P = 0.2;
+/** Chance that a run carries its queue records by postMessage instead of shared rings. */
+const POSTMESSAGE_P = 0.15;
 /** Chance that a run has physical IOMMUs of its own (1 to 3, small queues, devices spread). */
 const IOMMUS_P = 0.3;
 
@@ -155,11 +157,13 @@ export function drawTopology(seed: number): Topology {
     }
   }
   const deadline = chance(prng, DEADLINE_P) ? between(prng, 5, 200) : undefined;
+  const transport = chance(prng, POSTMESSAGE_P) ? 'postmessage' : 'sab';
   return TopologySchema.parse({
     name: `stress-${seed.toString(16)}`,
     routing: 'ioasid-owner',
     ...(iommus ? { iommus } : {}),
     ...(deadline === undefined ? {} : { iopfTimeoutMs: deadline }),
+    transport,
     iommu: pick(prng, [
       { iotlbEntries: 4096, iotlbWays: 4 },
       { iotlbEntries: 64, iotlbWays: 4 },

@@ -50,6 +50,8 @@ export interface RunResult {
   deadline: boolean;
   /** Groups answered INVALID at their deadline. */
   iopfTimeouts: number;
+  /** The run's queue records travelled by postMessage instead of shared rings. */
+  postMessage: boolean;
   vms: VmCounts[];
   /** Well-behaved VMs whose workload did not finish within the duration cap (not a failure). */
   unfinished: number;
@@ -110,6 +112,7 @@ export function judge(seed: number, topology: Topology, report: RunReport): RunR
     teardowns: topology.vms.flatMap((vm) => (vm.teardown ? [vm.teardown.op] : [])),
     deadline: topology.iopfTimeoutMs !== undefined,
     iopfTimeouts: report.faults.iopfTimeouts,
+    postMessage: topology.transport === 'postmessage',
     vms,
     unfinished,
     durationMs: report.durationMs,
@@ -137,6 +140,7 @@ export function hostException(seed: number, error: unknown, where: string): RunR
     teardowns: topology.vms.flatMap((vm) => (vm.teardown ? [vm.teardown.op] : [])),
     deadline: topology.iopfTimeoutMs !== undefined,
     iopfTimeouts: 0,
+    postMessage: topology.transport === 'postmessage',
     vms: [],
     unfinished: 0,
     durationMs: 0,
