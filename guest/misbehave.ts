@@ -445,8 +445,8 @@ const OUTSIDE_PAGES = 1 << 20;
 class WildTables {
   private pageIns = 0;
   private plants = 0;
-  /** Pages (PASID:VA) made wild once already. */
-  private readonly planted = new Set<string>();
+  /** Pages made wild once already, as PASID * 2^36 + page number (PASIDs < 2^8, VAs < 2^48). */
+  private readonly planted = new Set<number>();
 
   constructor(
     private readonly memory: GuestMemory,
@@ -454,7 +454,7 @@ class WildTables {
   ) {}
 
   plant(table: Stage1Table, pasid: number, va: number): boolean {
-    const key = `${pasid}:${va}`;
+    const key = pasid * 2 ** 36 + Math.floor(va / PAGE_SIZE);
     if (this.planted.has(key) || this.pageIns++ % WILD_EVERY !== 0) return false;
     this.planted.add(key);
     const open = table.openSlot(va);

@@ -2,28 +2,13 @@
 // IOMMUs of their own. Real worker threads, real rings; the figures are the run report's.
 import { describe, expect, test } from 'vitest';
 import { runTopology } from '../host/vmm/sandbox.ts';
-import {
-  iommuIndexOf,
-  loadTopology,
-  parseTopology,
-  physicalIommus,
-  TopologyError,
-} from '../host/vmm/topology.ts';
+import { iommuIndexOf, loadTopology, parseTopology, physicalIommus } from '../host/vmm/topology.ts';
+import { topologyErrorOf } from './support/topology-errors.ts';
 
 const PAGE = 4096;
 
 function vm(name: string, device: string, extra = ''): string {
   return `  - { name: ${name}, memoryMiB: 16, viommu: vtd, devices: [{ name: d, pri: true, pasids: [1]${device} }], workload: { kind: sva-stream, pages: 16 }${extra} }\n`;
-}
-
-function errorOf(text: string): TopologyError {
-  try {
-    parseTopology(text, 'bad.yaml');
-  } catch (error) {
-    if (error instanceof TopologyError) return error;
-    throw error;
-  }
-  throw new Error('expected a TopologyError');
 }
 
 describe('physical IOMMUs in a topology', () => {
@@ -47,35 +32,37 @@ describe('physical IOMMUs in a topology', () => {
   });
 
   test('a device naming an IOMMU the topology does not have is refused at its path', () => {
-    const e = errorOf(`name: t\niommus: [{ name: a, priqLog2: 4 }]\nvms:\n${vm('vm0', ', iommu: b')}`);
+    const e = topologyErrorOf(
+      `name: t\niommus: [{ name: a, priqLog2: 4 }]\nvms:\n${vm('vm0', ', iommu: b')}`,
+    );
     expect(e.yamlPath).toBe('vms[0].devices[0].iommu');
     expect(e.reason).toBe(`no physical IOMMU named "b" (the topology's \`iommus\` are "a")`);
-    expect(errorOf(`name: t\nvms:\n${vm('vm0', ', iommu: smmu0')}`).reason).toMatch(
+    expect(topologyErrorOf(`name: t\nvms:\n${vm('vm0', ', iommu: smmu0')}`).reason).toMatch(
       /without `iommus` the only one is "iommu0"/,
     );
   });
 
   test('IOMMU names are distinct, and each has a PRI queue size', () => {
-    const dup = errorOf(
+    const dup = topologyErrorOf(
       `name: t\niommus: [{ name: a, priqLog2: 4 }, { name: a, priqLog2: 5 }]\nvms:\n${vm('vm0', '')}`,
     );
     expect(dup.yamlPath).toBe('iommus[1].name');
     expect(dup.reason).toBe('duplicate IOMMU name "a"');
-    expect(errorOf(`name: t\niommus: [{ name: a }]\nvms:\n${vm('vm0', '')}`).yamlPath).toBe(
-      'iommus[0].priqLog2',
-    );
-    expect(errorOf(`name: t\niommus: [{ name: a, priqLog2: 20 }]\nvms:\n${vm('vm0', '')}`).yamlPath).toBe(
+    expect(topologyErrorOf(`name: t\niommus: [{ name: a }]\nvms:\n${vm('vm0', '')}`).yamlPath).toBe(
       'iommus[0].priqLog2',
     );
     expect(
-      errorOf(
+      topologyErrorOf(`name: t\niommus: [{ name: a, priqLog2: 20 }]\nvms:\n${vm('vm0', '')}`).yamlPath,
+    ).toBe('iommus[0].priqLog2');
+    expect(
+      topologyErrorOf(
         `name: t\niommus: [{ name: a, priqLog2: 4, iotlbEntries: 8, iotlbWays: 16 }]\nvms:\n${vm('vm0', '')}`,
       ).yamlPath,
     ).toBe('iommus[0].iotlbWays');
   });
 
   test('the interfaces of a shared function sit behind one IOMMU', () => {
-    const e = errorOf(
+    const e = topologyErrorOf(
       `name: t\niommus: [{ name: a, priqLog2: 4 }, { name: b, priqLog2: 4 }]\nvms:\n${vm('vm0', ', function: f')}${vm('vm1', ', function: f, iommu: b')}`.replace(
         'pasids: [1], function: f, iommu: b',
         'pasids: [2], function: f, iommu: b',

@@ -4,6 +4,7 @@
  */
 import type { TranslationStats } from '../iommu/iommu.ts';
 import type { PhysicalEvtqStats } from '../iommu/physical-event-queue.ts';
+import type { PhysicalPriqStats } from '../iommu/physical-queue.ts';
 import type { RefaultFigures } from '../iommu/refault-gauge.ts';
 import type { FaultStats } from '../iommufd/fault.ts';
 import type { GuestDamage } from './damage.ts';
@@ -100,31 +101,20 @@ export interface VmIsolation {
   faultsTimed: number;
 }
 
-/** One physical IOMMU's PRI queue and IRQ thread over the run. */
-export interface PhysicalIommuReport {
+/**
+ * One physical IOMMU over the run: its PRI queue's counters (PhysicalPriqStats says what each
+ * means), its IRQ thread's, and its event queue's.
+ */
+export interface PhysicalIommuReport extends PhysicalPriqStats {
   name: string;
   priqLog2: number;
   /** VMs with a PRI device behind it. */
   vms: string[];
-  written: number;
-  consumed: number;
-  discarded: number;
-  /** Discarded Last entries the queue answered Success. */
-  autoResponded: number;
-  stopMarkersDiscarded: number;
-  overflows: number;
-  /** Overflows the IRQ thread acknowledged once it had drained the queue. */
-  acknowledged: number;
-  highWater: number;
   /** IRQ thread passes, those that ran in a turn of their own, and partial groups dropped on recovery. */
   threadPasses: number;
   deferredPasses: number;
   partialsDiscarded: number;
-  /**
-   * Its event queue (SMMUv3 EVTQ rules): records written, consumed, non-stall records discarded
-   * when full, overflows raised and acknowledged, stall records that waited for room, high water,
-   * and its thread's passes.
-   */
+  /** Its event queue (PhysicalEvtqStats) and that queue's thread. */
   eventQueue: { evtqLog2: number; threadPasses: number; deferredPasses: number } & PhysicalEvtqStats;
 }
 
