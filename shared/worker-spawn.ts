@@ -1,57 +1,141 @@
 /**
  * Starting worker threads from a TypeScript entry under tsx and vitest, or from the compiled build.
  * A `.js` entry (dist/) starts as plain Node. A `.ts` entry is bundled once per process with esbuild
- * (our sources into one ES module, packages left to Node), so a worker loads plain JS instead of
- * registering tsx and compiling every module again: that is most of a guest's start-up time and
- * memory. Without esbuild it goes through the tsx bootstrap.
+ * into one ES module (bundleEntry), so a worker loads plain JS instead of registering tsx and
+ * compiling every module again: that is most of a guest's start-up time and memory. Without esbuild
+ * it goes through the tsx bootstrap, with a warning.
  */
-import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  statSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { createRequire } from 'node:module';
+import { basename } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Worker, type WorkerOptions } from 'node:worker_threads';
+import { threadId, Worker, type WorkerOptions } from 'node:worker_threads';
 
 const BOOTSTRAP = new URL('./tsx-bootstrap.mjs', import.meta.url);
-/** Bundles beside the project's node_modules, so that the packages they import resolve. */
+/** Bundles beside the project's node_modules, so that the packages they leave out resolve. */
 const BUNDLES = new URL('../node_modules/.cache/ioasid-sandbox/', import.meta.url);
-const bundled = new Map<string, URL | null>();
+/** Files there that no process has used for this long (old sources, dead writers' temporaries) go. */
+const STALE_MS = 24 * 3600_000;
+/**
+ * Bundled CommonJS packages (pino) `require` Node's own modules, and an ES module has no `require`.
+ * Their `__dirname` is only read to find pino's transport workers, which the guest does not use
+ * (shared/logger.ts writes to fd 2 synchronously).
+ */
+const REQUIRE_SHIM =
+  "import { createRequire as __bundleRequire } from 'node:module'; const require = __bundleRequire(import.meta.url);";
 
-interface Esbuild {
-  buildSync(options: Record<string, unknown>): { outputFiles: { contents: Uint8Array }[] };
+export interface BundleOptions {
+  /**
+   * 'bundle' folds the entry's packages into the file too: a worker then reads one file instead of
+   * resolving and compiling pino's few dozen CommonJS modules, which costs a quarter of the
+   * thread's own start. Only for entries whose packages survive bundling (comlink; pino without
+   * transports). 'external', the default, leaves them to Node.
+   */
+  packages?: 'bundle' | 'external';
 }
 
-/** The entry bundled into one ES module (cached per process), or null when esbuild is missing. */
-function bundle(entry: URL): URL | null {
-  const known = bundled.get(entry.href);
-  if (known !== undefined) return known;
+interface Esbuild {
+  buildSync(options: Record<string, unknown>): { outputFiles: { path: string; contents: Uint8Array }[] };
+}
+
+/** Per process: each entry's bundle, or null once bundling failed. */
+const bundled = new Map<string, URL | null>();
+
+/**
+ * The entry bundled into one ES module with a linked source map (`--enable-source-maps` or
+ * NODE_OPTIONS=--enable-source-maps maps a worker's traces to the .ts files), or null when esbuild
+ * cannot be loaded or fails (warned once). Built on the first call in each process with esbuild's
+ * buildSync (some 100-250 ms); later calls return the same URL. Files are named by the hash of their
+ * content, so processes that bundle the same sources share one file, and each is written under a
+ * name of its own, then renamed into place: nobody ever reads a half-written bundle.
+ */
+export function bundleEntry(entry: URL, options: BundleOptions = {}): URL | null {
+  const packages = options.packages ?? 'external';
+  const key = `${packages} ${entry.href}`;
+  const known = bundled.get(key);
+  // Checked each time: another process's sweep may have taken a long-unused bundle; then rebuild.
+  if (known === null || (known && existsSync(known))) return known;
   let result: URL | null = null;
   try {
     const esbuild = createRequire(import.meta.url)('esbuild') as Esbuild;
     const { outputFiles } = esbuild.buildSync({
       entryPoints: [fileURLToPath(entry)],
       bundle: true,
-      packages: 'external',
+      packages: packages === 'external' ? 'external' : undefined,
+      banner: packages === 'bundle' ? { js: REQUIRE_SHIM } : undefined,
       platform: 'node',
       format: 'esm',
       target: 'node20',
+      // The map's sources are relative to the bundle's directory; the .ts files are read from the
+      // tree when a trace is mapped.
+      outdir: fileURLToPath(BUNDLES),
+      sourcemap: 'external',
+      sourcesContent: false,
       write: false,
       logLevel: 'silent',
     });
-    const code = outputFiles[0].contents;
-    // Named by content: processes that bundle the same sources share one file.
-    const out = new URL(`${createHash('sha256').update(code).digest('hex').slice(0, 16)}.mjs`, BUNDLES);
-    if (!existsSync(out)) {
-      mkdirSync(BUNDLES, { recursive: true });
-      const temporary = new URL(`${out.pathname}.${process.pid}.tmp`, 'file://');
-      writeFileSync(temporary, code);
-      renameSync(temporary, out);
-    }
-    result = out;
-  } catch {
-    result = null;
+    const map = outputFiles.find((file) => file.path.endsWith('.map'));
+    const code = outputFiles.find((file) => !file.path.endsWith('.map'));
+    if (!map || !code) throw new Error('esbuild produced no bundle');
+    const hash = createHash('sha256').update(code.contents).update(map.contents).digest('hex').slice(0, 16);
+    const name = `${basename(fileURLToPath(entry), '.ts')}-${packages}-${hash}.mjs`;
+    result = writeBundle(name, code.contents, map.contents);
+  } catch (error) {
+    process.emitWarning(
+      `cannot bundle ${fileURLToPath(entry)} (${(error as Error).message}); its workers start through tsx`,
+      { code: 'IOASID_SANDBOX_NO_BUNDLE' },
+    );
   }
-  bundled.set(entry.href, result);
+  bundled.set(key, result);
   return result;
+}
+
+/** Write the bundle `name` and its map into BUNDLES unless they are there already. */
+function writeBundle(name: string, code: Uint8Array, map: Uint8Array): URL {
+  const out = new URL(name, BUNDLES);
+  const mapFile = new URL(`${name}.map`, BUNDLES);
+  const now = new Date();
+  try {
+    // There already: fresh again for other processes' sweeps.
+    for (const file of [mapFile, out]) utimesSync(file, now, now);
+    return out;
+  } catch {
+    // Not there yet, or swept meanwhile.
+  }
+  mkdirSync(BUNDLES, { recursive: true });
+  sweep(now.getTime());
+  const unique = `${process.pid}-${threadId}-${randomBytes(4).toString('hex')}.tmp`;
+  const place = (file: URL, contents: Uint8Array) => {
+    const temporary = `${fileURLToPath(file)}.${unique}`;
+    writeFileSync(temporary, contents);
+    renameSync(temporary, file);
+  };
+  // The map first: once the bundle is visible, so is what it points at.
+  place(mapFile, map);
+  place(out, Buffer.concat([code, Buffer.from(`//# sourceMappingURL=${name}.map\n`)]));
+  return out;
+}
+
+/** Remove what nobody has used for STALE_MS: bundles of older sources, dead writers' temporaries. */
+function sweep(now: number): void {
+  for (const name of readdirSync(BUNDLES)) {
+    const file = new URL(name, BUNDLES);
+    try {
+      if (now - statSync(file).mtimeMs > STALE_MS) rmSync(file, { force: true });
+    } catch {
+      // Swept by another process meanwhile.
+    }
+  }
 }
 
 /** The module `relative` (without extension) next to `from`, with `from`'s own extension. */
@@ -59,9 +143,58 @@ export function sibling(relative: string, from: string): URL {
   return new URL(`${relative}${from.endsWith('.ts') ? '.ts' : '.js'}`, from);
 }
 
+/**
+ * A worker on `entry`: a `.js` or `.mjs` file as it is, a `.ts` file from its bundle (bundleEntry,
+ * packages external), or through the tsx bootstrap when there is none or IOASID_SANDBOX_NO_BUNDLE
+ * is set.
+ */
 export function spawnWorker(entry: URL, options: WorkerOptions = {}): Worker {
-  if (!entry.pathname.endsWith('.ts')) return new Worker(entry, options);
-  const js = process.env.IOASID_SANDBOX_NO_BUNDLE ? null : bundle(entry);
-  if (js) return new Worker(js, options);
+  if (!entry.pathname.endsWith('.ts')) return plainWorker(entry, options);
+  const js = process.env.IOASID_SANDBOX_NO_BUNDLE ? null : bundleEntry(entry);
+  if (js) return plainWorker(js, options);
   return new Worker(BOOTSTRAP, { ...options, argv: [entry.href, ...(options.argv ?? [])] });
+}
+
+/** Node options that take a value; tsx's preloads and any eval are not for a worker on plain JS. */
+const WITH_VALUE = new Set(['--require', '-r', '--import', '--loader', '--experimental-loader']);
+/** The main script's own, with their value: a worker given an --input-type refuses its file. */
+const EVAL = new Set(['--eval', '-e', '--print', '-p', '--input-type']);
+/** This process's execArgv without tsx (computed once), or null when it has no tsx to drop. */
+let leanExecArgv: string[] | null | undefined;
+
+/**
+ * A worker on plain JavaScript. A worker inherits its parent's execArgv, and a process under the tsx
+ * CLI (`tsx host/cli/main.ts`) has tsx's preloads in it: every worker would register tsx again,
+ * which costs twice the thread's own start (64 bare threads: 3.2 s against 1.1 s). The rest of
+ * execArgv is kept; should Node refuse it for a worker, the default stands.
+ */
+function plainWorker(entry: URL, options: WorkerOptions): Worker {
+  leanExecArgv ??= withoutTsx(process.execArgv);
+  if (options.execArgv === undefined && leanExecArgv) {
+    try {
+      return new Worker(entry, { ...options, execArgv: leanExecArgv });
+    } catch (error) {
+      if ((error as { code?: string }).code !== 'ERR_WORKER_INVALID_EXEC_ARGV') throw error;
+      leanExecArgv = null;
+    }
+  }
+  return new Worker(entry, options);
+}
+
+function withoutTsx(execArgv: readonly string[]): string[] | null {
+  const kept: string[] = [];
+  let dropped = false;
+  for (let i = 0; i < execArgv.length; i++) {
+    const [flag, inline] = execArgv[i].split(/=(.*)/s, 2);
+    if (EVAL.has(flag)) {
+      if (inline === undefined) i++;
+    } else if (WITH_VALUE.has(flag)) {
+      const value = inline ?? execArgv[++i] ?? '';
+      if (/(^|[\\/])tsx([\\/]|$)/.test(value)) dropped = true;
+      else kept.push(flag, value);
+    } else {
+      kept.push(execArgv[i]);
+    }
+  }
+  return dropped ? kept : null;
 }

@@ -69,6 +69,8 @@ export interface IommuOptions {
   priqWeight?: number;
   /** An exception thrown in an IRQ thread's turn of its own. */
   onThreadError?: (error: unknown) => void;
+  /** How an IRQ thread gets its next turn (default: setImmediate; the sandbox: its reactor's next pass). */
+  scheduleTurn?: (turn: () => void) => void;
 }
 
 /** A stream table entry: the stage-1 context, the tag its IOTLB entries carry, and that IOTLB. */
@@ -134,6 +136,7 @@ export class Iommu {
       stallCapacity: this.stalls.capacity,
       wake: (requester: number) => this.wakeRequester(requester),
       onError: options.onThreadError,
+      schedule: options.scheduleTurn,
     };
     const configured = options.instances?.length
       ? options.instances
