@@ -12,4 +12,13 @@ import { GuestVm } from './guest-vm.ts';
 if (!parentPort) throw new Error('guest/worker.ts must run as a worker thread');
 const boot = workerData as GuestBoot;
 const guest = new GuestVm(boot, makeLogger({ vm: boot.name, side: 'guest' }));
-Comlink.expose(guest, nodeEndpoint(parentPort));
+const endpoint = nodeEndpoint(parentPort);
+// Every answer to the host also raises CONTROL on its signal: its reactor may be blocked in
+// Atomics.wait, and returns to its event loop for the message when it sees the flag.
+Comlink.expose(guest, {
+  ...endpoint,
+  postMessage(message: unknown, transfer?: Parameters<Comlink.Endpoint['postMessage']>[1]) {
+    endpoint.postMessage(message, transfer);
+    guest.controlPosted();
+  },
+});

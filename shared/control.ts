@@ -4,6 +4,7 @@
  * travel here (they use the rings of vm-channel.ts).
  */
 import type { MessagePort } from 'node:worker_threads';
+import type { CyclePercentiles } from './cycle-histogram.ts';
 import type { ChannelConfig } from './vm-channel.ts';
 
 export type WorkloadKind = 'sva-stream' | 'fault-storm' | 'map-churn' | 'stray-dma' | 'idle';
@@ -40,6 +41,11 @@ export interface WorkloadConfig {
   seed: number;
   /** Descriptors a device may have outstanding at once. */
   queueDepth: number;
+  /**
+   * sva-stream and fault-storm: each descriptor reads this many bytes (a multiple of 4, 4..4096)
+   * from the start of one page. Unset: whole pages.
+   */
+  dmaBytes?: number;
 }
 
 export interface GuestDeviceConfig {
@@ -73,6 +79,11 @@ export interface GuestBoot {
   misbehave: Misbehaviour[];
   /** Spin this long on the doorbell before sleeping (0: sleep at once). */
   spinNs: number;
+  /**
+   * The host's signal (host-signal.ts) with the `sab` transport: the guest rings the host by
+   * setting bit `index` and ringing its doorbell. Absent over postMessage, where the link rings.
+   */
+  hostSignal?: SharedArrayBuffer;
 }
 
 /** What the guest's vIOMMU driver installed for one device (the vSTE's view of it). */
@@ -105,6 +116,11 @@ export interface GuestStats {
   dmaFailed: number;
   workloadDone: boolean;
   wakeups: number;
+  /**
+   * The DMA cycle a user feels: from a descriptor's submit to the guest seeing its completion,
+   * microseconds (cycle-histogram.ts), over every device of the guest.
+   */
+  dmaCycleUs: CyclePercentiles;
 }
 
 export interface GuestControl {

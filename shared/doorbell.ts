@@ -13,6 +13,8 @@
 /** Word offsets inside a doorbell. */
 const SEQ = 0;
 const SLEEPING = 1;
+/** Raised with a ring when a control-plane message was posted to the sleeper (`ringControl`). */
+const CONTROL = 2;
 
 /** Bytes a doorbell occupies; a whole cache line so that two doorbells never share one. */
 export const DOORBELL_BYTES = 64;
@@ -35,6 +37,21 @@ export class Doorbell {
     ) {
       Atomics.notify(this.words, SEQ, 1);
     }
+  }
+
+  /**
+   * A control-plane message was posted to the sleeper's thread: raise CONTROL, then ring. A thread
+   * that runs its data plane as a synchronous loop sees the flag when it wakes and returns to its
+   * event loop, where the message waits.
+   */
+  ringControl(): void {
+    Atomics.store(this.words, CONTROL, 1);
+    this.ring();
+  }
+
+  /** Take the CONTROL flag: true when a control-plane message was posted since the last take. */
+  takeControl(): boolean {
+    return Atomics.load(this.words, CONTROL) !== 0 && Atomics.exchange(this.words, CONTROL, 0) !== 0;
   }
 
   /**

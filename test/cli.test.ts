@@ -165,9 +165,10 @@ describe('ioasid-sandbox validate', () => {
 });
 
 describe('ioasid-sandbox bench', () => {
-  test('--quick --json prints translation figures and ratios measured in one run', () => {
+  test('--quick --profile --json prints figures, ratios and the stage profile measured in one run', () => {
     // --quick is meant to finish within 60 s on an idle 2-core machine; the suite runs beside it.
-    const p = spawnSync(process.execPath, ['bin/ioasid-sandbox.mjs', 'bench', '--quick', '--json'], {
+    const args = ['bin/ioasid-sandbox.mjs', 'bench', '--quick', '--profile', '--json'];
+    const p = spawnSync(process.execPath, args, {
       encoding: 'utf8',
       env,
       timeout: 170_000,
@@ -189,7 +190,7 @@ describe('ioasid-sandbox bench', () => {
     const faults = { busyUs: trip, idleUs: trip, perS: positive };
     expect(r).toMatchObject({
       floor: { spinUs: positive, sleepUs: positive, ringRecordsPerS: positive },
-      fault: faults,
+      fault: { ...faults, cycleUs: trip, perS4k: positive, hostBusyUsPerFault: positive },
       postMessage: { fault: faults },
       translation: { iotlbHitsPerS: positive, nestedWalksPerS: positive },
       scale: {
@@ -206,11 +207,29 @@ describe('ioasid-sandbox bench', () => {
       'postMessageOverRingLatency',
       'ringOverPostMessageThroughput',
       'vms16Over1',
+      'cycleOverSpin',
     ]) {
       expect(r.ratios[name]).toBeGreaterThan(0);
       expect(r.targets[name]).toMatchObject({ value: r.ratios[name], met: expect.any(Boolean) });
     }
+    expect(r.targets.faultPerS4k).toMatchObject({ value: r.fault.perS4k, met: expect.any(Boolean) });
+    expect(r.targets.hostBusyUsPerFault).toMatchObject({ value: r.fault.hostBusyUsPerFault });
     expect(r.fault.busyUs.p99).toBeGreaterThanOrEqual(r.fault.busyUs.p50);
+    expect(r.fault.cycleUs.p99).toBeGreaterThanOrEqual(r.fault.cycleUs.p50);
+    // The profile's stages split its busy time: their shares add up to the whole.
+    const stages = Object.values(r.profile.stages) as { usPerFault: number; share: number }[];
+    expect(Object.keys(r.profile.stages)).toEqual([
+      'reactor',
+      'device',
+      'iommu',
+      'iopf',
+      'registry',
+      'viommu',
+      'oracle',
+    ]);
+    expect(stages.reduce((n, s) => n + s.share, 0)).toBeCloseTo(1, 2);
+    for (const stage of ['device', 'iommu', 'iopf', 'registry', 'viommu', 'oracle'])
+      expect(r.profile.stages[stage].usPerFault, stage).toBeGreaterThan(0);
   }, 180_000);
 });
 

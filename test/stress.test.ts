@@ -1,7 +1,7 @@
 // Stress campaigns: the generator, the CLI's JSON, replay from a seed, and shards.
 import { spawnSync } from 'node:child_process';
 import { describe, expect, test } from 'vitest';
-import { runCampaign, shardIndices } from '../host/stress/campaign.ts';
+import { formatCampaign, runCampaign, shardIndices } from '../host/stress/campaign.ts';
 import { drawTopology, replayCommand, runSeed } from '../host/stress/generate.ts';
 import { runOne } from '../host/stress/run-worker.ts';
 import { TEARDOWN_OPS, TopologySchema } from '../host/vmm/topology.ts';
@@ -93,6 +93,9 @@ describe('ioasid-sandbox stress', () => {
       iopfTimeouts: expect.any(Number),
       postMessageRuns: expect.any(Number),
     });
+    // Every run here has DMA to fault in; the rate is over the campaign's wall time.
+    expect(r.faults).toBeGreaterThan(0);
+    expect(r.faultsPerS).toBe(Math.round((r.faults * 1000) / r.durationMs));
   });
 
   test('a failed run exits 3 and names its seed, replay command and violations', () => {
@@ -188,6 +191,7 @@ describe('ioasid-sandbox stress', () => {
     }
     const seed = smallCampaign(300, 3, 2);
     const seeds: number[] = [];
+    const faults = [0, 0];
     const reports = [];
     for (const index of [1, 2]) {
       reports.push(
@@ -196,12 +200,22 @@ describe('ioasid-sandbox stress', () => {
           seed,
           workers: 2,
           shard: { index, count: 2 },
-          onRun: (r) => seeds.push(r.seed),
+          onRun: (r) => {
+            seeds.push(r.seed);
+            faults[index - 1] += r.faults;
+          },
         }),
       );
     }
     expect(seeds.sort()).toEqual([0, 1, 2].map((i) => runSeed(seed, i)).sort());
     expect(reports.map((r) => r.runs)).toEqual([2, 1]);
+    // A campaign's faults are its runs' faults.raised, summed; shards merge by adding them.
+    expect(reports.map((r) => r.faults)).toEqual(faults);
+    expect(faults[0] + faults[1]).toBeGreaterThan(0);
+    for (const r of reports) {
+      expect(r.faultsPerS).toBe(Math.round((r.faults * 1000) / r.durationMs));
+      expect(formatCampaign(r)).toContain(`faults: ${r.faults} page-request group(s) raised`);
+    }
     expect(reports.map((r) => r.shard)).toEqual(['1/2', '2/2']);
     expect(reports.flatMap((r) => r.failures)).toEqual([]);
   });

@@ -2,6 +2,7 @@
 // layout in a SharedArrayBuffer: fault fd -> page request queue, invalidation queue -> fault fd,
 // HWPT_INVALIDATE and wait status writes. The test plays the guest with the real driver code.
 import { describe, expect, test } from 'vitest';
+import { emptyStats } from '../guest/guest-vm.ts';
 import { AddressSpaces } from '../guest/mm/address-spaces.ts';
 import { DemandPager } from '../guest/mm/demand-pager.ts';
 import { PageAllocator } from '../guest/mm/page-allocator.ts';
@@ -15,7 +16,6 @@ import { InvariantChecker } from '../host/vmm/invariants.ts';
 import { VtdPageRequestQueue } from '../host/vmm/vtd-prq-model.ts';
 import { VtdVmIommu } from '../host/vmm/vtd-vm-iommu.ts';
 import { Vvtd } from '../host/vmm/vvtd.ts';
-import type { GuestStats } from '../shared/control.ts';
 import { GuestMemory, PAGE_SIZE } from '../shared/guest-memory.ts';
 import { verifyWords } from '../shared/pattern.ts';
 import {
@@ -46,28 +46,6 @@ const noObserver: DmaObserver = {
   unrecoverableFault() {},
   hostViolation() {},
 };
-
-function newGuestStats(): GuestStats {
-  return {
-    pageRequests: 0,
-    groupsAnswered: 0,
-    responses: { success: 0, invalid: 0, failure: 0 },
-    stopMarkers: 0,
-    overflowsAcknowledged: 0,
-    partialGroupsDropped: 0,
-    events: 0,
-    eventOverflowsAcknowledged: 0,
-    commandErrors: 0,
-    stallsResumed: 0,
-    unmaps: 0,
-    pagesMapped: 0,
-    dmaSubmitted: 0,
-    dmaCompleted: 0,
-    dmaFailed: 0,
-    workloadDone: false,
-    wakeups: 0,
-  };
-}
 
 interface VmOptions {
   name?: string;
@@ -145,7 +123,7 @@ function vtdVm(options: VmOptions = {}) {
   const iq = new RingProducer(channel, layout.cmdq.offset, layout.cmdq.geometry, bells.host);
   const statusGpa = pages.allocZeroed();
   /** The guest's whole VT-d driver (made on demand: the PRQ has one consumer at a time). */
-  const driver = (stats = newGuestStats()) =>
+  const driver = (stats = emptyStats()) =>
     new VtdDriver(channel, prqPlace, iq, pager, stats, memory, statusGpa);
   /** Just the guest's PRQ handler, for tests that look at each descriptor. */
   const prqDriver = () => new VtdPrqDriver(channel, prqPlace.offset, prqPlace.log2Size);
@@ -286,7 +264,7 @@ describe('vVT-d: page requests to the guest and page group responses back', () =
     const vm = vtdVm();
     const [dev] = vm.devices;
     vm.pager.back(1, VA, 4, SEED);
-    const stats = newGuestStats();
+    const stats = emptyStats();
     const driver = vm.driver(stats);
     dev.injectPageRequest(1, VA + PAGE_SIZE, false);
     vm.vvtd.drainFaults();
@@ -304,7 +282,7 @@ describe('vVT-d: page requests to the guest and page group responses back', () =
     const vm = vtdVm({ iqLog2: 1 });
     const [dev] = vm.devices;
     vm.pager.back(1, VA, 4, SEED);
-    const stats = newGuestStats();
+    const stats = emptyStats();
     const driver = vm.driver(stats);
     for (let page = 0; page < 3; page++) dev.injectPageRequest(1, VA + page * PAGE_SIZE, false);
     vm.vvtd.drainFaults();
@@ -454,7 +432,7 @@ describe('vVT-d: page request queue overflow', () => {
     const vm = vtdVm({ prqLog2: 2 });
     const [dev] = vm.devices;
     vm.pager.back(1, VA, 16, SEED);
-    const stats = newGuestStats();
+    const stats = emptyStats();
     const driver = vm.driver(stats);
     for (let page = 0; page < 5; page++)
       expect(dev.injectPageRequest(1, VA + page * PAGE_SIZE, false)).toBe(true);
@@ -499,7 +477,7 @@ describe('vVT-d: page request queue overflow', () => {
     const vm = vtdVm({ prqLog2: 1 });
     const [dev] = vm.devices;
     vm.pager.back(1, VA, 4, SEED);
-    const stats = newGuestStats();
+    const stats = emptyStats();
     const driver = vm.driver(stats);
     expect(dev.injectPageRequest(1, VA, false, 2)).toBe(true);
     vm.vvtd.drainFaults();

@@ -17,12 +17,18 @@ import type { DeviceQueues, Workload } from './workload.ts';
 
 /** Each device of a VM works on its own buffer, this far apart in VA. */
 export const DEVICE_STRIDE = 0x1_0000_0000;
+/**
+ * Submit times are kept by tag modulo this: the tags in flight (page numbers) span at most
+ * queueDepth (512) descriptors of up to 4 pages each.
+ */
+const SUBMIT_SLOTS = 4096;
 
 export abstract class DescriptorWorkload implements Workload {
   /** VA of this device's buffer. */
   protected readonly base: number;
   private readonly descriptor = newDmaDescriptor();
   private readonly completion = { tag: 0, status: 0, bytes: 0 };
+  private readonly submittedAt = new Float64Array(SUBMIT_SLOTS);
   private nextPage = 0;
   private inFlightCount = 0;
   private quiesced = false;
@@ -74,8 +80,10 @@ export abstract class DescriptorWorkload implements Workload {
     const complete = this.device.complete;
     let reaped = 0;
     for (let ready = complete.poll(); ready > 0; ready = complete.poll()) {
+      const now = performance.now();
       for (let i = 0; i < ready; i++) {
         decodeDmaCompletion(complete.words, complete.at(i), this.completion);
+        this.device.cycles.record((now - this.submittedAt[this.completion.tag & (SUBMIT_SLOTS - 1)]) * 1000);
         if (this.completion.status === DMA_STATUS_OK) this.stats.dmaCompleted++;
         else this.stats.dmaFailed++;
       }
@@ -99,6 +107,7 @@ export abstract class DescriptorWorkload implements Workload {
       d.va = this.vaOf(this.nextPage);
       this.nextPage += this.fill(d, this.nextPage, this.totalPages - this.nextPage);
       encodeDmaDescriptor(submit.words, at, d);
+      this.submittedAt[d.tag & (SUBMIT_SLOTS - 1)] = performance.now();
       submit.commit();
       this.inFlightCount++;
       this.stats.dmaSubmitted++;

@@ -1,8 +1,9 @@
 /**
  * sva-stream: the device reads a buffer of `pages` pages in the guest's address space from start to
- * end, in descriptors of 1 to 4 pages drawn from the seed. Nothing is mapped beforehand: every page
- * arrives through a page request (or a stall) and the guest's demand pager, and the sandbox's oracle
- * checks every byte the device read against the seeded pattern.
+ * end, in descriptors of 1 to 4 pages drawn from the seed (with `dmaBytes`: one page each, its first
+ * `dmaBytes` bytes). Nothing is mapped beforehand: every page arrives through a page request (or a
+ * stall) and the guest's demand pager, and the sandbox's oracle checks every byte the device read
+ * against the seeded pattern.
  */
 import type { GuestStats, WorkloadConfig } from '../../shared/control.ts';
 import { PAGE_SIZE } from '../../shared/guest-memory.ts';
@@ -36,6 +37,13 @@ export class SvaStream extends DescriptorWorkload {
   }
 
   protected fill(d: DmaDescriptor, _page: number, pagesLeft: number): number {
+    const dmaBytes = this.config.dmaBytes;
+    if (dmaBytes !== undefined) {
+      // The first `dmaBytes` of one page: still a page request and a page-in per descriptor.
+      d.length = dmaBytes;
+      d.flags = DMA_FLAG_VERIFY;
+      return 1;
+    }
     const pages = Math.min(1 + this.prng.below(this.maxPagesPerDescriptor), pagesLeft);
     d.length = pages * PAGE_SIZE;
     d.flags = DMA_FLAG_VERIFY;

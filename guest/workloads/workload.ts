@@ -3,6 +3,7 @@
  * `poll()` whenever it wakes; `poll()` must never block.
  */
 import type { GuestStats, WorkloadConfig } from '../../shared/control.ts';
+import type { CycleHistogram } from '../../shared/cycle-histogram.ts';
 import type { RingConsumer, RingProducer } from '../../shared/ring.ts';
 import type { AddressSpaces } from '../mm/address-spaces.ts';
 import type { DemandPager } from '../mm/demand-pager.ts';
@@ -19,6 +20,8 @@ export interface DeviceQueues {
   pasid: number;
   submit: RingProducer;
   complete: RingConsumer;
+  /** The guest's DMA cycles: from a descriptor's submit to its completion seen here. */
+  cycles: CycleHistogram;
 }
 
 export interface Workload {

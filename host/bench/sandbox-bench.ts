@@ -13,6 +13,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type { TransportKind } from '../../shared/channel-side.ts';
 import { makeLogger } from '../../shared/logger.ts';
+import { STAGE_NAMES, type StageName, stageClock } from '../../shared/stage-clock.ts';
 import { Sandbox } from '../vmm/sandbox.ts';
 import { parseTopology, type Topology } from '../vmm/topology.ts';
 
@@ -24,22 +25,28 @@ export interface Percentiles {
 const quiet = makeLogger({ side: 'bench' }).child({});
 quiet.level = 'silent';
 
-/** One VM per entry; `spin` applies to host and guest alike. */
+/**
+ * One VM per entry; `spin` applies to host and guest alike. Each descriptor reads `dmaBytes` of
+ * its page (64: the pure fault path; 4096: a whole page of data moved and checked per fault).
+ */
 function stormTopology(
   vms: number,
   pages: number,
   queueDepth: number,
   spinNs: number,
   transport: TransportKind,
+  dmaBytes = 4096,
 ): Topology {
+  // Room for the buffer (a page per fault) and its page tables.
+  const memoryMiB = Math.max(64, Math.ceil((pages * 4096 * 1.05) / 2 ** 20) + 16);
   const list = Array.from(
     { length: vms },
     (_, i) => `  - name: vm${i}
-    memoryMiB: 64
+    memoryMiB: ${memoryMiB}
     viommu: smmuv3
     devices: [{ name: d, pri: true, pasids: [1], priCredits: ${Math.max(32, queueDepth)} }]
     queues: { priqLog2: 8, evtqLog2: 6, cmdqLog2: 8, dmaQueueLog2: 7 }
-    workload: { kind: fault-storm, pages: ${pages}, seed: ${i + 1}, queueDepth: ${queueDepth} }`,
+    workload: { kind: fault-storm, pages: ${pages}, seed: ${i + 1}, queueDepth: ${queueDepth}, dmaBytes: ${dmaBytes} }`,
   ).join('\n');
   return parseTopology(
     `name: bench\ntransport: ${transport}\nspinNs: ${spinNs}\nhostSpinNs: ${spinNs}\nvms:\n${list}\n`,
@@ -50,22 +57,42 @@ function stormTopology(
  * Launch, time the workloads from start to done, stop. Done is judged from the host's own counters
  * (every descriptor of a fault storm completed), so no control-plane call runs inside the window.
  */
-async function timedRun(topology: Topology): Promise<{ ms: number; faults: number; sandbox: Sandbox }> {
+async function timedRun(
+  topology: Topology,
+  profile = false,
+): Promise<{ ms: number; faults: number; hostBusyMs: number; sandbox: Sandbox }> {
   const sandbox = new Sandbox(topology, { log: quiet, graceMs: 500 });
   await sandbox.launch();
+  if (profile) stageClock.enable();
   const start = performance.now();
+  const busyBefore = sandbox.reactorStats().busyMs;
   // A cheap counter: polling the whole report every millisecond would steal the host's thread.
   const done = () => sandbox.dmaCompleted().every((n, i) => n >= topology.vms[i].workload.pages);
+  let ms = 0;
+  let hostBusyMs = 0;
   try {
     while (!done()) await new Promise((resolve) => setTimeout(resolve, 1));
+    ms = performance.now() - start;
+    hostBusyMs = sandbox.reactorStats().busyMs - busyBefore;
   } finally {
+    stageClock.disable();
     await sandbox.stop();
   }
-  const ms = performance.now() - start;
   const report = sandbox.report();
   if (!report.invariants.ok || report.faults.lost > 0)
     throw new Error(`bench run broke an invariant: ${JSON.stringify(report.invariants.counts)}`);
-  return { ms, faults: report.faults.raised, sandbox };
+  return { ms, faults: report.faults.raised, hostBusyMs, sandbox };
+}
+
+/**
+ * The DMA cycle a user feels, one descriptor in flight, host and guest spinning: from the guest's
+ * submit to the guest seeing the completion (the guest's own histogram, in the same run as
+ * `faultRoundTrip`'s window, which covers only the page request to the retry).
+ */
+export async function faultCycle(quick: boolean): Promise<Percentiles> {
+  const { sandbox } = await timedRun(stormTopology(1, quick ? 1500 : 8000, 1, 1_000_000, 'sab'));
+  const { p50, p99 } = sandbox.report().vms[0].dmaCycleUs;
+  return { p50, p99 };
 }
 
 /** Round trip with one group in flight; `busy`: both sides spin instead of sleeping. */
@@ -81,15 +108,58 @@ export async function faultRoundTrip(
   return { p50, p99 };
 }
 
-/** Faults per second, aggregate over `vms` VMs, many groups in flight in each. */
+export interface Throughput {
+  perS: number;
+  /** Wall time the host's reactor spent in passes that found work, per fault, microseconds. */
+  hostBusyUsPerFault: number;
+}
+
+/**
+ * Faults per second, aggregate over `vms` VMs, 64 groups in flight in each, each fault reading
+ * `dmaBytes` of its page.
+ */
 export async function faultThroughput(
   vms: number,
   quick: boolean,
   transport: TransportKind = 'sab',
-): Promise<number> {
-  const pages = Math.round((quick ? 12_000 : 16_000) / vms);
-  const { ms, faults } = await timedRun(stormTopology(vms, pages, 64, 0, transport));
-  return Math.round((faults * 1000) / ms);
+  dmaBytes = 64,
+): Promise<Throughput> {
+  const pages = Math.round((quick ? 40_000 : 100_000) / vms);
+  const { ms, faults, hostBusyMs } = await timedRun(
+    stormTopology(vms, pages, 64, 20_000, transport, dmaBytes),
+  );
+  return {
+    perS: Math.round((faults * 1000) / ms),
+    hostBusyUsPerFault: Number(((hostBusyMs * 1000) / faults).toPrecision(3)),
+  };
+}
+
+export interface StageProfile {
+  /** Page-request groups in the profiled run, and its faults per second (slower: the clock runs). */
+  faults: number;
+  perS: number;
+  /** The reactor's busy time per fault, microseconds, and each stage's part of it. */
+  hostBusyUsPerFault: number;
+  stages: Record<StageName, { usPerFault: number; share: number }>;
+}
+
+/**
+ * The `perS` run (one VM, 64 groups in flight, 64 bytes per fault) with the stage clock on: where
+ * the host's busy time per fault goes (shared/stage-clock.ts).
+ */
+export async function profileFaultPath(quick: boolean): Promise<StageProfile> {
+  const pages = quick ? 40_000 : 100_000;
+  const { ms, faults } = await timedRun(stormTopology(1, pages, 64, 20_000, 'sab', 64), true);
+  const { totalMs, ms: byStage } = stageClock.summary();
+  const perFault = (v: number) => Number(((v * 1000) / faults).toPrecision(3));
+  const stages = {} as StageProfile['stages'];
+  for (const name of STAGE_NAMES) {
+    stages[name] = {
+      usPerFault: perFault(byStage[name]),
+      share: totalMs > 0 ? Number((byStage[name] / totalMs).toFixed(3)) : 0,
+    };
+  }
+  return { faults, perS: Math.round((faults * 1000) / ms), hostBusyUsPerFault: perFault(totalMs), stages };
 }
 
 export interface LaunchFigures {

@@ -10,7 +10,15 @@ import { PageAllocator } from '../../guest/mm/page-allocator.ts';
 import type { TransportKind } from '../../shared/channel-side.ts';
 import { GuestMemory, PAGE_SIZE } from '../../shared/guest-memory.ts';
 import { measureFloors } from '../bench/floors.ts';
-import { faultRoundTrip, faultThroughput, launchManyIsolated } from '../bench/sandbox-bench.ts';
+import {
+  faultCycle,
+  faultRoundTrip,
+  faultThroughput,
+  launchManyIsolated,
+  profileFaultPath,
+  type StageProfile,
+  type Throughput,
+} from '../bench/sandbox-bench.ts';
 import { Iommu } from '../iommu/iommu.ts';
 import { Smmuv3Ops } from '../iommu/smmuv3-ops.ts';
 import { ACCESS_READ, newWalkResult, type Stage1Context, walkStage1 } from '../iommu/stage1-walker.ts';
@@ -34,8 +42,21 @@ export interface FaultFigures {
   busyUs: RoundTrip;
   /** One group in flight, both sides asleep between faults. */
   idleUs: RoundTrip;
-  /** Sustained faults per second, many groups in flight, one VM. */
+  /** Sustained faults per second, 64 groups in flight, one VM, 64 bytes of DMA per fault. */
   perS: number;
+}
+
+/** The ring transport's figures, with those only it has. */
+export interface RingFaultFigures extends FaultFigures {
+  /**
+   * One descriptor in flight, busy: from the guest's submit to the guest seeing its completion
+   * (the round trip a user feels; busyUs covers only the page request to the retry).
+   */
+  cycleUs: RoundTrip;
+  /** As `perS`, with a 4 KiB DMA per fault: data moving and checked. */
+  perS4k: number;
+  /** Wall time the host's reactor spent in passes that found work, per fault, in the `perS` run. */
+  hostBusyUsPerFault: number;
 }
 
 export interface Target {
@@ -52,7 +73,7 @@ export interface BenchReport {
   figures: BenchFigure[];
   floor: { spinUs: number; sleepUs: number; ringRecordsPerS: number };
   /** The ring (SharedArrayBuffer) transport. */
-  fault: FaultFigures;
+  fault: RingFaultFigures;
   postMessage: { fault: FaultFigures };
   translation: { iotlbHitsPerS: number; nestedWalksPerS: number };
   scale: {
@@ -68,6 +89,8 @@ export interface BenchReport {
   };
   ratios: Record<string, number>;
   targets: Record<string, Target>;
+  /** With --profile: the host's time per fault by stage, from a run with the stage clock on. */
+  profile?: StageProfile;
   /** Signs that the machine was busy with something else while the bench ran. */
   warnings: string[];
   elapsedMs: number;
@@ -109,7 +132,7 @@ function nestedVm(iotlbEntries: number, pages: number) {
 }
 
 /** Translation: IOTLB hits, misses that walk, full nested walks, and stage-1-only walks. */
-function translationFigures(ms: number): BenchFigure[] {
+export function translationFigures(ms: number): BenchFigure[] {
   const pages = 32768;
   const out = newWalkResult();
   let sink = 0;
@@ -152,22 +175,18 @@ function translationFigures(ms: number): BenchFigure[] {
   ];
 }
 
-/** The median of `runs` results of `measure`, run one after the other. */
-async function median(runs: number, measure: () => Promise<number>): Promise<number> {
-  const values: number[] = [];
-  for (let i = 0; i < runs; i++) values.push(await measure());
-  values.sort((a, b) => a - b);
-  return values[(values.length - 1) >> 1];
-}
-
-async function roundTrip(
+function roundTrip(
   runs: number,
   busy: boolean,
   transport: TransportKind,
   quick: boolean,
 ): Promise<RoundTrip> {
+  return percentiles(runs, () => faultRoundTrip(busy, quick, transport));
+}
+
+async function percentiles(runs: number, measure: () => Promise<RoundTrip>): Promise<RoundTrip> {
   const samples: RoundTrip[] = [];
-  for (let i = 0; i < runs; i++) samples.push(await faultRoundTrip(busy, quick, transport));
+  for (let i = 0; i < runs; i++) samples.push(await measure());
   const mid = (pick: (r: RoundTrip) => number) => {
     const v = samples.map(pick).sort((a, b) => a - b);
     return v[(v.length - 1) >> 1];
@@ -175,29 +194,50 @@ async function roundTrip(
   return { p50: mid((r) => r.p50), p99: mid((r) => r.p99) };
 }
 
+/** The throughput run with the median faults per second, whole (its host time goes with it). */
+async function medianThroughput(runs: number, measure: () => Promise<Throughput>): Promise<Throughput> {
+  const samples: Throughput[] = [];
+  for (let i = 0; i < runs; i++) samples.push(await measure());
+  samples.sort((a, b) => a.perS - b.perS);
+  return samples[(samples.length - 1) >> 1];
+}
+
 async function faultFigures(runs: number, transport: TransportKind, quick: boolean): Promise<FaultFigures> {
   return {
     busyUs: await roundTrip(runs, true, transport, quick),
     idleUs: await roundTrip(runs, false, transport, quick),
-    perS: await median(runs, () => faultThroughput(1, quick, transport)),
+    perS: (await medianThroughput(runs, () => faultThroughput(1, quick, transport))).perS,
+  };
+}
+
+async function ringFaultFigures(runs: number, quick: boolean): Promise<RingFaultFigures> {
+  const pure = await medianThroughput(runs, () => faultThroughput(1, quick, 'sab', 64));
+  return {
+    busyUs: await roundTrip(runs, true, 'sab', quick),
+    idleUs: await roundTrip(runs, false, 'sab', quick),
+    perS: pure.perS,
+    cycleUs: await percentiles(runs, () => faultCycle(quick)),
+    perS4k: (await medianThroughput(runs, () => faultThroughput(1, quick, 'sab', 4096))).perS,
+    hostBusyUsPerFault: pure.hostBusyUsPerFault,
   };
 }
 
 /** Three significant digits: a ratio is never rounded to 0. */
 const significant = (v: number) => Number(v.toPrecision(3));
 
-export async function runBench(quick: boolean): Promise<BenchReport> {
+export async function runBench(quick: boolean, profile = false): Promise<BenchReport> {
   const started = performance.now();
   const runs = quick ? 3 : 5;
   const floors = await measureFloors({ quick });
-  const ring = await faultFigures(runs, 'sab', quick);
+  const ring = await ringFaultFigures(runs, quick);
   const posted = await faultFigures(runs, 'postmessage', quick);
   const figures = translationFigures(quick ? 150 : 1000);
   const [hit, miss, nested, stage1Only] = figures.map((f) => f.value);
   const vms1PerS = ring.perS;
-  const vms4PerS = await median(quick ? 1 : 3, () => faultThroughput(4, quick, 'sab'));
-  const vms16PerS = await median(quick ? 1 : 3, () => faultThroughput(16, quick, 'sab'));
+  const vms4PerS = (await medianThroughput(quick ? 1 : 3, () => faultThroughput(4, quick, 'sab'))).perS;
+  const vms16PerS = (await medianThroughput(quick ? 1 : 3, () => faultThroughput(16, quick, 'sab'))).perS;
   const launch = await launchManyIsolated(quick ? 16 : 64);
+  const stages = profile ? await profileFaultPath(quick) : undefined;
   const floor = {
     spinUs: floors.spinUs.median,
     sleepUs: floors.sleepUs.median,
@@ -207,6 +247,7 @@ export async function runBench(quick: boolean): Promise<BenchReport> {
     'IOTLB hit / miss': significant(hit / miss),
     'stage-1-only walk / nested walk': significant(stage1Only / nested),
     busyOverSpin: significant(ring.busyUs.p50 / floor.spinUs),
+    cycleOverSpin: significant(ring.cycleUs.p50 / floor.spinUs),
     idleOverSleep: significant(ring.idleUs.p50 / floor.sleepUs),
     postMessageOverRingLatency: significant(posted.busyUs.p50 / ring.busyUs.p50),
     ringOverPostMessageThroughput: significant(ring.perS / posted.perS),
@@ -232,6 +273,7 @@ export async function runBench(quick: boolean): Promise<BenchReport> {
       rssPerVmMB: launch.rssPerVmMB,
     },
     ratios,
+    ...(stages ? { profile: stages } : {}),
     targets: {
       busyOverSpin: target(ratios.busyOverSpin, '<= 10', ratios.busyOverSpin <= 10),
       idleOverSleep: target(ratios.idleOverSleep, '<= 1.5', ratios.idleOverSleep <= 1.5),
@@ -245,7 +287,10 @@ export async function runBench(quick: boolean): Promise<BenchReport> {
         '>= 3',
         ratios.ringOverPostMessageThroughput >= 3,
       ),
-      faultPerS: target(ring.perS, '>= 1,500,000', ring.perS >= 1_500_000),
+      faultPerS: target(ring.perS, '>= 1,000,000', ring.perS >= 1_000_000),
+      cycleOverSpin: target(ratios.cycleOverSpin, '<= 20', ratios.cycleOverSpin <= 20),
+      faultPerS4k: target(ring.perS4k, '>= 300,000', ring.perS4k >= 300_000),
+      hostBusyUsPerFault: target(ring.hostBusyUsPerFault, '<= 1', ring.hostBusyUsPerFault <= 1),
       iotlbHitsPerS: target(hit, '>= 50,000,000', hit >= 50_000_000),
       nestedWalksPerS: target(nested, '>= 5,000,000', nested >= 5_000_000),
       vms16Over1: target(ratios.vms16Over1, '>= 0.7', ratios.vms16Over1 >= 0.7),
@@ -276,7 +321,10 @@ export function formatBench(report: BenchReport): string {
     ['floor.ringRecordsPerS', n(report.floor.ringRecordsPerS)],
     ['fault.busyUs (ring)', rt(report.fault.busyUs)],
     ['fault.idleUs (ring)', rt(report.fault.idleUs)],
-    ['fault.perS (ring)', n(report.fault.perS)],
+    ['fault.cycleUs (ring)', rt(report.fault.cycleUs)],
+    ['fault.perS (ring, 64 B per fault)', n(report.fault.perS)],
+    ['fault.perS4k (ring, 4 KiB per fault)', n(report.fault.perS4k)],
+    ['fault.hostBusyUsPerFault', `${report.fault.hostBusyUsPerFault} us`],
     ['postMessage.fault.busyUs', rt(report.postMessage.fault.busyUs)],
     ['postMessage.fault.idleUs', rt(report.postMessage.fault.idleUs)],
     ['postMessage.fault.perS', n(report.postMessage.fault.perS)],
@@ -294,9 +342,27 @@ export function formatBench(report: BenchReport): string {
     const t = report.targets[name];
     rows.push([`ratio ${name}`, `${value}${t ? ` (target ${t.target}: ${t.met ? 'met' : 'NOT met'})` : ''}`]);
   }
-  for (const name of ['faultPerS', 'iotlbHitsPerS', 'nestedWalksPerS', 'launchMs', 'rssPerVmMB']) {
+  for (const name of [
+    'faultPerS',
+    'faultPerS4k',
+    'hostBusyUsPerFault',
+    'iotlbHitsPerS',
+    'nestedWalksPerS',
+    'launchMs',
+    'rssPerVmMB',
+  ]) {
     const t = report.targets[name];
     rows.push([`target ${name}`, `${n(t.value)} (${t.target}: ${t.met ? 'met' : 'NOT met'})`]);
+  }
+  if (report.profile) {
+    const p = report.profile;
+    rows.push([
+      'profile (host busy time per fault, stage clock on)',
+      `${p.hostBusyUsPerFault} us over ${n(p.faults)} faults (${n(p.perS)}/s while profiled)`,
+    ]);
+    for (const [stage, { usPerFault, share }] of Object.entries(p.stages)) {
+      rows.push([`  ${stage}`, `${usPerFault} us (${(share * 100).toFixed(1)}%)`]);
+    }
   }
   for (const warning of report.warnings) rows.push(['warning', warning]);
   const width = Math.max(...rows.map(([name]) => name.length));

@@ -147,9 +147,10 @@ export async function main(argv: string[]): Promise<number> {
       'measure speed figures side by side in one run: floors, faults per transport, translation, scale',
     )
     .option('--quick', 'short measurement windows (noisier)')
+    .option('--profile', "add where the host's time per fault goes, by stage (one more run)")
     .option('--json', 'print exactly one JSON object on stdout')
-    .action(async (opts: { quick?: boolean; json?: boolean }) => {
-      const report = await runBench(opts.quick ?? false);
+    .action(async (opts: { quick?: boolean; profile?: boolean; json?: boolean }) => {
+      const report = await runBench(opts.quick ?? false, opts.profile ?? false);
       process.stdout.write(opts.json ? `${JSON.stringify(report)}\n` : formatBench(report));
     });
 

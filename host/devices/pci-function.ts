@@ -23,6 +23,7 @@ import {
 } from '../../shared/records/dma-descriptor.ts';
 import { F_ACCESS, F_PERMISSION, F_TRANSLATION } from '../../shared/records/event-types.ts';
 import type { RingConsumer, RingProducer } from '../../shared/ring.ts';
+import { STAGE_IOMMU, STAGE_IOPF, STAGE_ORACLE, stageClock } from '../../shared/stage-clock.ts';
 import type { Iommu } from '../iommu/iommu.ts';
 import { newPageRequest, PRG_FAILURE, PRG_SUCCESS, type PriEndpoint } from '../iommu/page-request.ts';
 import { ACCESS_READ, ACCESS_WRITE, newWalkResult } from '../iommu/stage1-walker.ts';
@@ -120,6 +121,11 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
   readonly pri: PriCapability;
   readonly hasPri: boolean;
   readonly canStall: boolean;
+  /**
+   * The watching observer's index for this function (set by DmaOracle.watch; -1: none), so that
+   * the observer finds its per-device state on every read without a Map lookup.
+   */
+  observerSlot = -1;
   readonly stats: PciFunctionStats = {
     ops: 0,
     completed: 0,
@@ -424,6 +430,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
       // A stalling device waits from the moment it asks, so that a RESUME arriving before
       // translate() returns (no handler, no STAG left) finds the op waiting.
       if (this.canStall) this.opState[op] = WAITING_STALL;
+      stageClock.enter(STAGE_IOMMU);
       const translated = this.iommu.translate(
         this.streamId,
         pasid,
@@ -432,6 +439,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
         walk,
         this.canStall ? op : -1,
       );
+      stageClock.leave();
       if (this.canStall) {
         if (this.opState[op] !== WAITING_STALL) return; // resolved already: queued for retry, or finished
         if (!translated && walk.stalled) {
@@ -458,7 +466,9 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
         return;
       }
       if (this.opFaultedAt[op] !== 0) {
+        stageClock.enter(STAGE_ORACLE);
         this.observer.faultResolved(this, performance.now() - this.opFaultedAt[op]);
+        stageClock.leave();
         this.tracer?.retried(this.opPrg[op]);
         this.opFaultedAt[op] = 0;
       }
@@ -491,7 +501,9 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     r.write = false;
     r.last = true;
     // May answer at once (no handler: INVALID); prgResponse only re-queues, so this is safe.
+    stageClock.enter(STAGE_IOPF);
     this.iommu.pageRequest(r);
+    stageClock.leave();
   }
 
   private creditsExceeded(): void {
@@ -515,19 +527,18 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
       );
       return;
     }
-    const staging = this.staging;
     this.stats.bytesMoved += bytes;
-    if (at % 4 === 0 && bytes % 4 === 0) {
-      const words = memory.words;
-      const base = at >>> 2;
+    if ((at & 3) === 0 && (bytes & 3) === 0) {
       const count = bytes >>> 2;
-      for (let i = 0; i < count; i++) staging[i] = words[base + i];
-      if (this.opVerify[op] !== 0) this.observer.dmaRead(this, pasid, va, staging, 0, count);
+      copyWords(this.staging, memory.words, at >>> 2, count);
+      if (this.opVerify[op] !== 0) {
+        stageClock.enter(STAGE_ORACLE);
+        this.observer.dmaRead(this, pasid, va, this.staging, 0, count);
+        stageClock.leave();
+      }
     } else {
       // Unaligned transfers move bytes but are not pattern-checked (the pattern is per word).
-      const source = memory.bytes;
-      const target = this.stagingBytes;
-      for (let i = 0; i < bytes; i++) target[i] = source[at + i];
+      copyBytes(this.stagingBytes, memory.bytes, at, bytes);
     }
   }
 
@@ -557,6 +568,31 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     this.freeOps[this.freeCount++] = op;
     return true;
   }
+}
+
+/**
+ * Below this many words a plain loop beats `set`: `subarray` allocates a view (~50 ns), a word
+ * costs ~1 ns. Measured on Node 20 over a SharedArrayBuffer: 16 words 16 ns by loop, 55 ns by
+ * `set`; 64 words about even; 1024 words 790 ns by loop, 200 ns by `set`.
+ */
+const BULK_COPY_WORDS = 64;
+
+/** `target[0..count) = source[from..from+count)`. */
+function copyWords(target: Int32Array, source: Int32Array, from: number, count: number): void {
+  if (count >= BULK_COPY_WORDS) {
+    target.set(source.subarray(from, from + count));
+    return;
+  }
+  for (let i = 0; i < count; i++) target[i] = source[from + i];
+}
+
+/** `target[0..count) = source[from..from+count)`, bytewise (an unaligned transfer). */
+function copyBytes(target: Uint8Array, source: Uint8Array, from: number, count: number): void {
+  if (count >= BULK_COPY_WORDS * 4) {
+    target.set(source.subarray(from, from + count));
+    return;
+  }
+  for (let i = 0; i < count; i++) target[i] = source[from + i];
 }
 
 function recoverable(eventType: number): boolean {

@@ -42,6 +42,8 @@ export interface IommuInstanceWiring {
   stallCapacity: number;
   wake(requester: number): void;
   onError?(error: unknown): void;
+  /** How an IRQ thread gets its next turn (default: setImmediate). */
+  schedule?(turn: () => void): void;
 }
 
 export class IommuInstance {
@@ -68,12 +70,14 @@ export class IommuInstance {
       discardPartial: () => wiring.discardPartial(this),
       wake: wiring.wake,
       onError: wiring.onError,
+      schedule: wiring.schedule,
     });
     this.evtq = new PhysicalEventQueue(options.evtqLog2 ?? DEFAULT_EVTQ_LOG2, wiring.stallCapacity);
     this.evtqThread = new EvtqThread(this.evtq, {
       weight: wiring.weight ?? this.evtq.size,
       handle: wiring.handleEvent,
       onError: wiring.onError,
+      schedule: wiring.schedule,
     });
   }
 

@@ -37,6 +37,11 @@ export interface IrqThreadOptions {
   weight: number;
   /** An exception thrown in a turn of the thread's own (nobody up the stack to catch it). */
   onError?(error: unknown): void;
+  /**
+   * How the thread gets its next turn (default: setImmediate). The sandbox's reactor runs it at
+   * the start of its next pass, so a turn is a pass of the host's data plane (host/vmm/reactor.ts).
+   */
+  schedule?(turn: () => void): void;
 }
 
 export interface IrqThreadStats {
@@ -163,7 +168,8 @@ export abstract class IrqThread {
   private scheduleRefill(): void {
     if (this.refillPending) return;
     this.refillPending = true;
-    setImmediate(this.refill);
+    if (this.threadOptions.schedule) this.threadOptions.schedule(this.refill);
+    else setImmediate(this.refill);
   }
 
   /** A new turn: a full budget, and whatever the queue still holds. */

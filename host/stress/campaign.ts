@@ -55,6 +55,10 @@ export interface CampaignReport {
   deadlines: number;
   /** Groups answered INVALID at their deadline, over all runs. */
   iopfTimeouts: number;
+  /** Page-request groups raised over all runs (each run's report `faults.raised`). */
+  faults: number;
+  /** `faults` per second of the campaign's wall time (`durationMs`). */
+  faultsPerS: number;
   /** Runs whose queue records travelled by postMessage. */
   postMessageRuns: number;
   /** Well-behaved VMs, over all runs, whose workload did not finish within the cap. */
@@ -156,6 +160,8 @@ function summarise(
         ],
   );
   const runMs = results.map((r) => r.durationMs);
+  const faults = results.reduce((n, r) => n + r.faults, 0);
+  const durationMs = Math.round(elapsed);
   return {
     runs: results.length,
     passed: results.length - failures.length,
@@ -166,6 +172,8 @@ function summarise(
     teardowns,
     deadlines: results.filter((r) => r.deadline).length,
     iopfTimeouts: results.reduce((n, r) => n + r.iopfTimeouts, 0),
+    faults,
+    faultsPerS: durationMs > 0 ? Math.round((faults * 1000) / durationMs) : 0,
     postMessageRuns: results.filter((r) => r.postMessage).length,
     unfinished: results.reduce((n, r) => n + r.unfinished, 0),
     seed: options.seed,
@@ -175,7 +183,7 @@ function summarise(
       mean: runMs.length ? Math.round(runMs.reduce((a, b) => a + b, 0) / runMs.length) : 0,
       max: Math.max(0, ...runMs),
     },
-    durationMs: Math.round(elapsed),
+    durationMs,
   };
 }
 
@@ -208,6 +216,7 @@ export function formatCampaign(r: CampaignReport): string {
     `misbehaviours exercised (runs): ${MISBEHAVIOURS.map((m) => `${m} ${r.misbehaviours[m]}`).join(', ')}`,
     `teardowns injected (runs): ${TEARDOWN_OPS.map((op) => `${op} ${r.teardowns[op]}`).join(', ')}`,
     `response deadlines: ${r.deadlines} run(s), ${r.iopfTimeouts} group(s) expired; ${r.postMessageRuns} run(s) over postMessage`,
+    `faults: ${r.faults} page-request group(s) raised, ${r.faultsPerS.toLocaleString('en-US')} per second of the campaign`,
   ];
   if (r.unfinished > 0)
     lines.push(`${r.unfinished} well-behaved VM(s) did not finish their workload within the cap`);

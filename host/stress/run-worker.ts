@@ -50,6 +50,8 @@ export interface RunResult {
   deadline: boolean;
   /** Groups answered INVALID at their deadline. */
   iopfTimeouts: number;
+  /** Page-request groups the run's devices raised (the report's `faults.raised`). */
+  faults: number;
   /** The run's queue records travelled by postMessage instead of shared rings. */
   postMessage: boolean;
   vms: VmCounts[];
@@ -112,6 +114,7 @@ export function judge(seed: number, topology: Topology, report: RunReport): RunR
     teardowns: topology.vms.flatMap((vm) => (vm.teardown ? [vm.teardown.op] : [])),
     deadline: topology.iopfTimeoutMs !== undefined,
     iopfTimeouts: report.faults.iopfTimeouts,
+    faults: report.faults.raised,
     postMessage: topology.transport === 'postmessage',
     vms,
     unfinished,
@@ -140,6 +143,7 @@ export function hostException(seed: number, error: unknown, where: string): RunR
     teardowns: topology.vms.flatMap((vm) => (vm.teardown ? [vm.teardown.op] : [])),
     deadline: topology.iopfTimeoutMs !== undefined,
     iopfTimeouts: 0,
+    faults: 0,
     postMessage: topology.transport === 'postmessage',
     vms: [],
     unfinished: 0,

@@ -27,22 +27,58 @@ export class DmaOracle implements DmaObserver {
   bytesVerified = 0;
   unrecoverableFaults = 0;
   readonly byVm = new Map<string, UnrecoverableFaults>();
-  /** Bytes checked against the pattern, per VM. */
-  readonly verifiedByVm = new Map<string, number>();
-  /**
-   * Reads whose bytes were not their VA's pattern, per VM: what a DMA through a stale translation
-   * (a page the guest unmapped, invalidated and freed) returns. Must stay 0.
-   */
-  readonly staleByVm = new Map<string, number>();
-  private readonly owners = new Map<PciFunction, DeviceOwner>();
+
+  // Per watched device, by its slot (`device.observerSlot`): the device itself (to tell a slot
+  // another oracle gave it), its owner's pattern seed and VM index.
+  private readonly slotDevice: PciFunction[] = [];
+  private readonly slotSeed: number[] = [];
+  private readonly slotVm: number[] = [];
+  /** Slots by device, for a device whose `observerSlot` another oracle set (watch time, rare). */
+  private readonly slotOf = new WeakMap<PciFunction, number>();
+  // Per VM, by index: its name, bytes verified, stale reads.
+  private readonly vmNames: string[] = [];
+  private readonly vmIndexOf = new Map<string, number>();
+  private readonly vmVerified: number[] = [];
+  private readonly vmStale: number[] = [];
 
   constructor(
     private readonly invariants: InvariantChecker,
     private readonly latency: LatencyHistogram,
   ) {}
 
+  /** Bytes checked against the pattern, per VM (VMs with none left out). */
+  get verifiedByVm(): Map<string, number> {
+    return this.perVm(this.vmVerified);
+  }
+
+  /**
+   * Reads whose bytes were not their VA's pattern, per VM: what a DMA through a stale translation
+   * (a page the guest unmapped, invalidated and freed) returns. Must stay 0 (VMs with none left out).
+   */
+  get staleByVm(): Map<string, number> {
+    return this.perVm(this.vmStale);
+  }
+
   watch(device: PciFunction, owner: DeviceOwner): void {
-    this.owners.set(device, owner);
+    let vm = this.vmIndexOf.get(owner.vm);
+    if (vm === undefined) {
+      vm = this.vmNames.length;
+      this.vmIndexOf.set(owner.vm, vm);
+      this.vmNames.push(owner.vm);
+      this.vmVerified.push(0);
+      this.vmStale.push(0);
+    }
+    let slot = this.slotOf.get(device);
+    if (slot === undefined) {
+      slot = this.slotDevice.length;
+      this.slotDevice.push(device);
+      this.slotSeed.push(0);
+      this.slotVm.push(0);
+      this.slotOf.set(device, slot);
+    }
+    this.slotSeed[slot] = owner.seed;
+    this.slotVm[slot] = vm;
+    device.observerSlot = slot;
   }
 
   dmaRead(
@@ -53,26 +89,31 @@ export class DmaOracle implements DmaObserver {
     at: number,
     count: number,
   ): void {
-    const owner = this.owners.get(device);
-    if (!owner) return;
-    const offset = va % PAGE_SIZE;
-    const bad = verifyWords(words, at, count, owner.seed, va - offset, offset >>> 2);
+    let slot = device.observerSlot;
+    if (slot < 0 || slot >= this.slotDevice.length || this.slotDevice[slot] !== device) {
+      slot = this.slotOf.get(device) ?? -1;
+      if (slot < 0) return;
+    }
+    // The low 12 bits of the VA, exact for any integer VA below 2^53 (ToInt32 is modulo 2^32).
+    const offset = va & (PAGE_SIZE - 1);
+    const bad = verifyWords(words, at, count, this.slotSeed[slot], va - offset, offset >>> 2);
+    const vm = this.slotVm[slot];
     if (bad < 0) {
       this.bytesVerified += count * 4;
-      this.verifiedByVm.set(owner.vm, (this.verifiedByVm.get(owner.vm) ?? 0) + count * 4);
+      this.vmVerified[vm] += count * 4;
       return;
     }
-    this.staleByVm.set(owner.vm, (this.staleByVm.get(owner.vm) ?? 0) + 1);
+    this.vmStale[vm]++;
     this.invariants.violation({
       rule: 'dma-data-mismatch',
-      vm: owner.vm,
+      vm: this.vmNames[vm],
       device: device.name,
       detail: `PASID ${pasid} VA 0x${(va + bad * 4).toString(16)}: read 0x${(words[at + bad] >>> 0).toString(16)}, not the pattern`,
     });
   }
 
   hostViolation(device: PciFunction, rule: string, detail: string): void {
-    this.invariants.violation({ rule, vm: this.owners.get(device)?.vm, device: device.name, detail });
+    this.invariants.violation({ rule, vm: this.vmOf(device), device: device.name, detail });
   }
 
   faultResolved(_device: PciFunction, ms: number): void {
@@ -87,10 +128,22 @@ export class DmaOracle implements DmaObserver {
     stage2: boolean,
   ): void {
     this.unrecoverableFaults++;
-    const vm = this.owners.get(device)?.vm ?? '';
+    const vm = this.vmOf(device) ?? '';
     const counts = this.byVm.get(vm) ?? { stage1: 0, stage2: 0 };
     if (stage2) counts.stage2++;
     else counts.stage1++;
     this.byVm.set(vm, counts);
+  }
+
+  /** The VM that owns a watched device (undefined: not watched). */
+  private vmOf(device: PciFunction): string | undefined {
+    const slot = this.slotOf.get(device);
+    return slot === undefined ? undefined : this.vmNames[this.slotVm[slot]];
+  }
+
+  private perVm(counts: number[]): Map<string, number> {
+    const map = new Map<string, number>();
+    for (let vm = 0; vm < counts.length; vm++) if (counts[vm] !== 0) map.set(this.vmNames[vm], counts[vm]);
+    return map;
   }
 }

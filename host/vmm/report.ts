@@ -2,6 +2,7 @@
  * The result of `ioasid-sandbox run`, printed as one JSON object with --json. Fields are a contract:
  * later versions add fields and never remove or rename one.
  */
+import type { CyclePercentiles } from '../../shared/cycle-histogram.ts';
 import type { TranslationStats } from '../iommu/iommu.ts';
 import type { PhysicalEvtqStats } from '../iommu/physical-event-queue.ts';
 import type { PhysicalPriqStats } from '../iommu/physical-queue.ts';
@@ -35,6 +36,11 @@ export interface VmReport {
   pageRequests: number;
   pagesMapped: number;
   dmaCompleted: number;
+  /**
+   * The guest's DMA cycle, from a descriptor's submit to the guest seeing its completion,
+   * microseconds: `p50`, `p99`, `max`, `count` (0s when the guest died before reporting).
+   */
+  dmaCycleUs: CyclePercentiles;
   dmaFailed: number;
   dropped: number;
   /** Overflow conditions the guest's page request queue raised (SMMUv3 OVFLG, VT-d PRO). */

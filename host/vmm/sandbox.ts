@@ -11,10 +11,11 @@ import type { PhysicalPriqStats } from '../iommu/physical-queue.ts';
 import { Smmuv3Ops } from '../iommu/smmuv3-ops.ts';
 import { VtdOps } from '../iommu/vtd-ops.ts';
 import { guestDamage } from './damage.ts';
-import { DmaOracle } from './dma-oracle.ts';
+import { type DeviceOwner, DmaOracle } from './dma-oracle.ts';
 import { InvariantChecker } from './invariants.ts';
 import { LatencyHistogram } from './latency.ts';
 import { type PlantedBugs, parsePlantedBugs } from './plant.ts';
+import { Reactor, type ReactorStats, type Ticker } from './reactor.ts';
 import type { PhysicalIommuReport, RunReport, VmIsolation } from './report.ts';
 import { iommuIndexOf, physicalIommus, type TeardownOp, type Topology } from './topology.ts';
 import { FaultTrace } from './trace.ts';
@@ -71,11 +72,18 @@ export function placeDevices(topology: Topology): DevicePlacement[][] {
 
 /** The oracle, also keeping each VM's fault round trips (its isolation figure's latency). */
 class RunOracle extends DmaOracle {
-  readonly latencyOf = new Map<PciFunction, LatencyHistogram>();
+  /** Each watched device's VM histogram, by the device's observer slot. */
+  private readonly latencyBySlot: LatencyHistogram[] = [];
+
+  /** Watch `device` for `owner`, and time its faults into `latency` too. */
+  watchTimed(device: PciFunction, owner: DeviceOwner, latency: LatencyHistogram): void {
+    this.watch(device, owner);
+    this.latencyBySlot[device.observerSlot] = latency;
+  }
 
   override faultResolved(device: PciFunction, ms: number): void {
     super.faultResolved(device, ms);
-    this.latencyOf.get(device)?.recordMs(ms);
+    this.latencyBySlot[device.observerSlot]?.recordMs(ms);
   }
 }
 
@@ -112,7 +120,9 @@ export class Sandbox {
   private readonly vmLatency: LatencyHistogram[];
   private readonly trace: FaultTrace | undefined;
   private readonly vms: Vm[];
-  private readonly timers: NodeJS.Timeout[] = [];
+  /** The host's one data plane: every VM's queues, the IRQ threads' turns, the deadlines. */
+  private readonly reactor: Reactor;
+  private readonly timers: Ticker[] = [];
   private started = 0;
   /** When the launch completed: what a teardown's `atMs` counts from. */
   private launched = 0;
@@ -124,10 +134,17 @@ export class Sandbox {
     private readonly options: RunOptions = {},
   ) {
     this.log = options.log ?? makeLogger({ side: 'host' });
+    this.reactor = new Reactor({
+      vms: topology.vms.length,
+      transport: options.transport ?? topology.transport,
+      spinNs: topology.hostSpinNs,
+      onError: (error) => this.threadException(error),
+    });
     this.iommu = new Iommu({
       ...topology.iommu,
       instances: physicalIommus(topology),
       onThreadError: (error) => this.threadException(error),
+      scheduleTurn: this.reactor.defer,
     });
     this.trace = options.trace ? new FaultTrace() : undefined;
     if (topology.iopfTimeoutMs !== undefined) {
@@ -159,7 +176,7 @@ export class Sandbox {
           ownerOf,
           devices: placements[index],
           spinNs: topology.spinNs,
-          hostSpinNs: topology.hostSpinNs,
+          reactor: this.reactor,
           transport: options.transport ?? topology.transport,
           trace: this.trace,
           seed: vmSeed(options.seed, config.workload.seed, index),
@@ -173,8 +190,7 @@ export class Sandbox {
     for (const vm of this.vms) {
       vm.devices.forEach((device, i) => {
         const placement = placements[vm.index][i];
-        this.oracle.watch(device, { vm: vm.name, seed: vm.seed });
-        this.oracle.latencyOf.set(device, this.vmLatency[vm.index]);
+        this.oracle.watchTimed(device, { vm: vm.name, seed: vm.seed }, this.vmLatency[vm.index]);
         const config = vm.config.devices[i];
         this.iommu.placeStream(
           device.streamId,
@@ -199,7 +215,7 @@ export class Sandbox {
     this.iommu.setRequesters(
       (streamId, pasid) =>
         requesters.get(streamId * 0x10_0000 + pasid) ?? requesters.get(streamId * 0x10_0000) ?? -1,
-      (vm) => this.vms[vm]?.devices[0]?.wake(),
+      (vm) => this.reactor.wake(vm),
     );
   }
 
@@ -211,6 +227,8 @@ export class Sandbox {
     try {
       for (const vm of this.vms) vm.launch();
       await Promise.all(this.vms.map((vm) => vm.boot()));
+      // Serving starts with the workloads: until then the event loop has the thread to itself.
+      this.reactor.start();
       await Promise.all(this.vms.map((vm) => vm.start()));
     } catch (error) {
       await this.teardown();
@@ -284,6 +302,11 @@ export class Sandbox {
    */
   dmaCompleted(): number[] {
     return this.vms.map((vm) => vm.devices.reduce((n, d) => n + d.stats.completed, 0));
+  }
+
+  /** The host reactor's counters so far: passes, busy time, sleeps, yields (reactor.ts). */
+  reactorStats(): ReactorStats {
+    return { ...this.reactor.stats };
   }
 
   /** The report so far (live while running; final after stop). */
@@ -386,27 +409,21 @@ export class Sandbox {
       const teardown = vm.config.teardown;
       if (!teardown) continue;
       this.timers.push(
-        setTimeout(() => {
-          try {
-            vm.teardownOp(teardown.op, teardown.atMs);
-          } catch (error) {
-            this.threadException(error);
-          }
-        }, teardown.atMs),
+        this.reactor.at(this.launched + teardown.atMs, () => vm.teardownOp(teardown.op, teardown.atMs)),
       );
     }
     const timeout = this.topology.iopfTimeoutMs;
     if (timeout === undefined) return;
-    const expire = () => {
-      const now = performance.now();
-      this.iommu.iopf.expire(now);
-      this.iommu.stallIopf.iopf.expire(now);
-    };
-    this.timers.push(setInterval(expire, Math.max(1, Math.min(50, timeout / 4))));
+    this.timers.push(
+      this.reactor.every(Math.max(1, Math.min(50, timeout / 4)), (now) => {
+        this.iommu.iopf.expire(now);
+        this.iommu.stallIopf.iopf.expire(now);
+      }),
+    );
   }
 
   private stopTimers(): void {
-    for (const timer of this.timers) clearTimeout(timer);
+    for (const timer of this.timers) this.reactor.cancel(timer);
     this.timers.length = 0;
   }
 
@@ -447,6 +464,7 @@ export class Sandbox {
     this.stopTimers();
     if (this.state === 'stopped') return;
     await Promise.all(this.vms.map((vm) => vm.shutdown()));
+    await this.reactor.stop();
     this.elapsed = performance.now() - this.started;
     this.state = 'stopped';
   }
@@ -486,6 +504,7 @@ export class Sandbox {
         pageRequests: vm.devices.reduce((n, d) => n + d.stats.pageRequests, 0),
         pagesMapped: vm.guestStats?.pagesMapped ?? 0,
         dmaCompleted: vm.devices.reduce((n, d) => n + d.stats.completed, 0),
+        dmaCycleUs: vm.guestStats?.dmaCycleUs ?? { p50: 0, p99: 0, max: 0, count: 0 },
         dmaFailed: vm.devices.reduce((n, d) => n + d.stats.failed, 0),
         dropped: vm.model.stats.dropped,
         overflows: vm.model.stats.overflows,

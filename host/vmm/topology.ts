@@ -127,8 +127,26 @@ export const WorkloadSchema = z
       .default(256),
     seed: z.number().int().min(0).max(0xffff_ffff).default(1),
     queueDepth: z.number().int().min(1).max(512).default(16),
+    dmaBytes: z
+      .number()
+      .int()
+      .min(4)
+      .max(4096)
+      .refine((n) => n % 4 === 0, 'expected a multiple of 4')
+      .optional()
+      .describe(
+        'sva-stream and fault-storm: each descriptor reads this many bytes from the start of one page (default: whole pages)',
+      ),
   })
-  .strict();
+  .strict()
+  .superRefine((w, ctx) => {
+    if (w.dmaBytes !== undefined && w.kind !== 'sva-stream' && w.kind !== 'fault-storm')
+      ctx.addIssue({
+        code: 'custom',
+        path: ['dmaBytes'],
+        message: `dmaBytes applies to sva-stream and fault-storm, not ${w.kind}`,
+      });
+  });
 
 export const QueuesSchema = z
   .object({
@@ -288,9 +306,9 @@ export const TopologySchema = z
       .int()
       .min(0)
       .max(1_000_000)
-      .default(0)
+      .default(20_000)
       .describe(
-        "how long the host's service loop of each VM spins on its doorbell before sleeping (0: sleep at once; spinning delays the other VMs' loops)",
+        "how long the host's reactor spins on its doorbell when a pass found nothing, before it blocks (0: block at once)",
       ),
   })
   .strict()

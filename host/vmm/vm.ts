@@ -1,7 +1,8 @@
 /**
  * The host's side of one VM: its guest RAM and data-plane channel (SharedArrayBuffers shared with
  * this VM only), its worker thread and comlink control plane, its vSMMU model, fault queue and
- * devices, and the host service loop that sleeps on the VM's host doorbell.
+ * devices, and `pump()`, the pass over all of it that the host's reactor runs whenever the VM's
+ * pending bit is set (reactor.ts).
  */
 import type { Worker } from 'node:worker_threads';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
@@ -10,19 +11,22 @@ import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { ChannelSide, type TransportKind } from '../../shared/channel-side.ts';
 import { CommandErrorRegister } from '../../shared/command-error.ts';
 import type { DeviceContext, GuestBoot, GuestControl, GuestStats } from '../../shared/control.ts';
-import { Doorbell } from '../../shared/doorbell.ts';
+import type { Doorbell } from '../../shared/doorbell.ts';
 import { GuestMemory } from '../../shared/guest-memory.ts';
 import type { Logger } from '../../shared/logger.ts';
 import { PostedLink } from '../../shared/posted-link.ts';
 import type { RingConsumer } from '../../shared/ring.ts';
+import { STAGE_DEVICE, STAGE_VIOMMU, stageClock } from '../../shared/stage-clock.ts';
 import { type ChannelConfig, channelLayout } from '../../shared/vm-channel.ts';
-import { sibling, spawnWorker } from '../../shared/worker-spawn.ts';
+import { spawnWorker } from '../../shared/worker-spawn.ts';
 import { type DeviceTracer, type DmaObserver, PciFunction } from '../devices/pci-function.ts';
 import type { SharedPri } from '../devices/shared-pri.ts';
 import type { Iommu } from '../iommu/iommu.ts';
 import type { Smmuv3Ops } from '../iommu/smmuv3-ops.ts';
 import type { VtdOps } from '../iommu/vtd-ops.ts';
+import { guestWorkerEntry } from './guest-bundle.ts';
 import type { InvariantChecker } from './invariants.ts';
+import type { Reactor, ReactorClient, Ticker } from './reactor.ts';
 import type { TeardownOp, Topology, VmConfig } from './topology.ts';
 import type { FaultTrace } from './trace.ts';
 import type { ViommuModel, VmRegistry } from './viommu-model.ts';
@@ -32,11 +36,6 @@ import { VtdPageRequestQueue } from './vtd-prq-model.ts';
 import { VtdVmIommu } from './vtd-vm-iommu.ts';
 import { Vvtd } from './vvtd.ts';
 
-const GUEST_ENTRY = sibling('../../guest/worker', import.meta.url);
-/** Longest the host loop sleeps before looking around anyway. */
-const HOST_SLEEP_MS = 100;
-/** Busy passes between visits to the event loop, so other VMs and the control plane get a turn. */
-const YIELD_EVERY = 32;
 /** How often injectors refill their budget and send. */
 const INJECT_TICK_MS = 5;
 /** A control-plane call that takes longer than this means the guest is hung. */
@@ -79,8 +78,8 @@ export interface VmWiring {
   ownerOf(streamId: number, pasid: number): string | undefined;
   devices: readonly DevicePlacement[];
   spinNs: number;
-  /** How long this VM's host loop spins on its doorbell before sleeping. */
-  hostSpinNs: number;
+  /** The host's data plane, which serves this VM's queues and devices and keeps its deadlines. */
+  reactor: Reactor;
   /** How queue records and interrupts travel between host and guest. */
   transport: TransportKind;
   /** The run's fault trace, when one is recorded. */
@@ -89,7 +88,7 @@ export interface VmWiring {
   log: Logger;
 }
 
-export class Vm {
+export class Vm implements ReactorClient {
   readonly name: string;
   readonly memory: GuestMemory;
   readonly devices: PciFunction[];
@@ -113,21 +112,19 @@ export class Vm {
   private readonly link: PostedLink | undefined;
   private readonly guestPort: MessagePort | undefined;
   private readonly channelConfig: ChannelConfig;
+  /** The VM's line to the host's reactor (its bit in the host signal, and the shared doorbell). */
   private readonly hostBell: Doorbell;
+  private readonly guestBell: Doorbell;
   private readonly cmdq: RingConsumer;
   private readonly submitQueues: RingConsumer[];
   private readonly log: Logger;
   private worker: Worker | undefined;
   private control: Comlink.Remote<GuestControl> | undefined;
   private exited: Promise<never> | undefined;
-  private serving = false;
-  /** Inside pump(): devices made runnable now run before pump() returns. */
-  private pumping = false;
-  private readonly injectors: NodeJS.Timeout[] = [];
-  private watchdog: NodeJS.Timeout | undefined;
+  private readonly injectors: Ticker[] = [];
+  private watchdog: Ticker | undefined;
   /** The host is ending the worker on purpose: its exit is not a crash. */
   private terminating = false;
-  private serveLoop: Promise<void> | undefined;
 
   constructor(
     readonly config: VmConfig,
@@ -141,7 +138,7 @@ export class Vm {
     this.channelConfig = { flavour: config.viommu, ...config.queues, devices: config.devices.length };
     const layout = channelLayout(this.channelConfig);
     this.channel = new SharedArrayBuffer(layout.bytes);
-    this.hostBell = new Doorbell(this.channel, layout.hostBell);
+    this.hostBell = wiring.reactor.signalOf(index);
     if (wiring.transport === 'postmessage') {
       // Each side keeps its own copy of the channel; the link carries every store across.
       this.guestChannel = new SharedArrayBuffer(layout.bytes);
@@ -153,6 +150,7 @@ export class Vm {
     }
     const side = new ChannelSide(this.channel, this.link);
     const guestBell = side.ringer(layout.guestBell);
+    this.guestBell = guestBell;
     const { cmdq, dma } = layout;
     const commandError = new CommandErrorRegister(this.channel, layout.commandError, this.link);
     this.cmdq = side.consumer(cmdq);
@@ -174,11 +172,8 @@ export class Vm {
           this.submitQueues[i],
           side.producer(dma[i].complete, guestBell),
           wiring.observer,
-          // A device made runnable from inside this VM's own pump is served by that same pump;
-          // only a wake from elsewhere (another VM's pump, teardown) needs the interrupt.
-          () => {
-            if (!this.pumping) this.hostBell.ring();
-          },
+          // The host's own thread made an op runnable: the VM's bit, for the reactor's next pass.
+          () => wiring.reactor.wake(index),
         ),
     );
     if (layout.prq) {
@@ -258,13 +253,15 @@ export class Vm {
       misbehave: this.config.misbehave,
       // A guest spinning on its own copy of the channel would keep the link's messages out.
       spinNs: this.link ? 0 : this.wiring.spinNs,
+      // Over postMessage the guest rings the host through its link, never through shared memory.
+      hostSignal: this.link ? undefined : this.wiring.reactor.buffer,
     };
-    const worker = spawnWorker(GUEST_ENTRY, {
+    const worker = spawnWorker(guestWorkerEntry(), {
       workerData: boot,
       transferList: this.guestPort ? [this.guestPort] : [],
     });
     this.worker = worker;
-    this.control = Comlink.wrap<GuestControl>(nodeEndpoint(worker));
+    this.control = Comlink.wrap<GuestControl>(this.controlEndpoint(worker));
     this.exited = new Promise<never>((_, reject) => {
       worker.once('error', (error) => {
         this.markCrashed(`uncaught exception in the guest: ${error.message}`);
@@ -276,6 +273,24 @@ export class Vm {
       });
     });
     this.exited.catch(() => {});
+  }
+
+  /**
+   * The control plane's end at the host. Over `sab` the guest's data plane is a synchronous loop
+   * that may be blocked in Atomics.wait: each message posted to it also raises CONTROL on its
+   * doorbell, so that it returns to its event loop and reads the message.
+   */
+  private controlEndpoint(worker: Worker): Comlink.Endpoint {
+    const endpoint = nodeEndpoint(worker);
+    if (this.link) return endpoint;
+    const bell = this.guestBell;
+    return {
+      ...endpoint,
+      postMessage(message: unknown, transfer?: Parameters<Comlink.Endpoint['postMessage']>[1]) {
+        endpoint.postMessage(message, transfer);
+        bell.ringControl();
+      },
+    };
   }
 
   /** Let the guest build its tables, then install its streams in the IOMMU. */
@@ -303,8 +318,7 @@ export class Vm {
    * the other VMs go on.
    */
   async start(): Promise<void> {
-    this.serving = true;
-    this.serveLoop = this.serve();
+    this.wiring.reactor.serve(this.index, this);
     this.startWatchdog();
     try {
       await this.call((c) => c.start());
@@ -327,22 +341,18 @@ export class Vm {
     const answers = () => stats.guestAnswered + stats.stallsTerminated;
     let answered = answers();
     let since = performance.now();
-    this.watchdog = setInterval(
-      () => {
-        const now = performance.now();
-        const awaiting = stats.delivered + stats.stallsDelivered - answers();
-        if (awaiting <= 0 || answers() !== answered) {
-          answered = answers();
-          since = now;
-          return;
-        }
-        if (now - since < timeout) return;
-        this.giveUp(
-          `answered none of ${awaiting} fault(s) for ${Math.round(now - since)} ms (responseTimeoutMs ${timeout})`,
-        );
-      },
-      Math.max(5, Math.min(50, timeout / 4)),
-    );
+    this.watchdog = this.wiring.reactor.every(Math.max(5, Math.min(50, timeout / 4)), (now) => {
+      const awaiting = stats.delivered + stats.stallsDelivered - answers();
+      if (awaiting <= 0 || answers() !== answered) {
+        answered = answers();
+        since = now;
+        return;
+      }
+      if (now - since < timeout) return;
+      this.giveUp(
+        `answered none of ${awaiting} fault(s) for ${Math.round(now - since)} ms (responseTimeoutMs ${timeout})`,
+      );
+    });
   }
 
   /**
@@ -365,7 +375,7 @@ export class Vm {
     if (op === 'detach' || op === 'replace' || op === 'unbind') this.model.forgetDelivered();
     this.teardown = { op, atMs, outcome };
     this.log.info({ op, outcome }, 'teardown injected');
-    this.hostBell.ring();
+    this.wiring.reactor.wake(this.index);
   }
 
   /** Declare the guest dead and end its worker; everything of it is answered and torn down. */
@@ -389,8 +399,7 @@ export class Vm {
       let last = performance.now();
       let budget = 0;
       let next = 0;
-      const timer = setInterval(() => {
-        const now = performance.now();
+      const ticker = this.wiring.reactor.every(INJECT_TICK_MS, (now) => {
         budget = Math.min(budget + ((now - last) * inject.ratePerSec) / 1000, inject.ratePerSec);
         last = now;
         let sent = 0;
@@ -403,9 +412,9 @@ export class Vm {
           budget--;
           sent++;
         }
-        if (sent > 0) this.hostBell.ring();
-      }, INJECT_TICK_MS);
-      this.injectors.push(timer);
+        if (sent > 0) this.wiring.reactor.wake(this.index);
+      });
+      this.injectors.push(ticker);
     });
   }
 
@@ -417,9 +426,7 @@ export class Vm {
 
   /** Ask the guest to finish in-flight work and stop; keeps serving it meanwhile. */
   async stop(graceMs: number): Promise<void> {
-    for (const timer of this.injectors) clearInterval(timer);
-    this.injectors.length = 0;
-    clearInterval(this.watchdog);
+    this.stopTickers();
     if (!this.crashed) {
       try {
         this.guestStats = await this.call((c) => c.stop(graceMs));
@@ -431,10 +438,9 @@ export class Vm {
 
   /** Stop serving, answer what is still pending, end the worker, remove the streams. */
   async shutdown(): Promise<void> {
-    this.serving = false;
-    this.hostBell.ring();
-    await this.serveLoop;
-    this.pumpGuarded();
+    this.stopTickers();
+    this.wiring.reactor.retire(this.index);
+    this.pump();
     this.registry.teardown();
     this.model.forgetDelivered();
     for (const device of this.devices) device.service();
@@ -453,13 +459,18 @@ export class Vm {
     if (this.crashed) return;
     this.crashed = true;
     this.crashReason = reason;
-    clearInterval(this.watchdog);
-    for (const timer of this.injectors) clearInterval(timer);
-    this.injectors.length = 0;
+    this.stopTickers();
     this.log.error({ reason }, 'guest crashed');
     this.registry.teardown();
     this.model.forgetDelivered();
-    this.hostBell.ring();
+    this.wiring.reactor.wake(this.index);
+  }
+
+  private stopTickers(): void {
+    const reactor = this.wiring.reactor;
+    reactor.cancel(this.watchdog);
+    for (const ticker of this.injectors) reactor.cancel(ticker);
+    this.injectors.length = 0;
   }
 
   private async call<T>(
@@ -482,25 +493,28 @@ export class Vm {
   }
 
   /**
-   * One pass over everything the guest may have produced. Returns records handled. A dead guest's
-   * queues are no longer served (its registry is closed); its devices still finish their work.
+   * One pass over everything the guest may have produced, for the reactor. Returns records handled.
+   * A dead guest's queues are no longer served (its registry is closed); its devices still finish
+   * their work. An exception is counted as the `host-exception` violation, never thrown: the
+   * reactor serves every other VM in the same loop.
    */
-  private pump(): number {
-    this.pumping = true;
+  pump(): number {
+    const clock = stageClock;
     try {
-      let work = this.crashed ? 0 : this.model.serviceCommands();
+      let work = 0;
+      if (!this.crashed) {
+        clock.enter(STAGE_VIOMMU);
+        work += this.model.serviceCommands();
+        clock.leave();
+      }
+      clock.enter(STAGE_DEVICE);
       for (const device of this.devices) work += device.service();
+      clock.leave();
       if (this.crashed) return work;
-      return work + this.model.drainFaults() + this.model.drainEvents();
-    } finally {
-      this.pumping = false;
-    }
-  }
-
-  /** `pump()`, with any exception counted as the `host-exception` violation instead of thrown. */
-  private pumpGuarded(): number {
-    try {
-      return this.pump();
+      clock.enter(STAGE_VIOMMU);
+      work += this.model.drainFaults() + this.model.drainEvents();
+      clock.leave();
+      return work;
     } catch (error) {
       this.wiring.invariants.violation({
         rule: 'host-exception',
@@ -512,32 +526,12 @@ export class Vm {
     }
   }
 
-  private hasWork(): boolean {
+  hasWork(): boolean {
     if (!this.crashed && (!this.cmdq.empty() || this.model.faultsPending || this.model.eventsPending))
       return true;
     for (let i = 0; i < this.devices.length; i++) {
       if (this.devices[i].hasWork || !this.submitQueues[i].empty()) return true;
     }
     return false;
-  }
-
-  private async serve(): Promise<void> {
-    let busy = 0;
-    while (this.serving) {
-      const seen = this.hostBell.sequence();
-      const work = this.pumpGuarded();
-      if (work > 0) {
-        if (++busy % YIELD_EVERY === 0) await new Promise(setImmediate);
-        continue;
-      }
-      if (!this.link && this.hostBell.spin(seen, this.wiring.hostSpinNs)) continue;
-      this.hostBell.arm();
-      if (this.hasWork()) {
-        this.hostBell.disarm();
-        await new Promise(setImmediate);
-        continue;
-      }
-      await this.hostBell.waitAsync(seen, HOST_SLEEP_MS);
-    }
   }
 }

@@ -10,6 +10,7 @@
  * entry with Last gets an automatic Success response (the device retries and faults again).
  * Guest commands are untrusted: unknown groups, illegal codes and unknown opcodes are counted drops.
  */
+
 import { CERROR_ILL, type CommandErrorRegister } from '../../shared/command-error.ts';
 import type { GuestMemory } from '../../shared/guest-memory.ts';
 import {
@@ -39,6 +40,7 @@ import { CLASS_IN, F_TRANSLATION } from '../../shared/records/event-types.ts';
 import { decodeEvtqEntry, EVTQ_ENTRY_WORDS, newEvtqEntry } from '../../shared/records/evtq-entry.ts';
 import { encodePriqEntry, newPriqEntry } from '../../shared/records/priq-entry.ts';
 import type { RingConsumer, RingProducer } from '../../shared/ring.ts';
+import { STAGE_REGISTRY, stageClock } from '../../shared/stage-clock.ts';
 import { IommufdError } from '../iommufd/errors.ts';
 import {
   IOMMU_VEVENTQ_FLAG_LOST_EVENTS,
@@ -187,11 +189,7 @@ export class Vsmmu implements ViommuModel {
     // A fault fd the VMM has closed (teardown: fault-fd-close) is never read again.
     if (!this.faultFd.writable) return 0;
     let moved = 0;
-    for (
-      let bytes = this.faultFd.read(this.faultBuffer);
-      bytes > 0;
-      bytes = this.faultFd.read(this.faultBuffer)
-    ) {
+    for (let bytes = this.readFaults(); bytes > 0; bytes = this.readFaults()) {
       for (let at = 0; at < bytes; at += PGFAULT_BYTES)
         this.deliver(readPgfaultInto(this.faultView, at, this.record));
       moved += bytes / PGFAULT_BYTES;
@@ -290,15 +288,26 @@ export class Vsmmu implements ViommuModel {
   }
 
   /** Write one iommu_hwpt_page_response; false when the fault fd refused the cookie (already answered). */
+  /** read() on the fault fd: whole records, or 0 when nothing waits (the registry's stage). */
+  private readFaults(): number {
+    stageClock.enter(STAGE_REGISTRY);
+    const bytes = this.faultFd.read(this.faultBuffer);
+    stageClock.leave();
+    return bytes;
+  }
+
   private respond(cookie: number, code: number): boolean {
     this.responseView.setUint32(0, cookie, true);
     this.responseView.setUint32(4, code, true);
+    stageClock.enter(STAGE_REGISTRY);
     try {
       this.faultFd.write(this.response);
       return true;
     } catch (error) {
       if (error instanceof IommufdError) return false;
       throw error;
+    } finally {
+      stageClock.leave();
     }
   }
 

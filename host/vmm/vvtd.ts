@@ -12,6 +12,7 @@
  * Guest descriptors are untrusted: unknown types, reserved codes, unknown groups and bad status
  * addresses are counted (the IQE of a real unit) and never stop the host.
  */
+
 import { CERROR_ILL, type CommandErrorRegister } from '../../shared/command-error.ts';
 import type { GuestMemory } from '../../shared/guest-memory.ts';
 import {
@@ -35,6 +36,7 @@ import {
   VTD_PAGE_GROUP_RESPONSE_TYPE,
 } from '../../shared/records/vtd-prq-entry.ts';
 import type { RingConsumer } from '../../shared/ring.ts';
+import { STAGE_REGISTRY, stageClock } from '../../shared/stage-clock.ts';
 import { IommufdError } from '../iommufd/errors.ts';
 import {
   IOMMUFD_PAGE_RESP_INVALID,
@@ -121,11 +123,7 @@ export class Vvtd implements ViommuModel {
     // A fault fd the VMM has closed (teardown: fault-fd-close) is never read again.
     if (!this.faultFd.writable) return 0;
     let moved = 0;
-    for (
-      let bytes = this.faultFd.read(this.faultBuffer);
-      bytes > 0;
-      bytes = this.faultFd.read(this.faultBuffer)
-    ) {
+    for (let bytes = this.readFaults(); bytes > 0; bytes = this.readFaults()) {
       for (let at = 0; at < bytes; at += PGFAULT_BYTES)
         this.deliver(readPgfaultInto(this.faultView, at, this.record));
       moved += bytes / PGFAULT_BYTES;
@@ -183,15 +181,26 @@ export class Vvtd implements ViommuModel {
   }
 
   /** One iommu_hwpt_page_response; false when the fault fd refused the cookie (answered already). */
+  /** read() on the fault fd: whole records, or 0 when nothing waits (the registry's stage). */
+  private readFaults(): number {
+    stageClock.enter(STAGE_REGISTRY);
+    const bytes = this.faultFd.read(this.faultBuffer);
+    stageClock.leave();
+    return bytes;
+  }
+
   private respond(cookie: number, code: number): boolean {
     this.replyView.setUint32(0, cookie, true);
     this.replyView.setUint32(4, code, true);
+    stageClock.enter(STAGE_REGISTRY);
     try {
       this.faultFd.write(this.reply);
       return true;
     } catch (error) {
       if (error instanceof IommufdError) return false;
       throw error;
+    } finally {
+      stageClock.leave();
     }
   }
 
