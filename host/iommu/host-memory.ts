@@ -33,7 +33,9 @@ export class HostMemory {
 
   /** The region holding host-physical `hpa`, or undefined (nothing there). */
   regionOf(hpa: number): GuestMemory | undefined {
-    const region = this.regions[Math.floor(hpa / REGION_STRIDE)];
-    return region !== undefined && hpa % REGION_STRIDE < region.size ? region : undefined;
+    const index = Math.floor(hpa / REGION_STRIDE);
+    const region = this.regions[index];
+    // The offset by subtraction, not hpa % REGION_STRIDE: a floating-point remainder is a library call.
+    return region !== undefined && hpa - index * REGION_STRIDE < region.size ? region : undefined;
   }
 }

@@ -25,6 +25,8 @@ export const S2AP_WRITE = 1 << 7;
 const TABLE_BYTES = TABLE_ENTRIES * ENTRY_BYTES;
 const TWO_32 = 0x1_0000_0000;
 const IOVA_LIMIT = 2 ** 48;
+/** Entries of a table's walk cache (a power of two). */
+const WALK_CACHE_SIZE = 256;
 
 /** Table pages in a host-only SharedArrayBuffer; a table's address is its byte offset. */
 export class TablePool {
@@ -74,6 +76,16 @@ export class IoPageTable {
   readonly root: number;
   /** Pages mapped, for invariants (every area mirrored) and tests. */
   mappedPages = 0;
+  /**
+   * The walk cache of `resolveCached`: direct-mapped by IPA page, the leaf's output page and S2AP,
+   * the way an SMMU keeps stage-2 translations for the table fetches of its nested walks. Only
+   * successful lookups are kept. Every change to the table (map, unmap, destroy) empties it
+   * before it returns, so it never answers what a walk of the table would not. A NaN page is an
+   * empty entry (NaN equals nothing).
+   */
+  private readonly cachePage = new Float64Array(WALK_CACHE_SIZE).fill(Number.NaN);
+  private readonly cachePa = new Float64Array(WALK_CACHE_SIZE);
+  private readonly cacheProt = new Uint8Array(WALK_CACHE_SIZE);
 
   constructor(private readonly pool: TablePool) {
     this.root = pool.alloc();
@@ -86,6 +98,7 @@ export class IoPageTable {
    */
   map(iova: number, length: number, pageAt: (i: number) => number, prot: number): void {
     checkRange(iova, length);
+    this.cachePage.fill(Number.NaN);
     const pages = length / 4096;
     for (let i = 0; i < pages; i++) {
       const va = iova + i * 4096;
@@ -102,6 +115,7 @@ export class IoPageTable {
   /** Remove the pages of [iova, iova + length) that are mapped; returns how many were. */
   unmap(iova: number, length: number): number {
     checkRange(iova, length);
+    this.cachePage.fill(Number.NaN);
     let removed = 0;
     for (let i = 0; i < length / 4096; i++) {
       const slot = this.leafSlot(iova + i * 4096, false);
@@ -119,7 +133,16 @@ export class IoPageTable {
 
   /** The physical address `iova` maps to, or -1; `out.prot` gets the leaf's permissions. */
   lookup(iova: number, out: S2Result): number {
-    if (iova < 0 || iova >= IOVA_LIMIT) return -1;
+    return this.resolve(iova, out) ? out.pa : -1;
+  }
+
+  /**
+   * `lookup` for the walker: true when `iova` is mapped, with the address in `out.pa` and the
+   * leaf's permissions in `out.prot`. A boolean costs nothing to return where the call is not
+   * inlined; a number past 31 bits would be boxed.
+   */
+  resolve(iova: number, out: S2Result): boolean {
+    if (iova < 0 || iova >= IOVA_LIMIT) return false;
     // The walk the hardware does on every stage-2 access, unrolled: table addresses are offsets in
     // the pool (below 2^32), so each level is a few integer operations on the pool's words. Only
     // the host writes these tables, on this thread, so plain loads are enough.
@@ -128,23 +151,46 @@ export class IoPageTable {
     const high = Math.floor(iova / TWO_32);
     let w = (this.root >>> 2) + (((high >>> 7) & 0x1ff) << 1);
     let e = words[w];
-    if ((e & PTE_VALID) === 0) return -1;
+    if ((e & PTE_VALID) === 0) return false;
     w = ((e & PTE_ADDR_LOW_MASK) >>> 2) + ((((high & 0x7f) << 2) | (low >>> 30)) << 1);
     e = words[w];
-    if ((e & PTE_VALID) === 0) return -1;
+    if ((e & PTE_VALID) === 0) return false;
     w = ((e & PTE_ADDR_LOW_MASK) >>> 2) + (((low >>> 21) & 0x1ff) << 1);
     e = words[w];
-    if ((e & PTE_VALID) === 0) return -1;
+    if ((e & PTE_VALID) === 0) return false;
     w = ((e & PTE_ADDR_LOW_MASK) >>> 2) + (((low >>> 12) & 0x1ff) << 1);
     e = words[w];
-    if ((e & PTE_VALID) === 0) return -1;
+    if ((e & PTE_VALID) === 0) return false;
     out.prot = e & (S2AP_READ | S2AP_WRITE);
     out.pa = addressOf(e, words[w + 1]) + (low & 0xfff);
-    return out.pa;
+    return true;
+  }
+
+  /**
+   * `resolve` through the walk cache: for the few pages a nested walk fetches again and again (a
+   * guest's CD table and its page-table pages). The data pages a walk outputs go through `resolve`,
+   * so they do not evict these.
+   */
+  resolveCached(iova: number, out: S2Result): boolean {
+    if (iova < 0 || iova >= IOVA_LIMIT) return false;
+    const low = iova >>> 0;
+    const page = Math.floor(iova / TWO_32) * 0x10_0000 + (low >>> 12);
+    const slot = (low >>> 12) & (WALK_CACHE_SIZE - 1);
+    if (this.cachePage[slot] === page) {
+      out.prot = this.cacheProt[slot];
+      out.pa = this.cachePa[slot] + (low & 0xfff);
+      return true;
+    }
+    if (!this.resolve(iova, out)) return false;
+    this.cachePa[slot] = out.pa - (low & 0xfff);
+    this.cacheProt[slot] = out.prot;
+    this.cachePage[slot] = page;
+    return true;
   }
 
   /** Free every table (the domain is gone). */
   destroy(): void {
+    this.cachePage.fill(Number.NaN);
     this.freeTree(this.root, 0);
   }
 

@@ -75,6 +75,7 @@ export interface IommuOptions {
 
 /** A stream table entry: the stage-1 context, the tag its IOTLB entries carry, and that IOTLB. */
 interface StreamEntry {
+  streamId: number;
   ctx: Stage1Context;
   tag: number;
   iotlb: Iotlb;
@@ -111,6 +112,12 @@ export class Iommu {
   private readonly fault = newTranslationFault();
   private readonly eventHandlers = new Map<number, (event: Readonly<EventRecordFields>) => void>();
   private readonly streams = new Map<number, StreamEntry>();
+  /**
+   * The configuration cache (an SMMU's STE cache), direct-mapped by the StreamID's low bits:
+   * translate() reaches a stream's entry without a Map lookup. `streams` stays the truth; a slot
+   * is emptied whenever its stream's STE is installed or removed, before that call returns.
+   */
+  private readonly steCache: (StreamEntry | null)[] = new Array(STE_CACHE_SIZE).fill(null);
   private nextTag = 1;
   private readonly endpoints = new Map<number, PriEndpoint>();
   private readonly placement = new Map<number, IommuInstance>();
@@ -262,13 +269,20 @@ export class Iommu {
    */
   installStream(streamId: number, ctx: Stage1Context): void {
     this.removeStream(streamId);
-    this.streams.set(streamId, { ctx, tag: this.nextTag++, iotlb: this.instanceOf(streamId).iotlb });
+    this.streams.set(streamId, {
+      streamId,
+      ctx,
+      tag: this.nextTag++,
+      iotlb: this.instanceOf(streamId).iotlb,
+    });
   }
 
   removeStream(streamId: number): void {
     const entry = this.streams.get(streamId);
     if (!entry) return;
     this.streams.delete(streamId);
+    const slot = streamId & (STE_CACHE_SIZE - 1);
+    if (this.steCache[slot] === entry) this.steCache[slot] = null;
     entry.iotlb.invalidateDomain(entry.tag);
     // The STE is gone: its stalled transactions terminate (CMD_STALL_TERM after the switch).
     this.stalls.stallTerm(streamId);
@@ -389,28 +403,52 @@ export class Iommu {
   ): boolean {
     out.stalled = false;
     this.counts.translations++;
-    const entry = this.streams.get(streamId);
+    const entry = this.streamEntry(streamId);
+    if (entry !== undefined) {
+      const iotlb = entry.iotlb;
+      const i = iotlb.probe(entry.tag, pasid, va);
+      if (i >= 0 && permits(iotlb.permOf(i), access)) {
+        // The IOTLB holds the final host-physical page of both stages. Offsets are taken by
+        // subtraction: `%` of a number past 32 bits is a floating-point remainder (a library
+        // call). A hit's va is >= 0 (only successful walks fill), where both forms agree.
+        const hpa = iotlb.outputOf(i) + (va - Math.floor(va / PAGE_SIZE) * PAGE_SIZE);
+        const ctx = entry.ctx;
+        out.hpa = hpa;
+        if (ctx.host) {
+          out.memory = this.host.regionOf(hpa);
+          // hpa % REGION_STRIDE, without the floating-point remainder (a library call past 32 bits).
+          out.offset = hpa - Math.floor(hpa / REGION_STRIDE) * REGION_STRIDE;
+        } else {
+          out.memory = ctx.memory;
+          out.offset = hpa;
+        }
+        out.fault = 0;
+        return true;
+      }
+    }
+    // Everything else is out of line, so that the hit path above stays small enough to inline.
+    return this.translateSlow(entry, streamId, pasid, va, access, out, token);
+  }
+
+  /** A disabled stream, or an IOTLB miss (or a hit the entry's permissions refuse): walk. */
+  private translateSlow(
+    entry: StreamEntry | undefined,
+    streamId: number,
+    pasid: number,
+    va: number,
+    access: number,
+    out: WalkResult,
+    token: number,
+  ): boolean {
     if (!entry) {
       out.fault = F_STREAM_DISABLED;
       out.stage2 = false;
       this.counts.stage1Faults++;
       return false;
     }
-    const iotlb = entry.iotlb;
-    const page = iotlb.lookup(entry.tag, pasid, va);
-    if (page >= 0 && permits(iotlb.lastPerm, access)) {
-      // The IOTLB holds the final host-physical page of both stages.
-      const hpa = page + (va % PAGE_SIZE);
-      const ctx = entry.ctx;
-      out.hpa = hpa;
-      out.memory = ctx.host ? this.host.regionOf(hpa) : ctx.memory;
-      out.offset = ctx.host ? hpa % REGION_STRIDE : hpa;
-      out.fault = 0;
-      return true;
-    }
     this.counts.walks++;
     if (walkStage1(entry.ctx, pasid, va, access, out)) {
-      iotlb.insert(entry.tag, pasid, va, out.hpa - (out.hpa % PAGE_SIZE), out.leafPerm);
+      entry.iotlb.insert(entry.tag, pasid, va, Math.floor(out.hpa / PAGE_SIZE) * PAGE_SIZE, out.leafPerm);
       return true;
     }
     if (out.stage2) this.counts.stage2Faults++;
@@ -419,6 +457,18 @@ export class Iommu {
       this.stall(streamId, pasid, va, access, out, token);
     }
     return false;
+  }
+
+  /** The stream's table entry, through the configuration cache; undefined: no STE (disabled). */
+  private streamEntry(streamId: number): StreamEntry | undefined {
+    const cached = this.steCache[streamId & (STE_CACHE_SIZE - 1)];
+    return cached !== null && cached.streamId === streamId ? cached : this.steMiss(streamId);
+  }
+
+  private steMiss(streamId: number): StreamEntry | undefined {
+    const entry = this.streams.get(streamId);
+    if (entry) this.steCache[streamId & (STE_CACHE_SIZE - 1)] = entry;
+    return entry;
   }
 
   /**
@@ -488,12 +538,26 @@ export class Iommu {
   }
 }
 
-/** An entry's permissions allow the access (otherwise the access walks, and faults there). */
+/**
+ * An entry's permissions allow the access (otherwise the access walks, and faults there): a write
+ * needs WRITE, an unprivileged access UNPRIV, an instruction fetch EXEC.
+ */
 function permits(perm: number, access: number): boolean {
-  if ((access & ACCESS_WRITE) !== 0 && (perm & TLB_PERM_WRITE) === 0) return false;
-  if ((access & ACCESS_PRIV) === 0 && (perm & TLB_PERM_UNPRIV) === 0) return false;
-  return (access & ACCESS_EXEC) === 0 || (perm & TLB_PERM_EXEC) !== 0;
+  const need = PERMS_NEEDED[access & (ACCESS_WRITE | ACCESS_EXEC | ACCESS_PRIV)];
+  return (perm & need) === need;
 }
+
+/** TLB_PERM_* bits an access needs, by its WRITE, EXEC and PRIV bits (the only ones that matter). */
+const PERMS_NEEDED = Uint8Array.from({ length: 16 }, (_, access) => {
+  let need = 0;
+  if ((access & ACCESS_WRITE) !== 0) need |= TLB_PERM_WRITE;
+  if ((access & ACCESS_PRIV) === 0) need |= TLB_PERM_UNPRIV;
+  if ((access & ACCESS_EXEC) !== 0) need |= TLB_PERM_EXEC;
+  return need;
+});
+
+/** Configuration-cache slots (a power of two): StreamIDs that differ in their low bits never collide. */
+const STE_CACHE_SIZE = 256;
 
 /** Handler key of the RID itself (PASIDs are 0..2^20-1; requests without a PASID use 0). */
 const RID = -1;

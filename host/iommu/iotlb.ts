@@ -27,21 +27,35 @@ export interface IotlbStats {
   entriesInvalidated: number;
 }
 
+/*
+ * Layout: entry i is `page[2i]` (its VA page; NaN when empty) and `page[2i + 1]` (its output
+ * page), and `tag[4i..4i+2]` (domain, PASID, permissions). Two typed arrays, not five: the hit path
+ * reaches each array's storage once. A NaN page equals nothing, so the probe's page compare is also
+ * its valid check. Way 0 of a set is its most recently used entry, so a hit on it is one probe.
+ */
+const PAGE_STRIDE = 2;
+const TAG_STRIDE = 4;
+const TAG_DOMAIN = 0;
+const TAG_PASID = 1;
+const TAG_PERM = 2;
+
 export class Iotlb {
-  readonly stats: IotlbStats = { hits: 0, misses: 0, fills: 0, invalidations: 0, entriesInvalidated: 0 };
   /** Permissions of the entry the last successful `lookup` returned. */
   lastPerm = 0;
   readonly entries: number;
 
   private readonly ways: number;
+  /** log2(ways): a set's first entry is set << wayShift. */
+  private readonly wayShift: number;
   private readonly setMask: number;
-  private readonly valid: Uint8Array;
-  private readonly tagDomain: Int32Array;
-  private readonly tagPasid: Int32Array;
-  private readonly tagPage: Float64Array;
-  private readonly output: Float64Array;
-  private readonly perm: Uint8Array;
-  private readonly victim: Uint8Array;
+  private readonly page: Float64Array;
+  private readonly tag: Int32Array;
+  // Counters as plain fields: the hit path bumps one without reaching through another object.
+  private hits = 0;
+  private misses = 0;
+  private fills = 0;
+  private invalidations = 0;
+  private entriesInvalidated = 0;
 
   /** @param entries total entries, a power of two; @param ways associativity, a power of two. */
   constructor(entries = 4096, ways = 4) {
@@ -52,68 +66,99 @@ export class Iotlb {
     }
     this.entries = entries;
     this.ways = ways;
+    this.wayShift = Math.log2(ways);
     this.setMask = entries / ways - 1;
-    this.valid = new Uint8Array(entries);
-    this.tagDomain = new Int32Array(entries);
-    this.tagPasid = new Int32Array(entries);
-    this.tagPage = new Float64Array(entries);
-    this.output = new Float64Array(entries);
-    this.perm = new Uint8Array(entries);
-    this.victim = new Uint8Array(entries / ways);
+    this.page = new Float64Array(entries * PAGE_STRIDE).fill(Number.NaN);
+    this.tag = new Int32Array(entries * TAG_STRIDE);
+  }
+
+  get stats(): Readonly<IotlbStats> {
+    return {
+      hits: this.hits,
+      misses: this.misses,
+      fills: this.fills,
+      invalidations: this.invalidations,
+      entriesInvalidated: this.entriesInvalidated,
+    };
   }
 
   /** Output page base for (domain, pasid, page of `va`), or -1 on a miss. */
   lookup(domain: number, pasid: number, va: number): number {
+    const i = this.probe(domain, pasid, va);
+    if (i < 0) return -1;
+    this.lastPerm = this.permOf(i);
+    return this.outputOf(i);
+  }
+
+  /**
+   * The entry for (domain, pasid, page of `va`), or -1 on a miss: `lookup` for the translation's
+   * hit path, which reads the entry with `outputOf` and `permOf`. It returns a small integer, which
+   * costs nothing to return even where the compiler does not inline it.
+   */
+  probe(domain: number, pasid: number, va: number): number {
     const page = Math.floor(va / PAGE);
-    const i = this.find(this.setOf(domain, pasid, page) * this.ways, domain, pasid, page);
-    if (i < 0) {
-      this.stats.misses++;
-      return -1;
+    const base = this.setOf(domain, pasid, page) << this.wayShift;
+    // Way 0 is the set's most recently used entry: a hit there is this one probe.
+    const tag = this.tag;
+    const t = base * TAG_STRIDE;
+    if (
+      this.page[base * PAGE_STRIDE] === page &&
+      tag[t + TAG_DOMAIN] === domain &&
+      tag[t + TAG_PASID] === pasid
+    ) {
+      this.hits++;
+      return base;
     }
-    this.stats.hits++;
-    this.lastPerm = this.perm[i];
-    return this.output[i];
+    return this.probeOtherWays(base, domain, pasid, page);
+  }
+
+  /** The output page base of entry `i` (from `probe`). */
+  outputOf(i: number): number {
+    return this.page[i * PAGE_STRIDE + 1];
+  }
+
+  /** The TLB_PERM_* permissions of entry `i` (from `probe`). */
+  permOf(i: number): number {
+    return this.tag[i * TAG_STRIDE + TAG_PERM];
   }
 
   insert(domain: number, pasid: number, va: number, outputPage: number, perm: number): void {
     const page = Math.floor(va / PAGE);
-    const set = this.setOf(domain, pasid, page);
-    const base = set * this.ways;
+    const base = this.setOf(domain, pasid, page) << this.wayShift;
+    // Refill the entry already there, else the first empty way, else evict the least recently used (the last way).
     let slot = this.find(base, domain, pasid, page);
-    for (let i = base; slot < 0 && i < base + this.ways; i++) if (this.valid[i] === 0) slot = i;
-    if (slot < 0) {
-      slot = base + this.victim[set];
-      this.victim[set] = (this.victim[set] + 1) & (this.ways - 1);
-    }
-    this.valid[slot] = 1;
-    this.tagDomain[slot] = domain;
-    this.tagPasid[slot] = pasid;
-    this.tagPage[slot] = page;
-    this.output[slot] = outputPage;
-    this.perm[slot] = perm;
-    this.stats.fills++;
+    for (let i = base; slot < 0 && i < base + this.ways; i++) if (this.isEmpty(i)) slot = i;
+    if (slot < 0) slot = base + this.ways - 1;
+    this.page[slot * PAGE_STRIDE] = page;
+    this.page[slot * PAGE_STRIDE + 1] = outputPage;
+    this.tag[slot * TAG_STRIDE + TAG_DOMAIN] = domain;
+    this.tag[slot * TAG_STRIDE + TAG_PASID] = pasid;
+    this.tag[slot * TAG_STRIDE + TAG_PERM] = perm;
+    this.toFront(base, slot);
+    this.fills++;
   }
 
   /** Remove the entries of `domain` (and `pasid`, unless ANY_PASID) for pages touching [va, va + length). */
   invalidateRange(domain: number, pasid: number, va: number, length: number): void {
-    this.stats.invalidations++;
+    this.invalidations++;
     if (length <= 0) return;
     const first = Math.floor(va / PAGE);
     const last = Math.floor((va + length - 1) / PAGE);
     if (pasid !== ANY_PASID && last - first < PROBE_LIMIT) {
       for (let page = first; page <= last; page++) {
-        const i = this.find(this.setOf(domain, pasid, page) * this.ways, domain, pasid, page);
+        const i = this.find(this.setOf(domain, pasid, page) << this.wayShift, domain, pasid, page);
         if (i >= 0) this.drop(i);
       }
       return;
     }
     for (let i = 0; i < this.entries; i++) {
+      // An empty entry's NaN page is neither >= first nor <= last.
+      const page = this.page[i * PAGE_STRIDE];
       if (
-        this.valid[i] !== 0 &&
-        this.tagDomain[i] === domain &&
-        (pasid === ANY_PASID || this.tagPasid[i] === pasid) &&
-        this.tagPage[i] >= first &&
-        this.tagPage[i] <= last
+        this.tag[i * TAG_STRIDE + TAG_DOMAIN] === domain &&
+        (pasid === ANY_PASID || this.tag[i * TAG_STRIDE + TAG_PASID] === pasid) &&
+        page >= first &&
+        page <= last
       ) {
         this.drop(i);
       }
@@ -121,39 +166,55 @@ export class Iotlb {
   }
 
   invalidatePasid(domain: number, pasid: number): void {
-    this.stats.invalidations++;
+    this.invalidations++;
     for (let i = 0; i < this.entries; i++) {
-      if (this.valid[i] !== 0 && this.tagDomain[i] === domain && this.tagPasid[i] === pasid) this.drop(i);
+      if (
+        !this.isEmpty(i) &&
+        this.tag[i * TAG_STRIDE + TAG_DOMAIN] === domain &&
+        this.tag[i * TAG_STRIDE + TAG_PASID] === pasid
+      ) {
+        this.drop(i);
+      }
     }
   }
 
   invalidateDomain(domain: number): void {
-    this.stats.invalidations++;
+    this.invalidations++;
     for (let i = 0; i < this.entries; i++) {
-      if (this.valid[i] !== 0 && this.tagDomain[i] === domain) this.drop(i);
+      if (!this.isEmpty(i) && this.tag[i * TAG_STRIDE + TAG_DOMAIN] === domain) this.drop(i);
     }
   }
 
   invalidateAll(): void {
-    this.stats.invalidations++;
-    for (let i = 0; i < this.entries; i++) if (this.valid[i] !== 0) this.drop(i);
+    this.invalidations++;
+    for (let i = 0; i < this.entries; i++) if (!this.isEmpty(i)) this.drop(i);
   }
 
   /** Valid entries (for tests and diagnostics). */
   get occupancy(): number {
     let n = 0;
-    for (let i = 0; i < this.entries; i++) n += this.valid[i];
+    for (let i = 0; i < this.entries; i++) if (!this.isEmpty(i)) n++;
     return n;
+  }
+
+  /** `probe` past way 0 of the set at `base`: a hit there is moved to way 0. */
+  private probeOtherWays(base: number, domain: number, pasid: number, page: number): number {
+    const i = this.find(base, domain, pasid, page);
+    if (i < 0) {
+      this.misses++;
+      return -1;
+    }
+    this.hits++;
+    return this.toFront(base, i);
   }
 
   /** The valid entry for (domain, pasid, page) in the set starting at `base`, or -1 (at most one exists). */
   private find(base: number, domain: number, pasid: number, page: number): number {
     for (let i = base; i < base + this.ways; i++) {
       if (
-        this.valid[i] !== 0 &&
-        this.tagPage[i] === page &&
-        this.tagDomain[i] === domain &&
-        this.tagPasid[i] === pasid
+        this.page[i * PAGE_STRIDE] === page &&
+        this.tag[i * TAG_STRIDE + TAG_DOMAIN] === domain &&
+        this.tag[i * TAG_STRIDE + TAG_PASID] === pasid
       ) {
         return i;
       }
@@ -161,16 +222,49 @@ export class Iotlb {
     return -1;
   }
 
-  private drop(i: number): void {
-    this.valid[i] = 0;
-    this.stats.entriesInvalidated++;
+  /**
+   * Move entry `i` to way 0 of its set (`base`), the ways before it down one: the ways stay in
+   * order of use, so the last way is the least recently used. Returns `base`, where it now is.
+   */
+  private toFront(base: number, i: number): number {
+    if (i === base) return base;
+    const page = this.page[i * PAGE_STRIDE];
+    const output = this.page[i * PAGE_STRIDE + 1];
+    const domain = this.tag[i * TAG_STRIDE + TAG_DOMAIN];
+    const pasid = this.tag[i * TAG_STRIDE + TAG_PASID];
+    const perm = this.tag[i * TAG_STRIDE + TAG_PERM];
+    // A loop, not copyWithin: a set is a few ways, less than the cost of calling into the runtime.
+    for (let j = i; j > base; j--) {
+      this.page[j * PAGE_STRIDE] = this.page[(j - 1) * PAGE_STRIDE];
+      this.page[j * PAGE_STRIDE + 1] = this.page[(j - 1) * PAGE_STRIDE + 1];
+      this.tag[j * TAG_STRIDE + TAG_DOMAIN] = this.tag[(j - 1) * TAG_STRIDE + TAG_DOMAIN];
+      this.tag[j * TAG_STRIDE + TAG_PASID] = this.tag[(j - 1) * TAG_STRIDE + TAG_PASID];
+      this.tag[j * TAG_STRIDE + TAG_PERM] = this.tag[(j - 1) * TAG_STRIDE + TAG_PERM];
+    }
+    this.page[base * PAGE_STRIDE] = page;
+    this.page[base * PAGE_STRIDE + 1] = output;
+    this.tag[base * TAG_STRIDE + TAG_DOMAIN] = domain;
+    this.tag[base * TAG_STRIDE + TAG_PASID] = pasid;
+    this.tag[base * TAG_STRIDE + TAG_PERM] = perm;
+    return base;
   }
 
+  private isEmpty(i: number): boolean {
+    return Number.isNaN(this.page[i * PAGE_STRIDE]);
+  }
+
+  private drop(i: number): void {
+    this.page[i * PAGE_STRIDE] = Number.NaN;
+    this.entriesInvalidated++;
+  }
+
+  /**
+   * The set of (domain, pasid, page): the page's low 32 bits mixed with the domain and PASID by
+   * multiplications by odd constants (a bijection on the low bits, so neighbouring pages, domains
+   * and PASIDs land in different sets). Pages 2^32 apart share a set; the tags tell them apart.
+   */
   private setOf(domain: number, pasid: number, page: number): number {
-    let h = (page >>> 0) ^ Math.imul(Math.floor(page / 0x1_0000_0000), 0x9e3779b1);
-    h ^= Math.imul(domain, 0x85ebca6b) ^ Math.imul(pasid + 1, 0xc2b2ae35);
-    h ^= h >>> 15;
-    return h & this.setMask;
+    return ((page >>> 0) ^ Math.imul(domain, 0x9e3779b1) ^ Math.imul(pasid, 0x85ebca6b)) & this.setMask;
   }
 }
 

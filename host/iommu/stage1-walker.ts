@@ -160,15 +160,54 @@ function stage2(
   faultClass: number,
   out: WalkResult,
 ): number {
-  if (!ctx.s2) {
-    const memory = ctx.memory;
-    if (!memory?.contains(ipa, length)) return stage2Fault(out, F_TRANSLATION, faultClass, ipa);
-    out.memory = memory;
-    out.offset = ipa;
-    out.hpa = ipa;
-    return S2AP_READ | S2AP_WRITE;
-  }
-  if (ctx.s2.lookup(ipa, s2Scratch) < 0) return stage2Fault(out, F_TRANSLATION, faultClass, ipa);
+  const s2 = ctx.s2;
+  if (!s2) return identity(ctx, ipa, length, faultClass, out);
+  if (!s2.resolve(ipa, s2Scratch)) return stage2Fault(out, F_TRANSLATION, faultClass, ipa);
+  return stage2Landed(ctx, ipa, access, faultClass, out);
+}
+
+/**
+ * `stage2` for the walk's own reads (a CD, a table entry): these few pages go through the stage-2
+ * walk cache (IoPageTable.resolveCached), the output address does not. Separate functions, so that
+ * each stays small enough for the compiler to inline where it is called.
+ */
+function stage2Fetch(
+  ctx: Stage1Context,
+  ipa: number,
+  length: number,
+  faultClass: number,
+  out: WalkResult,
+): number {
+  const s2 = ctx.s2;
+  if (!s2) return identity(ctx, ipa, length, faultClass, out);
+  if (!s2.resolveCached(ipa, s2Scratch)) return stage2Fault(out, F_TRANSLATION, faultClass, ipa);
+  return stage2Landed(ctx, ipa, ACCESS_READ, faultClass, out);
+}
+
+/** Without a stage-2 table: the IPA is an offset in the context's memory. */
+function identity(
+  ctx: Stage1Context,
+  ipa: number,
+  length: number,
+  faultClass: number,
+  out: WalkResult,
+): number {
+  const memory = ctx.memory;
+  if (!memory?.contains(ipa, length)) return stage2Fault(out, F_TRANSLATION, faultClass, ipa);
+  out.memory = memory;
+  out.offset = ipa;
+  out.hpa = ipa;
+  return S2AP_READ | S2AP_WRITE;
+}
+
+/** The rest of a stage-2 translation of `ipa` that `s2Scratch` holds: its permissions, and where it lands. */
+function stage2Landed(
+  ctx: Stage1Context,
+  ipa: number,
+  access: number,
+  faultClass: number,
+  out: WalkResult,
+): number {
   const need = (access & ACCESS_WRITE) !== 0 ? S2AP_WRITE : S2AP_READ;
   if ((s2Scratch.prot & need) === 0) return stage2Fault(out, F_PERMISSION, faultClass, ipa);
   const hpa = s2Scratch.pa;
@@ -176,7 +215,8 @@ function stage2(
   // A stage 2 that points at no memory is a host bug or a stray mapping: an external abort on the fetch.
   if (!memory) return stage2Fault(out, F_TRANSLATION, faultClass, ipa);
   out.memory = memory;
-  out.offset = hpa % REGION_STRIDE;
+  // hpa % REGION_STRIDE without a floating-point remainder (a library call past 32 bits).
+  out.offset = hpa - Math.floor(hpa / REGION_STRIDE) * REGION_STRIDE;
   out.hpa = hpa;
   return s2Scratch.prot;
 }
@@ -209,7 +249,7 @@ export function walkStage1(
   if (pasid < 0 || pasid >= 2 ** ctx.cdLog2) return fail(out, C_BAD_SUBSTREAMID, false, CLASS_CD);
   const cd = ctx.cdTableGpa + pasid * CD_BYTES;
   if (cd % 4 !== 0) return fail(out, F_TRANSLATION, true, CLASS_CD, cd);
-  if (stage2(ctx, cd, CD_BYTES, ACCESS_READ, CLASS_CD, out) < 0) return false;
+  if (stage2Fetch(ctx, cd, CD_BYTES, CLASS_CD, out) < 0) return false;
   const words = (out.memory as GuestMemory).words;
   const cdLow = Atomics.load(words, out.offset >>> 2);
   const cdHigh = words[(out.offset >>> 2) + 1];
@@ -236,7 +276,7 @@ function walkTables(ctx: Stage1Context, root: number, va: number, access: number
   let high = 0;
   for (let level = 0; level < LEVELS; level++) {
     const slot = table + tableIndex(vaLow, vaHigh, level) * ENTRY_BYTES;
-    if (stage2(ctx, slot, ENTRY_BYTES, ACCESS_READ, CLASS_TTD, out) < 0) return false;
+    if (stage2Fetch(ctx, slot, ENTRY_BYTES, CLASS_TTD, out) < 0) return false;
     words = (out.memory as GuestMemory).words;
     low = Atomics.load(words, out.offset >>> 2);
     high = words[(out.offset >>> 2) + 1];
