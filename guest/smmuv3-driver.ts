@@ -36,6 +36,9 @@ import { type DemandPager, PAGE_IN_OK } from './mm/demand-pager.ts';
 /** PASID used for requests without one (SSV=0): the RID's own address space. */
 const RID_PASID = 0;
 
+/** Answers published at a time while the PRI queue drains (a power of two). */
+const ANSWER_BATCH = 8;
+
 export class Smmuv3Driver {
   /** True when the last poll stopped because the command queue was full. */
   blockedOnCommandQueue = false;
@@ -179,6 +182,8 @@ export class Smmuv3Driver {
         }
         this.handle();
         done++;
+        // Answers go out in small batches: the host retries these while the rest are paged in.
+        if ((done & (ANSWER_BATCH - 1)) === 0) this.cmdq.publish();
       }
       this.priq.release(done);
       consumed += done;

@@ -39,6 +39,9 @@ import { VtdPrqDriver } from './vtd-prq.ts';
 const RID_PASID = 0;
 const PRG_INDICES = 512;
 
+/** Answers published at a time while the page request queue drains (a power of two). */
+const ANSWER_BATCH = 8;
+
 export class VtdDriver {
   /** True when the last poll stopped because the invalidation queue was full. */
   blockedOnCommandQueue = false;
@@ -121,6 +124,8 @@ export class VtdDriver {
     encodeVtdPageGroupResponse(this.iq.words, this.iq.claim(), p);
     this.iq.commit();
     this.stats.groupsAnswered++;
+    // Answers go out in small batches: the host retries these while the rest are paged in.
+    if ((this.stats.groupsAnswered & (ANSWER_BATCH - 1)) === 0) this.iq.publish();
     if (p.code === QI_RESP_SUCCESS) this.stats.responses.success++;
     else this.stats.responses.invalid++;
     this.misbehave?.answered(

@@ -229,9 +229,15 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
   }
 
   /** Run what can run, take new descriptors, publish completions. Returns records handled. */
-  service(): number {
-    let work = this.runQueued();
-    work += this.accept();
+  /**
+   * Run what can run, take new descriptors, publish completions. Returns records handled. At most
+   * `budget` ops run (queued ones first): a caller that bounds the batch gets the faults it raised
+   * to the guest sooner, so that the guest pages in while the device goes on (the reactor comes
+   * back while a service finds work).
+   */
+  service(budget = Number.POSITIVE_INFINITY): number {
+    let work = this.runQueued(budget);
+    if (work < budget) work += this.accept(budget - work);
     this.complete.publish();
     return work;
   }
@@ -367,9 +373,9 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
   }
 
   /** One pass over the queued ops, in order; those that still cannot move are queued again. */
-  private runQueued(): number {
+  private runQueued(budget: number): number {
     let moved = 0;
-    for (let n = this.runCount; n > 0; n--) {
+    for (let n = this.runCount; n > 0 && moved < budget; n--) {
       const op = this.runQueue[this.runHead];
       this.runHead = (this.runHead + 1) % this.capacity;
       this.runCount--;
@@ -388,12 +394,12 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     return moved;
   }
 
-  private accept(): number {
+  private accept(budget: number): number {
     let accepted = 0;
     const ring = this.submit;
     const d = this.descriptor;
-    for (let ready = ring.poll(); ready > 0 && this.freeCount > 0; ready = ring.poll()) {
-      const take = Math.min(ready, this.freeCount);
+    for (let ready = ring.poll(); ready > 0 && this.freeCount > 0 && accepted < budget; ready = ring.poll()) {
+      const take = Math.min(ready, this.freeCount, budget - accepted);
       for (let i = 0; i < take; i++) {
         const at = ring.at(i);
         decodeDmaDescriptor(ring.words, at, d);

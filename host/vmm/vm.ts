@@ -36,6 +36,12 @@ import { VtdPageRequestQueue } from './vtd-prq-model.ts';
 import { VtdVmIommu } from './vtd-vm-iommu.ts';
 import { Vvtd } from './vvtd.ts';
 
+/**
+ * Ops each device runs per pump: the faults they raise reach the guest at the end of the pump, so
+ * a bounded batch lets the guest page in while the host goes on with the next (a pipeline, not a
+ * lockstep of whole queues).
+ */
+const DEVICE_BATCH = 16;
 /** How often injectors refill their budget and send. */
 const INJECT_TICK_MS = 5;
 /** A control-plane call that takes longer than this means the guest is hung. */
@@ -508,7 +514,7 @@ export class Vm implements ReactorClient {
         clock.leave();
       }
       clock.enter(STAGE_DEVICE);
-      for (const device of this.devices) work += device.service();
+      for (const device of this.devices) work += device.service(DEVICE_BATCH);
       clock.leave();
       if (this.crashed) return work;
       clock.enter(STAGE_VIOMMU);
