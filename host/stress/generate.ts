@@ -50,14 +50,17 @@ const between = (prng: Prng, min: number, max: number): number => min + prng.bel
 const skewed = (prng: Prng, max: number, power: number): number =>
   1 + Math.min(max - 1, Math.floor(max * (prng.nextU32() / 0x1_0000_0000) ** power));
 
-/** Buffer sizes (pages per device) small enough that a run takes a second or two. */
+/**
+ * Buffer sizes (pages per device): a page fault per page, small enough that a run takes a second or
+ * two (the reactor's fault path carries ten times the buffers of the loop-per-VM one in that time).
+ */
 function workloadPages(prng: Prng, kind: WorkloadKind): number {
   switch (kind) {
     case 'sva-stream':
     case 'fault-storm':
-      return between(prng, 8, 96);
+      return between(prng, 240, 2880);
     case 'map-churn':
-      return between(prng, 8, 48);
+      return between(prng, 240, 1440);
     case 'stray-dma':
       return between(prng, 4, 24);
     case 'idle':
@@ -108,6 +111,7 @@ export function drawTopology(seed: number): Topology {
       };
     });
     const timeout = misbehave.some((m) => SILENT.includes(m));
+    const pages = workloadPages(prng, kind);
     return {
       name: `vm${v}`,
       memoryMiB: 16,
@@ -115,7 +119,7 @@ export function drawTopology(seed: number): Topology {
       devices,
       workload: {
         kind,
-        pages: workloadPages(prng, kind),
+        pages,
         seed: prng.nextU32(),
         queueDepth: pick(prng, [1, 2, 4, 8, 16]),
       },
@@ -142,6 +146,12 @@ export function drawTopology(seed: number): Topology {
       if (vm.devices.length === MAX_DEVICES) vm.devices[MAX_DEVICES - 1] = iface;
       else vm.devices.push(iface);
     });
+  }
+  // Room for every device's buffer and its page tables (the sum topology.ts checks).
+  for (const vm of vms) {
+    const pages = vm.workload.pages;
+    const needed = vm.devices.length * (pages + 4 * Math.ceil(pages / 512) + 8) + 16;
+    vm.memoryMiB = Math.max(16, Math.ceil(needed / 256));
   }
   // Physical IOMMUs: each device that is not a shared function's interface sits behind one.
   const iommus = chance(prng, IOMMUS_P)
