@@ -177,6 +177,7 @@ export class Sandbox {
           devices: placements[index],
           spinNs: topology.spinNs,
           reactor: this.reactor,
+          vms: topology.vms.length,
           transport: options.transport ?? topology.transport,
           trace: this.trace,
           seed: vmSeed(options.seed, config.workload.seed, index),

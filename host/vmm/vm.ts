@@ -37,11 +37,13 @@ import { VtdVmIommu } from './vtd-vm-iommu.ts';
 import { Vvtd } from './vvtd.ts';
 
 /**
- * Ops each device runs per pump: the faults they raise reach the guest at the end of the pump, so
- * a bounded batch lets the guest page in while the host goes on with the next (a pipeline, not a
- * lockstep of whole queues).
+ * Ops each device runs per pump, per VM of the topology. The faults a pump raises reach the guest
+ * at its end, so with one VM a small batch lets the guest page in while the host goes on with the
+ * next (a pipeline, not a lockstep of whole queues). With many VMs the others keep both sides busy,
+ * and a larger batch spreads each guest's wake-up over more faults: 16 VMs on 2 cores ran 46 K
+ * faults/s with 16 ops per pump and 65 K with no bound.
  */
-const DEVICE_BATCH = 16;
+const DEVICE_BATCH_PER_VM = 16;
 /** How often injectors refill their budget and send. */
 const INJECT_TICK_MS = 5;
 /** A control-plane call that takes longer than this means the guest is hung. */
@@ -86,6 +88,8 @@ export interface VmWiring {
   spinNs: number;
   /** The host's data plane, which serves this VM's queues and devices and keeps its deadlines. */
   reactor: Reactor;
+  /** VMs in the topology. */
+  vms: number;
   /** How queue records and interrupts travel between host and guest. */
   transport: TransportKind;
   /** The run's fault trace, when one is recorded. */
@@ -131,6 +135,8 @@ export class Vm implements ReactorClient {
   private watchdog: Ticker | undefined;
   /** The host is ending the worker on purpose: its exit is not a crash. */
   private terminating = false;
+  /** Ops each device runs per pump. */
+  private readonly deviceBatch: number;
 
   constructor(
     readonly config: VmConfig,
@@ -140,6 +146,7 @@ export class Vm implements ReactorClient {
     this.name = config.name;
     this.log = wiring.log.child({ vm: config.name });
     this.seed = wiring.seed;
+    this.deviceBatch = DEVICE_BATCH_PER_VM * wiring.vms;
     this.memory = GuestMemory.allocate(config.memoryMiB);
     this.channelConfig = { flavour: config.viommu, ...config.queues, devices: config.devices.length };
     const layout = channelLayout(this.channelConfig);
@@ -514,7 +521,7 @@ export class Vm implements ReactorClient {
         clock.leave();
       }
       clock.enter(STAGE_DEVICE);
-      for (const device of this.devices) work += device.service(DEVICE_BATCH);
+      for (const device of this.devices) work += device.service(this.deviceBatch);
       clock.leave();
       if (this.crashed) return work;
       clock.enter(STAGE_VIOMMU);
