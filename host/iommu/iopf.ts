@@ -138,7 +138,8 @@ export class IopfQueue {
     }
     this.stats.requests++;
     const key = r.streamId * 512 + r.prgIndex;
-    let group = this.partial.get(key);
+    // Most groups are one request with Last: no lookup while nothing is open.
+    let group = this.partial.size === 0 ? undefined : this.partial.get(key);
     if (!group) {
       group = this.take();
       group.streamId = r.streamId;
@@ -158,7 +159,7 @@ export class IopfQueue {
       this.partial.set(key, group);
       return;
     }
-    this.partial.delete(key);
+    if (this.partial.size > 0) this.partial.delete(key);
     this.stats.groups++;
     this.outstanding++;
     group.answered = false;
