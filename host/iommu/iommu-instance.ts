@@ -30,7 +30,7 @@ export interface IommuInstanceOptions {
 
 /** What an instance needs from the Iommu model that holds it. */
 export interface IommuInstanceWiring {
-  /** Entries the IRQ thread handles per event-loop turn (default: one queue's worth). */
+  /** Entries the IRQ thread handles per turn (default: one queue's worth). */
   weight?: number;
   report(r: PageRequest): void;
   /** Drop the IOPF layer's partial groups of the streams behind `instance`. */

@@ -63,7 +63,7 @@ export interface IommuOptions {
   /** The host's physical IOMMUs (default: one, `iommu0`, with a 2^12-entry PRI queue). */
   instances?: readonly IommuInstanceOptions[];
   /**
-   * Entries each PRI IRQ thread handles per event-loop turn before yielding (default: its queue's
+   * Entries each PRI IRQ thread handles per turn before yielding (default: its queue's
    * size; Infinity: every entry is handled inside its interrupt).
    */
   priqWeight?: number;

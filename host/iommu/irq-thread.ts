@@ -5,11 +5,12 @@
  * is empty (an entry that lands mid-drain raises no new edge). Only then, if an overflow was
  * raised, it recovers (the PRI thread drops partial groups) and acknowledges it.
  *
- * The thread shares the host's one JS thread with the VMM loops, so it has a budget: at most
- * `weight` entries per turn of the event loop (like NAPI's poll weight; the sandbox uses one queue's
- * worth). Within the budget it runs inside the interrupt, so an uncontended fault costs no extra
- * hop; past it the rest waits for its next turn (setImmediate), and devices that outpace it fill
- * the queue, as they do when a real IRQ thread falls behind. `drain()` runs it at once, whatever
+ * The thread shares the host's one JS thread with the VMMs, so it has a budget: at most `weight`
+ * entries per turn (like NAPI's poll weight; the sandbox uses one queue's worth). A turn is a pass
+ * of the sandbox's reactor (host/vmm/reactor.ts, through `schedule`), or of the event loop
+ * (setImmediate) without one. Within the budget it runs inside the interrupt, so an uncontended
+ * fault costs no extra hop; past it the rest waits for its next turn, and devices that outpace it
+ * fill the queue, as they do when a real IRQ thread falls behind. `drain()` runs it at once, whatever
  * the budget.
  *
  * Teardown synchronises with the thread through `flush()` (the SMMUv3 fix that drains the hardware
@@ -33,7 +34,7 @@ export interface InterruptingQueue {
 }
 
 export interface IrqThreadOptions {
-  /** Entries per turn of the event loop (Infinity: never yields, every entry is handled at once). */
+  /** Entries per turn (Infinity: never yields, every entry is handled at once). */
   weight: number;
   /** An exception thrown in a turn of the thread's own (nobody up the stack to catch it). */
   onError?(error: unknown): void;
