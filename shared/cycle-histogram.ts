@@ -10,8 +10,8 @@
 const SUB = 64;
 /** Values are recorded in units of 1/UNIT microsecond (10 ns). */
 const UNIT = 100;
-/** Powers of two covered: up to 2^40 units (about 127 days); larger values land in the last bucket. */
-const POWERS = 40;
+/** Powers of two covered: values up to 2^32 units; larger ones land in the last power's buckets. */
+const POWERS = 32;
 
 export interface CyclePercentiles {
   p50: number;
@@ -63,10 +63,10 @@ export class CycleHistogram {
 /** Values below SUB have a bucket each; above, the top six bits of the value pick one of SUB / 2. */
 function bucketOf(units: number): number {
   if (units < SUB) return units;
-  const power = Math.min(Math.floor(Math.log2(units)), POWERS + 4);
-  const shift = power - 5; // SUB = 2^6: keep the top 6 bits
-  const bucket = (power - 5) * (SUB / 2) + Math.floor(units / 2 ** shift);
-  return Math.min(bucket, SUB * POWERS - 1);
+  // 2^32 units (12 hours) and above share the last power's buckets.
+  const u = units < 0x1_0000_0000 ? units >>> 0 : 0xffff_ffff;
+  const shift = 31 - Math.clz32(u) - 5; // SUB = 2^6: keep the top 6 bits
+  return shift * (SUB / 2) + (u >>> shift);
 }
 
 /** The largest value (in units) bucket `b` holds. */

@@ -246,7 +246,9 @@ export function walkStage1(
     if (va < 0 || va >= VA_LIMIT) return fail(out, F_TRANSLATION, false, CLASS_IN);
     return walkTables(entry, entry.ttbGpa, va, access, out);
   }
-  if (pasid < 0 || pasid >= 2 ** ctx.cdLog2) return fail(out, C_BAD_SUBSTREAMID, false, CLASS_CD);
+  // A shift, not `2 **` (a Math.pow call on every walk): CD tables hold at most 2^20 entries.
+  if (pasid < 0 || ctx.cdLog2 > 30 || pasid >= 1 << ctx.cdLog2)
+    return fail(out, C_BAD_SUBSTREAMID, false, CLASS_CD);
   const cd = ctx.cdTableGpa + pasid * CD_BYTES;
   if (cd % 4 !== 0) return fail(out, F_TRANSLATION, true, CLASS_CD, cd);
   if (stage2Fetch(ctx, cd, CD_BYTES, CLASS_CD, out) < 0) return false;

@@ -213,9 +213,19 @@ export class Sandbox {
     }
     // A page request is its PASID's owner's (the RID holder's without one of its own); once an IRQ
     // thread has handed it on, that VM's loop reads its fault queue.
+    // Asked twice per page request (its PRI queue slot, the re-fault gauge); a storm asks for the
+    // same (stream, PASID) again and again, and the table never changes once built.
+    let lastKey = -1;
+    let lastRequester = -1;
     this.iommu.setRequesters(
-      (streamId, pasid) =>
-        requesters.get(streamId * 0x10_0000 + pasid) ?? requesters.get(streamId * 0x10_0000) ?? -1,
+      (streamId, pasid) => {
+        const key = streamId * 0x10_0000 + pasid;
+        if (key !== lastKey) {
+          lastKey = key;
+          lastRequester = requesters.get(key) ?? requesters.get(streamId * 0x10_0000) ?? -1;
+        }
+        return lastRequester;
+      },
       (vm) => this.reactor.wake(vm),
     );
   }
