@@ -90,7 +90,7 @@ async function timedRun(
  * `faultRoundTrip`'s window, which covers only the page request to the retry).
  */
 export async function faultCycle(quick: boolean): Promise<Percentiles> {
-  const { sandbox } = await timedRun(stormTopology(1, quick ? 1500 : 8000, 1, 1_000_000, 'sab'));
+  const { sandbox } = await timedRun(stormTopology(1, quick ? 4000 : 8000, 1, 1_000_000, 'sab'));
   const { p50, p99 } = sandbox.report().vms[0].dmaCycleUs;
   return { p50, p99 };
 }
@@ -102,7 +102,7 @@ export async function faultRoundTrip(
   transport: TransportKind = 'sab',
 ): Promise<Percentiles> {
   const { sandbox } = await timedRun(
-    stormTopology(1, quick ? 1500 : 8000, 1, busy ? 1_000_000 : 0, transport),
+    stormTopology(1, quick ? 4000 : 8000, 1, busy ? 1_000_000 : 0, transport),
   );
   const { p50, p99 } = sandbox.report().latencyUs;
   return { p50, p99 };
@@ -124,7 +124,7 @@ export async function faultThroughput(
   transport: TransportKind = 'sab',
   dmaBytes = 64,
 ): Promise<Throughput> {
-  const pages = Math.round((quick ? 40_000 : 100_000) / vms);
+  const pages = Math.round((quick ? 80_000 : 100_000) / vms);
   const { ms, faults, hostBusyMs } = await timedRun(
     stormTopology(vms, pages, 64, 20_000, transport, dmaBytes),
   );
@@ -148,7 +148,7 @@ export interface StageProfile {
  * the host's busy time per fault goes (shared/stage-clock.ts).
  */
 export async function profileFaultPath(quick: boolean): Promise<StageProfile> {
-  const pages = quick ? 40_000 : 100_000;
+  const pages = quick ? 80_000 : 100_000;
   const { ms, faults } = await timedRun(stormTopology(1, pages, 64, 20_000, 'sab', 64), true);
   const { totalMs, ms: byStage } = stageClock.summary();
   const perFault = (v: number) => Number(((v * 1000) / faults).toPrecision(3));
