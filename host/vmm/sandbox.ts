@@ -212,9 +212,9 @@ export class Sandbox {
       });
     }
     // A page request is its PASID's owner's (the RID holder's without one of its own); once an IRQ
-    // thread has handed it on, that VM's loop reads its fault queue.
-    // Asked twice per page request (its PRI queue slot, the re-fault gauge); a storm asks for the
-    // same (stream, PASID) again and again, and the table never changes once built.
+    // thread has handed it on, the reactor pumps that VM, which reads its fault queue. Asked twice
+    // per page request (its PRI queue slot, the re-fault gauge): a storm asks for the same (stream,
+    // PASID) again and again, and the table never changes once built.
     let lastKey = -1;
     let lastRequester = -1;
     this.iommu.setRequesters(
@@ -367,10 +367,13 @@ export class Sandbox {
     }
   }
 
-  /** An IRQ thread threw in a turn of its own: counted like a service loop's exception. */
+  /**
+   * An IRQ thread's turn of its own, or a reactor deadline (a teardown, a watchdog, an injector),
+   * threw: counted like a VM pump's exception.
+   */
   private threadException(error: unknown): void {
     this.invariants.violation({ rule: 'host-exception', detail: (error as Error).stack ?? String(error) });
-    this.log.error({ err: error }, 'a PRI queue IRQ thread threw');
+    this.log.error({ err: error }, 'an IRQ thread turn or a reactor deadline threw');
   }
 
   /** A VM's share of the physical PRI queues' losses, and its own fault round trips. */
