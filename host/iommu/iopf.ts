@@ -146,7 +146,8 @@ export class IopfQueue {
       group.pasid = r.pasid;
       group.ssv = r.ssv;
       group.prgIndex = r.prgIndex;
-      group.raisedAt = performance.now();
+      // Only a response deadline reads it: no clock read per group without one.
+      group.raisedAt = this.deadlineMs > 0 ? performance.now() : 0;
     }
     if (group.count < MAX_GROUP_REQUESTS) {
       group.addresses[group.count] = r.address;
