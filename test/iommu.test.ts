@@ -105,6 +105,59 @@ describe('IOMMU translation with the IOTLB', () => {
     expect(out.fault).toBe(F_TRANSLATION);
   });
 
+  test('the walk that faults at the last level leaves its table in the walk cache; the TLBI drops it', () => {
+    const table = spaces.table(1);
+    table.map(VA + PAGE_SIZE, 0x9000); // the last-level table over VA exists; VA's own entry does not
+    expect(iommu.translate(SID, 1, VA, ACCESS_READ, out)).toBe(false);
+    expect(out.fault).toBe(F_TRANSLATION);
+    const walks = iommu.iotlb.walks;
+    expect(walks.occupancy).toBe(1);
+    // The guest pages VA in and breaks its root without invalidating: the retry starts from the
+    // cached last-level table, as an SMMU's walk cache may until the TLBI.
+    table.map(VA, 0x8000);
+    clearEntry(memory.words, table.rootGpa + tableIndex(VA >>> 0, Math.floor(VA / 2 ** 32), 0) * ENTRY_BYTES);
+    expect(iommu.translate(SID, 1, VA, ACCESS_READ, out)).toBe(true);
+    expect(out.gpa).toBe(0x8000);
+    expect(walks.hits).toBe(1);
+    const cmd = new Uint8Array(16);
+    const view = new DataView(cmd.buffer);
+    view.setUint8(0, 0x12); // CMD_TLBI_NH_VA
+    view.setBigUint64(8, BigInt(VA), true);
+    fd.hwptInvalidate({
+      hwptId: viommuId,
+      dataType: IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
+      entryLen: 16,
+      entryNum: 1,
+      data: cmd,
+    });
+    expect(walks.occupancy).toBe(0);
+    // The whole walk now meets the cleared root.
+    expect(iommu.translate(SID, 1, VA + 2 * PAGE_SIZE, ACCESS_READ, out)).toBe(false);
+    expect(out).toMatchObject({ fault: F_TRANSLATION, stage2: false });
+    expect(walks.occupancy).toBe(0);
+  });
+
+  test("CFGI_CD drops the PASID's walk cache entries with its CD: the next walk reads the CD again", () => {
+    spaces.table(1).map(VA, 0x8000);
+    spaces.table(0).map(VA, 0xa000);
+    expect(iommu.translate(SID, 1, VA, ACCESS_READ, out)).toBe(true);
+    expect(iommu.translate(SID, 0, VA, ACCESS_READ, out)).toBe(true);
+    expect(iommu.iotlb.walks.occupancy).toBe(2);
+    const cmd = new Uint8Array(16);
+    const view = new DataView(cmd.buffer);
+    view.setUint32(0, 0x05 | (1 << 12), true); // CMD_CFGI_CD, SSID 1
+    view.setUint32(4, 0, true); // the guest's StreamID
+    fd.hwptInvalidate({
+      hwptId: viommuId,
+      dataType: IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
+      entryLen: 16,
+      entryNum: 1,
+      data: cmd,
+    });
+    expect(iommu.iotlb.walks.occupancy).toBe(1);
+    expect(iommu.iotlb.occupancy).toBe(1);
+  });
+
   test('a host stage-2 unmap invalidates the streams over it before it returns, and the DMA then faults at stage 2', () => {
     spaces.table(1).map(VA, 0x8000);
     iommu.translate(SID, 1, VA, ACCESS_READ, out);

@@ -51,6 +51,33 @@ describe('IOTLB', () => {
     expect(tlb.occupancy).toBe(0);
   });
 
+  test("every IOTLB invalidation also drops the walk cache's entries it names, by 2 MiB region", () => {
+    const tlb = new Iotlb(256, 4);
+    const walks = tlb.walks;
+    const MB2 = 2 ** 21;
+    for (let r = 0; r < 4; r++) {
+      walks.insert(1, 1, r * MB2, 0x1000 * (r + 1), 0);
+      walks.insert(1, 2, r * MB2, 0x1000 * (r + 1), 0);
+      walks.insert(2, 1, r * MB2, 0x1000 * (r + 1), 0);
+    }
+    expect(walks.occupancy).toBe(12);
+    const cached = (domain: number, pasid: number, r: number) =>
+      walks.lookup(domain, pasid, r * MB2 + 0x5000) >= 0;
+    tlb.invalidateRange(1, 1, MB2 - PAGE, 2 * PAGE); // touches regions 0 and 1
+    expect([0, 1, 2, 3].map((r) => cached(1, 1, r))).toEqual([false, false, true, true]);
+    expect(cached(1, 2, 0)).toBe(true);
+    tlb.invalidateRange(1, ANY_PASID, 2 * MB2, PAGE);
+    expect([cached(1, 1, 2), cached(1, 2, 2), cached(2, 1, 2)]).toEqual([false, false, true]);
+    tlb.invalidatePasid(1, 2);
+    expect(cached(1, 2, 3)).toBe(false);
+    expect(cached(1, 1, 3)).toBe(true);
+    tlb.invalidateDomain(1);
+    expect(cached(1, 1, 3)).toBe(false);
+    expect(cached(2, 1, 3)).toBe(true);
+    tlb.invalidateAll();
+    expect(walks.occupancy).toBe(0);
+  });
+
   test('property: after an invalidation completes, no lookup returns a removed or changed translation', () => {
     type Op =
       | { kind: 'map'; domain: number; pasid: number; page: number; out: number }

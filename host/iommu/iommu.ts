@@ -33,9 +33,11 @@ import {
   ACCESS_WRITE,
   type Stage1Context,
   type WalkResult,
+  walkLeaf,
   walkStage1,
 } from './stage1-walker.ts';
 import { StallIopfBridge, StallModel } from './stall.ts';
+import { WALK_RECORD, WALK_STALL } from './walk-cache.ts';
 
 export interface TranslationStats {
   translations: number;
@@ -447,7 +449,7 @@ export class Iommu {
       return false;
     }
     this.counts.walks++;
-    if (walkStage1(entry.ctx, pasid, va, access, out)) {
+    if (this.walk(entry, pasid, va, access, out)) {
       entry.iotlb.insert(entry.tag, pasid, va, Math.floor(out.hpa / PAGE_SIZE) * PAGE_SIZE, out.leafPerm);
       return true;
     }
@@ -457,6 +459,37 @@ export class Iommu {
       this.stall(streamId, pasid, va, access, out, token);
     }
     return false;
+  }
+
+  /**
+   * A stage-1 walk through the IOTLB's walk cache: a CD-table stream's walk that reached the last
+   * level leaves that table there, and the next walk in the same 2 MiB (the retry after a page
+   * request, the next page of a stream) starts from it. Streams with a host PASID table (VT-d) or
+   * bypassing stage 1 always walk whole.
+   */
+  private walk(entry: StreamEntry, pasid: number, va: number, access: number, out: WalkResult): boolean {
+    const ctx = entry.ctx;
+    if (ctx.s1Bypass || ctx.pasidTable) return walkStage1(ctx, pasid, va, access, out);
+    const walks = entry.iotlb.walks;
+    const hit = walks.lookup(entry.tag, pasid, va);
+    if (hit >= 0) {
+      const flags = walks.flagsOf(hit);
+      return walkLeaf(
+        ctx,
+        walks.tableOf(hit),
+        (flags & WALK_RECORD) !== 0,
+        (flags & WALK_STALL) !== 0,
+        va,
+        access,
+        out,
+      );
+    }
+    const translated = walkStage1(ctx, pasid, va, access, out);
+    if (out.leafTable >= 0) {
+      const flags = (out.recordFaults ? WALK_RECORD : 0) | (out.stallFaults ? WALK_STALL : 0);
+      walks.insert(entry.tag, pasid, va, out.leafTable, flags);
+    }
+    return translated;
   }
 
   /** The stream's table entry, through the configuration cache; undefined: no STE (disabled). */

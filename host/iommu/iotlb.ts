@@ -5,8 +5,11 @@
  * permit is a miss that walks again (and faults there, with the full classification).
  *
  * Invalidation by range, by PASID, by domain and all. An invalidation is complete when the call
- * returns: no later lookup can return a removed entry.
+ * returns: no later lookup can return a removed entry. Each one also drops the matching entries of
+ * the walk cache beside it (`walks`, walk-cache.ts), as an SMMU's TLBI does its walk cache's.
  */
+import { WalkCache } from './walk-cache.ts';
+
 export const TLB_PERM_WRITE = 1;
 export const TLB_PERM_UNPRIV = 2;
 export const TLB_PERM_EXEC = 4;
@@ -43,6 +46,8 @@ export class Iotlb {
   /** Permissions of the entry the last successful `lookup` returned. */
   lastPerm = 0;
   readonly entries: number;
+  /** The intermediate half of the cache: last-level tables of recent walks. */
+  readonly walks = new WalkCache();
 
   private readonly ways: number;
   /** log2(ways): a set's first entry is set << wayShift. */
@@ -142,6 +147,7 @@ export class Iotlb {
   invalidateRange(domain: number, pasid: number, va: number, length: number): void {
     this.invalidations++;
     if (length <= 0) return;
+    this.walks.invalidateRange(domain, pasid, va, length);
     const first = Math.floor(va / PAGE);
     const last = Math.floor((va + length - 1) / PAGE);
     if (pasid !== ANY_PASID && last - first < PROBE_LIMIT) {
@@ -167,6 +173,7 @@ export class Iotlb {
 
   invalidatePasid(domain: number, pasid: number): void {
     this.invalidations++;
+    this.walks.invalidatePasid(domain, pasid);
     for (let i = 0; i < this.entries; i++) {
       if (
         !this.isEmpty(i) &&
@@ -180,6 +187,7 @@ export class Iotlb {
 
   invalidateDomain(domain: number): void {
     this.invalidations++;
+    this.walks.invalidateDomain(domain);
     for (let i = 0; i < this.entries; i++) {
       if (!this.isEmpty(i) && this.tag[i * TAG_STRIDE + TAG_DOMAIN] === domain) this.drop(i);
     }
@@ -187,6 +195,7 @@ export class Iotlb {
 
   invalidateAll(): void {
     this.invalidations++;
+    this.walks.invalidateAll();
     for (let i = 0; i < this.entries; i++) if (!this.isEmpty(i)) this.drop(i);
   }
 

@@ -108,6 +108,11 @@ export interface WalkResult {
   stallFaults: boolean;
   /** Set by the IOMMU: the transaction is stalled, waiting for a RESUME. */
   stalled: boolean;
+  /**
+   * The GPA of the last-level table the walk reached (its entry read, faulting there or not), or
+   * -1 when it stopped above it: what the walk cache keeps (walk-cache.ts).
+   */
+  leafTable: number;
 }
 
 export function newWalkResult(): WalkResult {
@@ -124,6 +129,7 @@ export function newWalkResult(): WalkResult {
     recordFaults: true,
     stallFaults: false,
     stalled: false,
+    leafTable: -1,
   };
 }
 
@@ -228,6 +234,7 @@ export function walkStage1(
   access: number,
   out: WalkResult,
 ): boolean {
+  out.leafTable = -1;
   if (ctx.s1Bypass) {
     const prot = stage2(ctx, va, 1, access, CLASS_IN, out);
     if (prot < 0) return false;
@@ -268,15 +275,46 @@ export function walkStage1(
   );
 }
 
-/** The four levels of a stage-1 table rooted at `root` (a GPA), each fetch through `ctx`'s stage 2. */
-function walkTables(ctx: Stage1Context, root: number, va: number, access: number, out: WalkResult): boolean {
+/**
+ * The walk of a CD-table stream from the last-level table a walk cache entry holds (`table`, a
+ * GPA), with the CD's R and S bits it kept: one entry read through stage 2 instead of the CD and
+ * four levels. The caller checked that the entry is for this (stream, PASID, VA region).
+ */
+export function walkLeaf(
+  ctx: Stage1Context,
+  table: number,
+  recordFaults: boolean,
+  stallFaults: boolean,
+  va: number,
+  access: number,
+  out: WalkResult,
+): boolean {
+  out.recordFaults = recordFaults;
+  out.stallFaults = stallFaults;
+  return walkTables(ctx, table, va, access, out, LEVELS - 1);
+}
+
+/**
+ * The levels of a stage-1 table from `first` (0: rooted at `root`, a GPA; LEVELS - 1: `root` is a
+ * last-level table), each fetch through `ctx`'s stage 2.
+ */
+function walkTables(
+  ctx: Stage1Context,
+  root: number,
+  va: number,
+  access: number,
+  out: WalkResult,
+  first = 0,
+): boolean {
   const vaLow = va >>> 0;
   const vaHigh = Math.floor(va / TWO_32);
   let table = root;
   let words: Int32Array;
   let low = 0;
   let high = 0;
-  for (let level = 0; level < LEVELS; level++) {
+  out.leafTable = -1;
+  for (let level = first; level < LEVELS; level++) {
+    if (level === LEVELS - 1) out.leafTable = table;
     const slot = table + tableIndex(vaLow, vaHigh, level) * ENTRY_BYTES;
     if (stage2Fetch(ctx, slot, ENTRY_BYTES, CLASS_TTD, out) < 0) return false;
     words = (out.memory as GuestMemory).words;
