@@ -109,6 +109,11 @@ export class Reactor {
   private nextDue = Number.POSITIVE_INFINITY;
   private state: 'new' | 'running' | 'stopping' | 'stopped' = 'new';
   private scheduled = false;
+  /**
+   * The last sleep ran out with nothing: spin again only once work comes back, so that an idle
+   * host wakes once a millisecond without spinning each time.
+   */
+  private quiet = false;
   private stopped: Promise<void> | undefined;
   private resolveStopped: (() => void) | undefined;
 
@@ -212,6 +217,7 @@ export class Reactor {
       const work = this.pass(start);
       const end = performance.now();
       if (work > 0) {
+        this.quiet = false;
         stats.busyPasses++;
         stats.busyMs += end - start;
         stats.records += work;
@@ -224,7 +230,7 @@ export class Reactor {
         break;
       }
       if (end >= sliceEnd) break;
-      if (bell.spin(seen, this.options.spinNs)) {
+      if (!this.quiet && bell.spin(seen, this.options.spinNs)) {
         stats.spinHits++;
         continue;
       }
@@ -235,7 +241,11 @@ export class Reactor {
       }
       const timeout = Math.max(0, Math.min(this.blockMs, this.nextDue - performance.now()));
       stats.sleeps++;
-      if (bell.wait(seen, timeout) === 'timed-out') break;
+      if (bell.wait(seen, timeout) === 'timed-out') {
+        this.quiet = true;
+        break;
+      }
+      this.quiet = false;
       stats.wokenSleeps++;
     }
     stats.yields++;
