@@ -11,16 +11,20 @@ export interface LatencySummary {
 export class LatencyHistogram {
   private readonly histogram: hdr.Histogram;
 
-  /**
-   * `digits`: significant digits kept (default 3). A per-VM histogram keeps 2 (1 %): about 20 KB
-   * instead of 136 KB, and a summary an eighth as long, since `report()` may run often.
-   */
+  /** `digits`: significant digits kept (default 3; about 136 KB of counts). */
   constructor(options: { digits?: 2 | 3 } = {}) {
     this.histogram = hdr.build({
       lowestDiscernibleValue: 1,
       highestTrackableValue: 3_600_000_000_000,
       numberOfSignificantValueDigits: options.digits ?? 3,
     });
+  }
+
+  /** One histogram holding every value of `parts` (a run's, from its VMs'). */
+  static merged(parts: readonly LatencyHistogram[]): LatencyHistogram {
+    const whole = new LatencyHistogram();
+    for (const part of parts) whole.histogram.add(part.histogram);
+    return whole;
   }
 
   recordMs(ms: number): void {
