@@ -10,6 +10,7 @@ import {
   existsSync,
   mkdirSync,
   readdirSync,
+  readFileSync,
   renameSync,
   rmSync,
   statSync,
@@ -17,7 +18,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { createRequire } from 'node:module';
-import { basename } from 'node:path';
+import { basename, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { threadId, Worker, type WorkerOptions } from 'node:worker_threads';
 
@@ -45,8 +46,27 @@ export interface BundleOptions {
 }
 
 interface Esbuild {
-  buildSync(options: Record<string, unknown>): { outputFiles: { path: string; contents: Uint8Array }[] };
+  version: string;
+  buildSync(options: Record<string, unknown>): {
+    outputFiles: { path: string; contents: Uint8Array }[];
+    metafile: { inputs: Record<string, unknown> };
+  };
 }
+
+/**
+ * What a bundle was built from (`<entry>-<packages>.inputs.json` beside it): every input file, a
+ * hash of their contents and of the esbuild version, and the bundle's name. A process whose inputs
+ * hash the same reuses the bundle without building (reading and hashing them takes a few ms, a
+ * build ~100 ms).
+ */
+interface BundleManifest {
+  inputs: string[];
+  hash: string;
+  bundle: string;
+}
+
+/** The files the project lives in: esbuild's metafile names inputs relative to it. */
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
 /** Per process: each entry's bundle, or null once bundling failed. */
 const bundled = new Map<string, URL | null>();
@@ -54,8 +74,9 @@ const bundled = new Map<string, URL | null>();
 /**
  * The entry bundled into one ES module with a linked source map (`--enable-source-maps` or
  * NODE_OPTIONS=--enable-source-maps maps a worker's traces to the .ts files), or null when esbuild
- * cannot be loaded or fails (warned once). Built on the first call in each process with esbuild's
- * buildSync (some 100-250 ms); later calls return the same URL. Files are named by the hash of their
+ * cannot be loaded or fails (warned once). On the first call in each process: the bundle a manifest
+ * names if its inputs hash the same (a few ms), else built with esbuild's buildSync (~100 ms); later
+ * calls return the same URL. Files are named by the hash of their
  * content, so processes that bundle the same sources share one file, and each is written under a
  * name of its own, then renamed into place: nobody ever reads a half-written bundle.
  */
@@ -68,7 +89,15 @@ export function bundleEntry(entry: URL, options: BundleOptions = {}): URL | null
   let result: URL | null = null;
   try {
     const esbuild = createRequire(import.meta.url)('esbuild') as Esbuild;
-    const { outputFiles } = esbuild.buildSync({
+    const manifestFile = new URL(`${basename(fileURLToPath(entry), '.ts')}-${packages}.inputs.json`, BUNDLES);
+    result = unchangedBundle(manifestFile, esbuild.version);
+    if (result) {
+      bundled.set(key, result);
+      return result;
+    }
+    const { outputFiles, metafile } = esbuild.buildSync({
+      absWorkingDir: ROOT,
+      metafile: true,
       entryPoints: [fileURLToPath(entry)],
       bundle: true,
       packages: packages === 'external' ? 'external' : undefined,
@@ -90,6 +119,9 @@ export function bundleEntry(entry: URL, options: BundleOptions = {}): URL | null
     const hash = createHash('sha256').update(code.contents).update(map.contents).digest('hex').slice(0, 16);
     const name = `${basename(fileURLToPath(entry), '.ts')}-${packages}-${hash}.mjs`;
     result = writeBundle(name, code.contents, map.contents);
+    const inputs = Object.keys(metafile.inputs).map((input) => resolve(ROOT, input));
+    const manifest: BundleManifest = { inputs, hash: inputsHash(inputs, esbuild.version), bundle: name };
+    placeFile(manifestFile, Buffer.from(JSON.stringify(manifest)));
   } catch (error) {
     process.emitWarning(
       `cannot bundle ${fileURLToPath(entry)} (${(error as Error).message}); its workers start through tsx`,
@@ -98,6 +130,38 @@ export function bundleEntry(entry: URL, options: BundleOptions = {}): URL | null
   }
   bundled.set(key, result);
   return result;
+}
+
+/**
+ * The bundle a manifest names, if its inputs still hash the same and it is there; else null. Any
+ * failure (no manifest yet, an input gone, a bundle swept) means: build.
+ */
+function unchangedBundle(manifestFile: URL, esbuildVersion: string): URL | null {
+  try {
+    const manifest = JSON.parse(readFileSync(manifestFile, 'utf8')) as BundleManifest;
+    if (inputsHash(manifest.inputs, esbuildVersion) !== manifest.hash) return null;
+    const out = new URL(manifest.bundle, BUNDLES);
+    const now = new Date();
+    // Fresh again for other processes' sweeps; throws if either was swept.
+    for (const file of [new URL(`${manifest.bundle}.map`, BUNDLES), out]) utimesSync(file, now, now);
+    return out;
+  } catch {
+    return null;
+  }
+}
+
+function inputsHash(inputs: readonly string[], esbuildVersion: string): string {
+  const hash = createHash('sha256').update(esbuildVersion);
+  for (const input of inputs) hash.update(input).update(readFileSync(input));
+  return hash.digest('hex');
+}
+
+/** Write `file` whole under a name of its own, then rename it into place. */
+function placeFile(file: URL, contents: Uint8Array): void {
+  const unique = `${process.pid}-${threadId}-${randomBytes(4).toString('hex')}.tmp`;
+  const temporary = `${fileURLToPath(file)}.${unique}`;
+  writeFileSync(temporary, contents);
+  renameSync(temporary, file);
 }
 
 /** Write the bundle `name` and its map into BUNDLES unless they are there already. */
@@ -114,15 +178,9 @@ function writeBundle(name: string, code: Uint8Array, map: Uint8Array): URL {
   }
   mkdirSync(BUNDLES, { recursive: true });
   sweep(now.getTime());
-  const unique = `${process.pid}-${threadId}-${randomBytes(4).toString('hex')}.tmp`;
-  const place = (file: URL, contents: Uint8Array) => {
-    const temporary = `${fileURLToPath(file)}.${unique}`;
-    writeFileSync(temporary, contents);
-    renameSync(temporary, file);
-  };
   // The map first: once the bundle is visible, so is what it points at.
-  place(mapFile, map);
-  place(out, Buffer.concat([code, Buffer.from(`//# sourceMappingURL=${name}.map\n`)]));
+  placeFile(mapFile, map);
+  placeFile(out, Buffer.concat([code, Buffer.from(`//# sourceMappingURL=${name}.map\n`)]));
   return out;
 }
 

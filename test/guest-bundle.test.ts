@@ -2,7 +2,7 @@
 // and whose guest answers the control plane; builders in several processes at once never expose a
 // half-written file; a source esbuild cannot build falls back to tsx with a warning.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { isBuiltin } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -108,6 +108,30 @@ vms:
         .filter((file) => file.startsWith(name))
         .sort(),
     ).toEqual([name, `${name}.map`]);
+  }, 30_000);
+
+  test('a later process reuses the bundle while its inputs hash the same, and rebuilds when one changes', async () => {
+    const dep = join(scratch, 'racer-reuse-dep.ts');
+    const entry = join(scratch, 'racer-reuse.ts');
+    writeFileSync(dep, 'export const value = 1;\n');
+    writeFileSync(entry, "export { value } from './racer-reuse-dep.ts';\n");
+    const manifest = join(BUNDLES, 'racer-reuse-external.inputs.json');
+    const load = `
+      import { bundleEntry } from ${JSON.stringify(pathToFileURL(join(ROOT, 'shared/worker-spawn.ts')).href)};
+      const url = bundleEntry(${JSON.stringify(pathToFileURL(entry).href)});
+      const { value } = await import(url.href);
+      process.stdout.write(JSON.stringify({ url: url.href, value }));
+    `;
+    const first = JSON.parse(await runNode(load));
+    const built = statSync(manifest).ino;
+    // Unchanged inputs: the same bundle, and the manifest not written again (renamed files get new inodes).
+    expect(JSON.parse(await runNode(load))).toEqual(first);
+    expect(statSync(manifest).ino).toBe(built);
+    writeFileSync(dep, 'export const value = 2;\n');
+    const changed = JSON.parse(await runNode(load));
+    expect(changed.value).toBe(2);
+    expect(changed.url).not.toBe(first.url);
+    expect(statSync(manifest).ino).not.toBe(built);
   }, 30_000);
 
   test('a source esbuild cannot build is left to tsx, with a warning', async () => {
