@@ -29,6 +29,24 @@ describe('IOMMU translation with the IOTLB', () => {
   let devId: number;
   const out = newWalkResult();
 
+  /** One guest command through the vIOMMU's invalidation (the VMM's HWPT_INVALIDATE). */
+  const guestCommand = (fill: (view: DataView) => void) => {
+    const cmd = new Uint8Array(16);
+    fill(new DataView(cmd.buffer));
+    fd.hwptInvalidate({
+      hwptId: viommuId,
+      dataType: IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
+      entryLen: 16,
+      entryNum: 1,
+      data: cmd,
+    });
+  };
+  const tlbiNhVa = (va: number) =>
+    guestCommand((view) => {
+      view.setUint8(0, 0x12); // CMD_TLBI_NH_VA
+      view.setBigUint64(8, BigInt(va), true);
+    });
+
   beforeEach(() => {
     memory = GuestMemory.allocate(2);
     spaces = new AddressSpaces(memory, new PageAllocator(memory));
@@ -90,17 +108,7 @@ describe('IOMMU translation with the IOTLB', () => {
     };
     clearEntry(memory.words, leaf(VA));
     expect(iommu.translate(SID, 1, VA, ACCESS_READ, out)).toBe(true); // stale but allowed before the TLBI
-    const cmd = new Uint8Array(16);
-    const view = new DataView(cmd.buffer);
-    view.setUint8(0, 0x12); // CMD_TLBI_NH_VA
-    view.setBigUint64(8, BigInt(VA), true);
-    fd.hwptInvalidate({
-      hwptId: viommuId,
-      dataType: IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
-      entryLen: 16,
-      entryNum: 1,
-      data: cmd,
-    });
+    tlbiNhVa(VA);
     expect(iommu.translate(SID, 1, VA, ACCESS_READ, out)).toBe(false);
     expect(out.fault).toBe(F_TRANSLATION);
   });
@@ -119,17 +127,7 @@ describe('IOMMU translation with the IOTLB', () => {
     expect(iommu.translate(SID, 1, VA, ACCESS_READ, out)).toBe(true);
     expect(out.gpa).toBe(0x8000);
     expect(walks.hits).toBe(1);
-    const cmd = new Uint8Array(16);
-    const view = new DataView(cmd.buffer);
-    view.setUint8(0, 0x12); // CMD_TLBI_NH_VA
-    view.setBigUint64(8, BigInt(VA), true);
-    fd.hwptInvalidate({
-      hwptId: viommuId,
-      dataType: IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
-      entryLen: 16,
-      entryNum: 1,
-      data: cmd,
-    });
+    tlbiNhVa(VA);
     expect(walks.occupancy).toBe(0);
     // The whole walk now meets the cleared root.
     expect(iommu.translate(SID, 1, VA + 2 * PAGE_SIZE, ACCESS_READ, out)).toBe(false);
@@ -143,16 +141,9 @@ describe('IOMMU translation with the IOTLB', () => {
     expect(iommu.translate(SID, 1, VA, ACCESS_READ, out)).toBe(true);
     expect(iommu.translate(SID, 0, VA, ACCESS_READ, out)).toBe(true);
     expect(iommu.iotlb.walks.occupancy).toBe(2);
-    const cmd = new Uint8Array(16);
-    const view = new DataView(cmd.buffer);
-    view.setUint32(0, 0x05 | (1 << 12), true); // CMD_CFGI_CD, SSID 1
-    view.setUint32(4, 0, true); // the guest's StreamID
-    fd.hwptInvalidate({
-      hwptId: viommuId,
-      dataType: IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
-      entryLen: 16,
-      entryNum: 1,
-      data: cmd,
+    guestCommand((view) => {
+      view.setUint32(0, 0x05 | (1 << 12), true); // CMD_CFGI_CD, SSID 1
+      view.setUint32(4, 0, true); // the guest's StreamID
     });
     expect(iommu.iotlb.walks.occupancy).toBe(1);
     expect(iommu.iotlb.occupancy).toBe(1);
