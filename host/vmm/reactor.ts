@@ -104,7 +104,8 @@ export class Reactor {
   private readonly blockMs: number;
   /** IRQ thread turns asked for during a pass, run at the start of the next. */
   private deferred: (() => void)[] = [];
-  private running: (() => void)[] = [];
+  /** The turns being run now; the two arrays swap, so a pass allocates nothing. */
+  private runningTurns: (() => void)[] = [];
   private readonly tickers: Ticker[] = [];
   private nextDue = Number.POSITIVE_INFINITY;
   private state: 'new' | 'running' | 'stopping' | 'stopped' = 'new';
@@ -334,8 +335,8 @@ export class Reactor {
 
   private runDeferred(): number {
     const turns = this.deferred;
-    this.deferred = this.running;
-    this.running = turns;
+    this.deferred = this.runningTurns;
+    this.runningTurns = turns;
     for (let i = 0; i < turns.length; i++) {
       try {
         turns[i]();
