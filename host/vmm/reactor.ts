@@ -104,7 +104,7 @@ export class Reactor {
   private readonly blockMs: number;
   /** IRQ thread turns asked for during a pass, run at the start of the next. */
   private deferred: (() => void)[] = [];
-  /** The turns being run now; the two arrays swap, so a pass allocates nothing. */
+  /** The turns being run now: the two arrays swap, so a turn deferred meanwhile waits a pass. */
   private runningTurns: (() => void)[] = [];
   private readonly tickers: Ticker[] = [];
   private nextDue = Number.POSITIVE_INFINITY;
