@@ -169,6 +169,7 @@ export class GuestVm implements GuestControl {
       submit: side.producer(layout.dma[index].submit, hostBell),
       complete: side.consumer(layout.dma[index].complete),
       cycles: this.cycles,
+      misbehave,
     }));
     this.workloads = this.devices.map((device) =>
       createWorkload(

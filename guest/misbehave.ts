@@ -23,6 +23,9 @@
  * - crash-mid-fault: its 8th fault is consumed and never answered, and an exception is thrown from
  *   a setImmediate callback, outside any try/catch: the worker dies of it.
  * - hang: at its first fault, it spins in a synchronous loop that never ends.
+ * - foreign-pasid-dma: every 4th DMA descriptor names a PASID other than its device's: PASID 0
+ *   (the RID, which an interface of a shared function may not hold), the next PASID up (on a
+ *   shared function, the neighbour's) or a random one (most likely attached by nobody).
  */
 import type { Misbehaviour as MisbehaviourKind } from '../shared/control.ts';
 import type { Doorbell } from '../shared/doorbell.ts';
@@ -70,6 +73,10 @@ const FLOOD_PER_ANSWER = 64;
 const WILD_EVERY = 4;
 /** The fault that crash-mid-fault dies handling. */
 const CRASH_AT = 8;
+/** DMA descriptors between two forged PASIDs. */
+const FOREIGN_PASID_EVERY = 4;
+/** Forged PASIDs stay in the topology's PASID range (1..255) and PASID 0. */
+const TOPOLOGY_PASIDS = 256;
 
 const PRG_INDICES = 512;
 const STAGS = 1 << 16;
@@ -104,6 +111,8 @@ export class Misbehaviour {
   private readonly crash: boolean;
   private readonly hang: boolean;
   private readonly corrupt: boolean;
+  private readonly foreignPasids: boolean;
+  private descriptors = 0;
   private readonly wild: WildTables | undefined;
   private forger: CommandForger | undefined;
   private corruption: IndexCorruption | undefined;
@@ -126,6 +135,7 @@ export class Misbehaviour {
     this.crash = has('crash-mid-fault');
     this.hang = has('hang');
     this.corrupt = has('corrupt-ring-indices');
+    this.foreignPasids = has('foreign-pasid-dma');
     this.wild = has('wild-page-tables') ? new WildTables(memory, this.prng) : undefined;
   }
 
@@ -178,6 +188,19 @@ export class Misbehaviour {
               : f.illegal(streamId, index);
         if (!done) break;
       }
+    }
+  }
+
+  /** The PASID the next DMA descriptor of a device whose own PASID is `own` names. */
+  dmaPasid(own: number): number {
+    if (!this.foreignPasids || ++this.descriptors % FOREIGN_PASID_EVERY !== 0) return own;
+    switch (this.prng.below(3)) {
+      case 0:
+        return own === 0 ? 1 : 0;
+      case 1:
+        return (own + 1) % TOPOLOGY_PASIDS;
+      default:
+        return this.prng.below(TOPOLOGY_PASIDS);
     }
   }
 

@@ -30,6 +30,11 @@ export const MISBEHAVIOURS = [
   'crash-mid-fault',
   /** Spins forever ignoring its doorbell once it has a fault to handle. */
   'hang',
+  /**
+   * Names PASIDs its devices were not given in its DMA descriptors: the RID's, a neighbour's, one
+   * nobody attached.
+   */
+  'foreign-pasid-dma',
 ] as const;
 
 export type Misbehaviour = (typeof MISBEHAVIOURS)[number];

@@ -1,7 +1,8 @@
 // The VT-d flavour end to end, shared functions, and the routing question: real worker threads,
 // real SharedArrayBuffers and Atomics, no mocks.
 import { describe, expect, test } from 'vitest';
-import { runTopology } from '../host/vmm/sandbox.ts';
+import type { RunReport } from '../host/vmm/report.ts';
+import { runTopology, Sandbox } from '../host/vmm/sandbox.ts';
 import { loadTopology, parseTopology } from '../host/vmm/topology.ts';
 
 const PAGE = 4096;
@@ -87,6 +88,83 @@ describe('a function shared between VMs', () => {
     }
     // One function, one StreamID: both VMs' faults came from the same requester.
     expect(r.faults.raised).toBe(512);
+  });
+
+  test("a hostile interface naming the RID's or its neighbour's PASID reaches nothing of vm0's", async () => {
+    const r = await runTopology(
+      parseTopology(`name: foreign
+vms:
+  - name: vm0
+    memoryMiB: 16
+    viommu: vtd
+    devices: [{ name: d, function: f, pri: true, pasids: [1] }]
+    workload: { kind: sva-stream, pages: 256, seed: 1 }
+  - name: vm1
+    memoryMiB: 16
+    viommu: vtd
+    misbehave: [foreign-pasid-dma]
+    devices: [{ name: d, function: f, pri: true, pasids: [2] }]
+    workload: { kind: sva-stream, pages: 256, seed: 2 }
+`),
+    );
+    const [vm0, vm1] = r.vms;
+    expect(r.invariants.violations).toEqual([]);
+    expect(r.faults.lost).toBe(0);
+    // Every fourth descriptor of vm1 names another PASID; the function refuses each one.
+    expect(vm1.foreignPasidDescriptors).toBeGreaterThan(0);
+    expect(vm1.dmaFailed).toBe(vm1.foreignPasidDescriptors);
+    expect(vm0.responses).toEqual({ success: 256, invalid: 0, failure: 0 });
+    expect(vm0.faultsDelivered).toBe(256);
+    expect(vm0.bytesVerified).toBe(256 * PAGE);
+    expect(vm0.badDescriptors).toBe(0);
+  });
+
+  describe("a PASID whose attachment is gone: answered INVALID, never the RID holder's", () => {
+    // vm1's interface keeps raising page requests for its PASID 2 after the VMM detached it.
+    const detachedInterface = () =>
+      parseTopology(`name: detached
+vms:
+  - name: vm0
+    memoryMiB: 16
+    viommu: vtd
+    devices: [{ name: d, function: f, pri: true, pasids: [1] }]
+    workload: { kind: idle }
+  - name: vm1
+    memoryMiB: 16
+    viommu: vtd
+    devices:
+      - { name: d, function: f, pri: true, pasids: [2], inject: { ratePerSec: 2000, pasid: 2 } }
+    workload: { kind: idle }
+`);
+    const until = async (sandbox: Sandbox, done: (r: RunReport) => boolean) => {
+      const deadline = performance.now() + 15_000;
+      while (!done(sandbox.report())) {
+        if (performance.now() > deadline) throw new Error('timed out waiting for the sandbox');
+        await new Promise((resolve) => setTimeout(resolve, 2));
+      }
+    };
+
+    test('with the fix: counted as unrouted, vm0 sees nothing, no violation', async () => {
+      const sandbox = new Sandbox(detachedInterface(), { graceMs: 300 });
+      await sandbox.launch();
+      expect(sandbox.injectTeardown('vm1', 'detach')).toBe('done');
+      await until(sandbox, (r) => r.faults.unrouted >= 5);
+      const r = await sandbox.stop();
+      expect(r.invariants.violations).toEqual([]);
+      expect(r.vms[0].faultsDelivered).toBe(0);
+      expect(r.faults.lost).toBe(0);
+    });
+
+    test('with the RID fallback planted back: the oracle names fault-delivered-to-non-owner', async () => {
+      const sandbox = new Sandbox(detachedInterface(), { graceMs: 300, plant: { ridFallback: 1 } });
+      await sandbox.launch();
+      sandbox.injectTeardown('vm1', 'detach');
+      await until(sandbox, (r) => (r.invariants.counts['fault-delivered-to-non-owner'] ?? 0) >= 1);
+      const r = await sandbox.stop();
+      expect(r.invariants.violations[0]).toMatchObject({ rule: 'fault-delivered-to-non-owner', vm: 'vm0' });
+      expect(r.invariants.violations[0].detail).toMatch(/PASID 2 is owned by vm1/);
+      expect(r.vms[0].faultsDelivered).toBeGreaterThan(0);
+    });
   });
 
   test('shared-device-device-owner.yaml: vm1 faults land in vm0, named fault-delivered-to-non-owner', async () => {

@@ -27,6 +27,7 @@ describe('IOMMU translation with the IOTLB', () => {
   let fd: Iommufd;
   let viommuId: number;
   let devId: number;
+  let parentId: number;
   const out = newWalkResult();
 
   /** One guest command through the vIOMMU's invalidation (the VMM's HWPT_INVALIDATE). */
@@ -60,6 +61,7 @@ describe('IOMMU translation with the IOTLB', () => {
     fd.ioasMap({ flags: 1 | 2 | 4, ioasId, userVa, length: BigInt(memory.size), iova: 0n });
     devId = fd.bindDevice({ device: ops.device(SID, 20) }).devId;
     const { hwptId } = fd.hwptAlloc({ flags: IOMMU_HWPT_ALLOC_NEST_PARENT, devId, ptId: ioasId });
+    parentId = hwptId;
     viommuId = fd.viommuAlloc({ type: IOMMU_VIOMMU_TYPE_ARM_SMMUV3, devId, hwptId }).viommuId;
     fd.vdeviceAlloc({ viommuId, devId, virtId: 0n });
     const nested = fd.hwptAlloc({
@@ -204,6 +206,21 @@ describe('IOMMU translation with the IOTLB', () => {
     } catch (error) {
       expect(error).toMatchObject({ errno: 'EIO', output: { entryNum: 1 } });
     }
+  });
+
+  test("a PASID's page requests report through the RID only while the guest owns the CD table", () => {
+    const ridHandler = { handleGroup() {} };
+    // Nested: the PASIDs are the guest CD table's, never attached one by one (user_pasid_table).
+    iommu.setFaultHandler(SID, undefined, ridHandler);
+    expect(iommu.faultHandlerOf(SID, 1)).toBe(ridHandler);
+    expect(iommu.faultHandlerOf(SID, 0)).toBe(ridHandler);
+    // A paging domain on the RID: no guest PASID table, so a PASID has no route at all.
+    fd.replaceDevice({ devId, ptId: parentId });
+    iommu.setFaultHandler(SID, undefined, ridHandler);
+    expect(iommu.faultHandlerOf(SID, 1)).toBeUndefined();
+    expect(iommu.faultHandlerOf(SID, 0)).toBe(ridHandler);
+    fd.detachDevice({ devId });
+    expect(iommu.faultHandlerOf(SID, 1)).toBeUndefined();
   });
 
   test('detach removes the stream: translation faults as a disabled stream, the IOTLB is empty', () => {

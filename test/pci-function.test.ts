@@ -12,6 +12,7 @@ import {
   DMA_DESCRIPTOR_WORDS,
   DMA_FLAG_VERIFY,
   DMA_OP_READ,
+  DMA_STATUS_BAD_DESCRIPTOR,
   DMA_STATUS_FAULT,
   DMA_STATUS_OK,
   DMA_STATUS_PAGE_INVALID,
@@ -32,12 +33,14 @@ describe('PRI on a PCIe function', () => {
   let complete: RingConsumer;
   let tag = 0;
 
-  function setup(credits: number, pri = true) {
+  function setup(credits: number, pri = true, interfacePasids?: number[]) {
     const memory = GuestMemory.allocate(4);
     spaces = new AddressSpaces(memory, new PageAllocator(memory));
     const ctx = spaces.installDevice(0, [0, 1]);
     const iommu = new Iommu();
     iommu.installStream(SID, { memory, cdTableGpa: ctx.cdTableGpa, cdLog2: ctx.cdLog2 });
+    // The guest's CD table holds the PASIDs, so their page requests report through the RID.
+    iommu.setUserPasidTable(SID, true);
     groups = [];
     iommu.setFaultHandler(SID, undefined, { handleGroup: (g) => groups.push(g) });
     const submitGeometry = { log2Size: 4, recordWords: DMA_DESCRIPTOR_WORDS };
@@ -54,7 +57,7 @@ describe('PRI on a PCIe function', () => {
       hostViolation() {},
     };
     device = new PciFunction(
-      { name: 'dev', streamId: SID, pri, priCredits: credits },
+      { name: 'dev', streamId: SID, pri, priCredits: credits, interfacePasids },
       iommu,
       deviceEnd,
       new RingProducer(buffer, completeOffset, completeGeometry),
@@ -64,11 +67,11 @@ describe('PRI on a PCIe function', () => {
     iommu.bindEndpoint(SID, device);
   }
 
-  function read(page: number): number {
+  function read(page: number, pasid = 1): number {
     const at = submit.claim();
     encodeDmaDescriptor(submit.words, at, {
       opcode: DMA_OP_READ,
-      pasid: 1,
+      pasid,
       tag: ++tag,
       length: PAGE,
       va: VA + page * PAGE,
@@ -103,6 +106,24 @@ describe('PRI on a PCIe function', () => {
     groups[0].respond(PRG_SUCCESS);
     expect(completions()).toEqual([{ tag: t, status: DMA_STATUS_OK, bytes: PAGE }]);
     expect(device.stats).toMatchObject({ pageRequests: 1, retries: 1, bytesMoved: PAGE });
+  });
+
+  test('an interface of a shared function refuses a descriptor naming a PASID it was not assigned', () => {
+    setup(4, true, [1]);
+    spaces.table(0).map(VA, 0x3000);
+    const rid = read(0, 0);
+    const neighbour = read(0, 2);
+    expect(completions()).toEqual([
+      { tag: rid, status: DMA_STATUS_BAD_DESCRIPTOR, bytes: 0 },
+      { tag: neighbour, status: DMA_STATUS_BAD_DESCRIPTOR, bytes: 0 },
+    ]);
+    // Refused before translation: no page request, nothing read.
+    expect(groups).toEqual([]);
+    expect(device.stats).toMatchObject({ badDescriptors: 2, foreignPasids: 2, bytesMoved: 0 });
+    const own = read(0, 1);
+    expect(groups).toHaveLength(1);
+    expect(groups[0].pasid).toBe(1);
+    expect(own).toBe(3);
   });
 
   test('Success for a page still missing faults again: a new page request, not a wrong read', () => {
@@ -189,6 +210,8 @@ describe('Stop PASID', () => {
     const ctx = spaces.installDevice(0, [0, 1]);
     const iommu = new Iommu();
     iommu.installStream(SID, { memory, cdTableGpa: ctx.cdTableGpa, cdLog2: ctx.cdLog2 });
+    // The guest's CD table holds the PASIDs, so their page requests report through the RID.
+    iommu.setUserPasidTable(SID, true);
     const groups: IopfGroup[] = [];
     iommu.setFaultHandler(SID, undefined, { handleGroup: (g) => groups.push(g) });
     const g = { log2Size: 4, recordWords: DMA_DESCRIPTOR_WORDS };

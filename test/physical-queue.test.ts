@@ -231,6 +231,8 @@ describe('one physical PRI queue shared by two devices', () => {
       [B, []],
     ]);
     for (const sid of [A, B]) {
+      // Nested streams (the guest owns the CD table): their PASIDs' requests report through the RID.
+      iommu.setUserPasidTable(sid, true);
       iommu.setFaultHandler(sid, undefined, { handleGroup: (g) => groups.push(g) });
       iommu.bindEndpoint(sid, {
         prgResponse: (_p, _s, prgIndex, code) => answers.get(sid)?.push(prgIndex * 16 + code),

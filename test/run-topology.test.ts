@@ -34,6 +34,7 @@ describe('running a topology', () => {
       dropped: 0,
       lost: 0,
       iopfTimeouts: 0,
+      unrouted: 0,
     });
     expect(r.dma.bytesVerified).toBe(2 * 256 * PAGE);
     expect(r.dma.completed).toBe(r.dma.ops);

@@ -29,11 +29,20 @@ describe('drawTopology', () => {
     let deadlines = 0;
     let iommus = 0;
     let postMessage = 0;
+    let deviceOwner = 0;
+    let orphaned = 0;
+    let injectors = 0;
+    let largestQueue = false;
     for (let seed = 0; seed < 500; seed++) {
       const t = drawTopology(seed);
       expect(drawTopology(seed)).toEqual(t);
       expect(TopologySchema.parse(t)).toEqual(t);
-      expect(t.routing).toBe('ioasid-owner');
+      const sharedFunction = t.vms.some((vm) => vm.devices.some((d) => d.function !== undefined));
+      // Device-owner routing hands one VM's PASID faults to another only on a shared function.
+      if (t.routing === 'device-owner') {
+        expect(sharedFunction).toBe(false);
+        deviceOwner++;
+      }
       expect(t.vms.length).toBeGreaterThanOrEqual(1);
       expect(t.vms.length).toBeLessThanOrEqual(16);
       if (t.iopfTimeoutMs !== undefined) deadlines++;
@@ -49,6 +58,9 @@ describe('drawTopology', () => {
         if (vm.misbehave.some((m) => m === 'hang' || m === 'never-respond'))
           timeouts &&= vm.responseTimeoutMs !== undefined && vm.responseTimeoutMs <= 500;
         if (Object.values(vm.queues).includes(1)) tinyQueue = true;
+        if (Object.values(vm.queues).includes(19)) largestQueue = true;
+        if (vm.devices.some((d) => d.inject)) injectors++;
+        if (vm.teardown && vm.devices.some((d) => d.function !== undefined && d.inject)) orphaned++;
         if (vm.devices.some((d) => d.function !== undefined)) shared = true;
       }
     }
@@ -56,6 +68,11 @@ describe('drawTopology', () => {
     expect([...flavours].sort()).toEqual(['smmuv3', 'vtd']);
     expect(kinds.size).toBe(5);
     expect(tinyQueue).toBe(true);
+    expect(largestQueue).toBe(true);
+    expect(deviceOwner).toBeGreaterThan(0);
+    expect(injectors).toBeGreaterThan(0);
+    // The shape the RID fallback leaked in: an interface without the RID, its route gone, still raising.
+    expect(orphaned).toBeGreaterThan(0);
     expect(shared).toBe(true);
     expect(timeouts).toBe(true);
     expect([...teardowns].sort()).toEqual([...TEARDOWN_OPS].sort());

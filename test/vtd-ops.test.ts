@@ -557,7 +557,7 @@ describe('VT-d detach and teardown', () => {
 
 describe('VT-d page-request routing between two VMs on one function', () => {
   function shared(routing: 'ioasid-owner' | 'device-owner') {
-    const ops = new VtdOps(new Iommu({ iotlbEntries: 64 }));
+    const ops = new VtdOps(new Iommu({ iotlbEntries: 64, routePasidsToRid: routing === 'device-owner' }));
     const device = pciFunction(ops.iommu, SID);
     const a = vm(ops, [0, 1], true, routing);
     const b = vm(ops, [2], false, routing);
@@ -598,6 +598,40 @@ describe('VT-d page-request routing between two VMs on one function', () => {
     respond(a.registry.faultFd, inA[0].cookie, IOMMUFD_PAGE_RESP_SUCCESS);
     expect(device.pri.outstanding).toBe(0);
     expect(a.registry.fd.pendingFaultGroups + b.registry.fd.pendingFaultGroups).toBe(0);
+  });
+
+  test("ioasid-owner: a PASID nobody attached is answered INVALID at once, never the RID holder's", () => {
+    const { ops, device, a, b } = shared('ioasid-owner');
+    expect(device.injectPageRequest(3, VA, false)).toBe(true);
+    expect(readFaults(a.registry.faultFd)).toEqual([]);
+    expect(readFaults(b.registry.faultFd)).toEqual([]);
+    // Answered by the IOMMU core (the credit is back), and counted.
+    expect(device.pri.outstanding).toBe(0);
+    expect(ops.iommu.iopf.stats.answeredWithoutHandler).toBe(1);
+  });
+
+  test('a PASID attached to a domain without a fault queue is answered INVALID, not sent to the RID', () => {
+    // Under device-owner routing the VMM gives a PASID's HWPT no fault queue; an IOMMU that does
+    // not route PASIDs to their RID (Linux's VT-d) answers such a group at once.
+    const ops = new VtdOps(new Iommu({ iotlbEntries: 64 }));
+    const device = pciFunction(ops.iommu, SID);
+    const a = vm(ops, [0, 1], true, 'device-owner');
+    const b = vm(ops, [2], false, 'device-owner');
+    expect(device.injectPageRequest(2, VA, false)).toBe(true);
+    expect(device.injectPageRequest(1, VA, false)).toBe(true);
+    expect(readFaults(a.registry.faultFd)).toEqual([]);
+    expect(readFaults(b.registry.faultFd)).toEqual([]);
+    expect(device.pri.outstanding).toBe(0);
+    expect(ops.iommu.iopf.stats.answeredWithoutHandler).toBe(2);
+  });
+
+  test("a detached PASID's requests are answered INVALID, and the RID holder never sees them", () => {
+    const { ops, device, a, b } = shared('ioasid-owner');
+    b.registry.teardownOp('detach');
+    expect(device.injectPageRequest(2, VA, false)).toBe(true);
+    expect(readFaults(a.registry.faultFd)).toEqual([]);
+    expect(device.pri.outstanding).toBe(0);
+    expect(ops.iommu.iopf.stats.answeredWithoutHandler).toBe(1);
   });
 
   test('a request without a PASID is the RID owner’s under either policy', () => {

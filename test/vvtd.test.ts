@@ -68,7 +68,9 @@ function vtdVm(options: VmOptions = {}) {
   const name = options.name ?? 'vm';
   const pasids = options.pasids ?? [[0, 1]];
   const streamIds = options.streamIds ?? SIDS.slice(0, pasids.length);
-  const ops = options.ops ?? new VtdOps(new Iommu({ iotlbEntries: 64 }));
+  const ops =
+    options.ops ??
+    new VtdOps(new Iommu({ iotlbEntries: 64, routePasidsToRid: options.routing === 'device-owner' }));
   const iommu = ops.iommu;
   const invariants = options.invariants ?? new InvariantChecker();
   const memory = GuestMemory.allocate(1);

@@ -102,7 +102,7 @@ export abstract class DescriptorWorkload implements Workload {
       const at = submit.claim();
       if (at < 0) break;
       d.opcode = DMA_OP_READ;
-      d.pasid = this.device.pasid;
+      d.pasid = this.device.misbehave ? this.device.misbehave.dmaPasid(this.device.pasid) : this.device.pasid;
       d.tag = this.nextPage;
       d.va = this.vaOf(this.nextPage);
       this.nextPage += this.fill(d, this.nextPage, this.totalPages - this.nextPage);

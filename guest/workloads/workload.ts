@@ -5,6 +5,7 @@
 import type { GuestStats, WorkloadConfig } from '../../shared/control.ts';
 import type { CycleHistogram } from '../../shared/cycle-histogram.ts';
 import type { RingConsumer, RingProducer } from '../../shared/ring.ts';
+import type { Misbehaviour } from '../misbehave.ts';
 import type { AddressSpaces } from '../mm/address-spaces.ts';
 import type { DemandPager } from '../mm/demand-pager.ts';
 import type { PageAllocator } from '../mm/page-allocator.ts';
@@ -22,6 +23,8 @@ export interface DeviceQueues {
   complete: RingConsumer;
   /** The guest's DMA cycles: from a descriptor's submit to its completion seen here. */
   cycles: CycleHistogram;
+  /** A hostile guest's hook: which PASID each descriptor names (topology `misbehave`). */
+  misbehave?: Misbehaviour;
 }
 
 export interface Workload {

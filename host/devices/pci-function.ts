@@ -86,6 +86,13 @@ export interface PciFunctionOptions {
   priCredits: number;
   /** The function is shared between VMs: this interface uses the function's one PRI capability. */
   sharedPri?: SharedPri;
+  /**
+   * An interface of a shared function: the PASIDs the VMM assigned it (with 0 when it holds the
+   * RID). The function tags the interface's DMA with them; a descriptor naming any other PASID is
+   * refused, since that PASID translates in another VM's address space (or in none). Unset: the
+   * guest owns the whole function and every PASID of its RID.
+   */
+  interfacePasids?: readonly number[];
   /** Its VM's RAM, the only memory its DMA may reach (the oracle's check). */
   memory?: GuestMemory;
   tracer?: DeviceTracer;
@@ -96,6 +103,8 @@ export interface PciFunctionStats {
   completed: number;
   failed: number;
   badDescriptors: number;
+  /** Descriptors refused for naming a PASID this interface was not assigned (in `badDescriptors` too). */
+  foreignPasids: number;
   pageRequests: number;
   retries: number;
   completionStalls: number;
@@ -131,6 +140,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     completed: 0,
     failed: 0,
     badDescriptors: 0,
+    foreignPasids: 0,
     pageRequests: 0,
     retries: 0,
     completionStalls: 0,
@@ -145,6 +155,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
   };
 
   private readonly sharedPri: SharedPri | undefined;
+  private readonly interfacePasids: Int32Array | undefined;
   private readonly ownMemory: GuestMemory | undefined;
   private readonly tracer: DeviceTracer | undefined;
   /** The PRG index of each op's last page request (for the trace). */
@@ -190,6 +201,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     this.hasPri = options.pri;
     this.canStall = options.stall ?? false;
     this.sharedPri = options.sharedPri;
+    this.interfacePasids = options.interfacePasids && Int32Array.from(options.interfacePasids);
     this.ownMemory = options.memory;
     this.tracer = options.tracer;
     this.pri = options.sharedPri?.capability ?? new PriCapability(options.priCredits);
@@ -414,6 +426,10 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
         this.opFaultedAt[op] = 0;
         if (!validDescriptor(ring.words, at, d.opcode, d.length, d.pasid, d.flags)) {
           this.stats.badDescriptors++;
+          this.finish(op, DMA_STATUS_BAD_DESCRIPTOR);
+        } else if (this.interfacePasids && !this.interfacePasids.includes(d.pasid)) {
+          this.stats.badDescriptors++;
+          this.stats.foreignPasids++;
           this.finish(op, DMA_STATUS_BAD_DESCRIPTOR);
         } else {
           this.run(op);

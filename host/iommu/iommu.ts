@@ -73,6 +73,17 @@ export interface IommuOptions {
   onThreadError?: (error: unknown) => void;
   /** How an IRQ thread gets its next turn (default: setImmediate; the sandbox: its reactor's next pass). */
   scheduleTurn?: (turn: () => void) => void;
+  /**
+   * Device-owner routing (the VFIO-era model a topology can ask for to measure it): a PASID without
+   * a route of its own reports through its RID's. Off, a PASID falls back only on a stream whose
+   * guest owns the PASID table (SMMUv3 nesting), as Linux's find_fault_handler() does.
+   */
+  routePasidsToRid?: boolean;
+  /**
+   * SMMU_IDR0.TERM_MODEL of the physical SMMUs (default 0): with 1 a terminated stalled
+   * transaction always aborts (CMD_RESUME's Ab is ignored); with 0 Ab=0 completes it RAZ/WI.
+   */
+  termModel?: 0 | 1;
 }
 
 /** A stream table entry: the stage-1 context, the tag its IOTLB entries carry, and that IOTLB. */
@@ -127,9 +138,13 @@ export class Iommu {
   private requesterOf: (streamId: number, pasid: number) => number = () => -1;
   private wakeRequester: (requester: number) => void = () => {};
   private readonly handlers = new Map<number, IopfHandler>();
+  /** Streams whose RID is attached to a nested domain with the guest's own PASID (CD) table. */
+  private readonly userPasidTables = new Set<number>();
+  private readonly routePasidsToRid: boolean;
   /** Test-only planted bugs (host/vmm/plant.ts), and the occurrences they count. */
-  private bugs: { dropResponse?: number; misrouteFault?: number; staleTranslation?: number } = {};
+  private bugs: PlantedIommuBugs = {};
   private groupsRouted = 0;
+  private unroutedGroups = 0;
   private responsesSent = 0;
   private rangeInvalidations = 0;
 
@@ -163,10 +178,8 @@ export class Iommu {
         ),
     );
     this.iotlb = this.instances[0].iotlb;
-    // A PASID without a handler of its own falls back to the RID's: with a nested stream the
-    // guest owns the CD table, so every PASID's faults belong to the RID's attachment.
-    const handlerFor = (streamId: number, pasid: number) =>
-      this.handlers.get(handlerKey(streamId, pasid)) ?? this.handlers.get(handlerKey(streamId, RID));
+    this.routePasidsToRid = options.routePasidsToRid ?? false;
+    const handlerFor = (streamId: number, pasid: number) => this.faultHandlerOf(streamId, pasid);
     this.iopf = new IopfQueue(
       (streamId, pasid) =>
         this.bugs.misrouteFault === ++this.groupsRouted
@@ -352,7 +365,7 @@ export class Iommu {
   }
 
   /** Test only: make the IOMMU misbehave at the n-th occurrence of an event (host/vmm/plant.ts). */
-  plantBugs(bugs: { dropResponse?: number; misrouteFault?: number; staleTranslation?: number }): void {
+  plantBugs(bugs: PlantedIommuBugs): void {
     this.bugs = { ...bugs };
   }
 
@@ -382,12 +395,41 @@ export class Iommu {
   }
 
   /**
-   * Route the page requests of (stream, PASID) to `handler` (`pasid` undefined: the RID, which
-   * also takes every PASID without a route of its own); `undefined` removes the route.
+   * Route the page requests of (stream, PASID) to `handler` (`pasid` undefined: the RID, whose
+   * requests carry no PASID or PASID 0); `undefined` removes the route.
    */
   setFaultHandler(streamId: number, pasid: number | undefined, handler: IopfHandler | undefined): void {
     if (handler) this.handlers.set(handlerKey(streamId, pasid), handler);
     else this.handlers.delete(handlerKey(streamId, pasid));
+  }
+
+  /**
+   * The stream's RID is attached to a nested domain whose PASID table the guest manages (an SMMUv3
+   * CD table): its PASIDs are never attached one by one, so their page requests report through
+   * the RID's attachment (Linux: iommu_ops.user_pasid_table with an IOMMU_DOMAIN_NESTED RID).
+   */
+  setUserPasidTable(streamId: number, guestOwned: boolean): void {
+    if (guestOwned) this.userPasidTables.add(streamId);
+    else this.userPasidTables.delete(streamId);
+  }
+
+  /**
+   * Who takes the page requests of (stream, PASID): the PASID's own route; for a PASID without
+   * one, the RID's only under a guest-owned PASID table or device-owner routing. Anything else
+   * has no handler, and the IOPF layer answers the group INVALID at once: a PASID's faults must
+   * never reach whoever holds the RID (on a shared function, another VM).
+   */
+  faultHandlerOf(streamId: number, pasid: number): IopfHandler | undefined {
+    const own = this.handlers.get(handlerKey(streamId, pasid));
+    if (own) return own;
+    if (
+      pasid === 0 ||
+      this.routePasidsToRid ||
+      this.userPasidTables.has(streamId) ||
+      (this.bugs.ridFallback !== undefined && ++this.unroutedGroups >= this.bugs.ridFallback)
+    )
+      return this.handlers.get(handlerKey(streamId, undefined));
+    return undefined;
   }
 
   /**
@@ -597,6 +639,15 @@ const RID = -1;
 
 function handlerKey(streamId: number, pasid: number | undefined): number {
   return streamId * 0x10_0001 + (pasid ?? RID) + 1;
+}
+
+/** Bugs a test plants on purpose (vmm/plant.ts says what each is for). */
+export interface PlantedIommuBugs {
+  dropResponse?: number;
+  misrouteFault?: number;
+  staleTranslation?: number;
+  /** From the n-th page-request group of a PASID without a route on, report it through the RID's. */
+  ridFallback?: number;
 }
 
 function streamOfKey(key: number): number {

@@ -216,6 +216,7 @@ export class Smmuv3Ops implements IommuOps, Stage2Owner {
     const base = { s2: s2.table, host: this.iommu.host, cdTableGpa: 0, cdLog2: 0, stall: dev.stall };
     this.stage2Of.set(dev.streamId, s2);
     this.iommu.setEventHandler(dev.streamId, undefined);
+    this.iommu.setUserPasidTable(dev.streamId, domain.kind === 'nested');
     if (domain.kind === 'paging') {
       this.iommu.installStream(dev.streamId, { ...base, s1Bypass: true });
       return;
@@ -238,6 +239,7 @@ export class Smmuv3Ops implements IommuOps, Stage2Owner {
     if (pasid !== undefined) return;
     this.stage2Of.delete(device.streamId);
     this.iommu.setEventHandler(device.streamId, undefined);
+    this.iommu.setUserPasidTable(device.streamId, false);
     this.iommu.removeStream(device.streamId);
   }
 

@@ -23,6 +23,23 @@ const DEADLINE_P = 0.2;
 const POSTMESSAGE_P = 0.15;
 /** Chance that a run has physical IOMMUs of its own (1 to 3, small queues, devices spread). */
 const IOMMUS_P = 0.3;
+/** Chance that a queue's size is drawn at a limit of its range (smallest or largest). */
+const QUEUE_LIMIT_P = 0.1;
+/** Chance that a PRI device has the host inject page requests on one of its PASIDs. */
+const INJECT_P = 0.15;
+/**
+ * Chance that a shared function's interface without the RID injects page requests on its PASID
+ * and is torn down mid-run: requests for a PASID whose attachment is gone, the shape in which a
+ * fallback to the RID's handler delivers one VM's faults to another.
+ */
+const ORPHANED_INTERFACE_P = 0.4;
+/** Teardown ops after which an interface's PASIDs have no route (ioasid-owner routing). */
+const ORPHANING_OPS = ['detach', 'unbind'] as const;
+/**
+ * Chance that a run without a shared function uses device-owner routing: its PASIDs' HWPTs have
+ * no fault queue, and their faults report through the RID's.
+ */
+const DEVICE_OWNER_P = 0.15;
 
 /**
  * The seed of run `index` in a campaign seeded `campaignSeed`. Run 0 has the campaign's seed, so
@@ -49,6 +66,9 @@ const between = (prng: Prng, min: number, max: number): number => min + prng.bel
 /** Integer in [1, max] skewed toward 1: 1 + floor(max * u^power) for a uniform u. */
 const skewed = (prng: Prng, max: number, power: number): number =>
   1 + Math.min(max - 1, Math.floor(max * (prng.nextU32() / 0x1_0000_0000) ** power));
+/** A queue's log2 size, mostly in [min, max], now and then at a limit of the schema's range. */
+const queueLog2 = (prng: Prng, min: number, max: number, lowest = min, highest = max): number =>
+  chance(prng, QUEUE_LIMIT_P) ? pick(prng, [lowest, highest]) : between(prng, min, max);
 
 /**
  * Buffer sizes (pages per device): a page fault per page, small enough that a run takes a second or
@@ -76,7 +96,17 @@ type DeviceInput = {
   priCredits: number;
   function?: string;
   iommu?: string;
+  inject?: { ratePerSec: number; groupSize: number; pasid: number };
 };
+
+/** Page requests the host raises on one of the device's PASIDs (0: its RID, when it holds it). */
+function injector(prng: Prng, device: DeviceInput, holdsRid: boolean): DeviceInput['inject'] {
+  return {
+    ratePerSec: pick(prng, [200, 1000, 2000]),
+    groupSize: between(prng, 1, Math.min(4, device.priCredits)),
+    pasid: pick(prng, holdsRid ? [0, ...device.pasids] : device.pasids),
+  };
+}
 
 export function drawTopology(seed: number): Topology {
   const prng = new Prng(seed ^ 0x2545f491);
@@ -110,6 +140,9 @@ export function drawTopology(seed: number): Topology {
         priCredits: pick(prng, [1, 2, 4, 8, 32, 32]),
       };
     });
+    for (const device of devices) {
+      if (device.pri && chance(prng, INJECT_P)) device.inject = injector(prng, device, true);
+    }
     const timeout = misbehave.some((m) => SILENT.includes(m));
     const pages = workloadPages(prng, kind);
     return {
@@ -123,11 +156,13 @@ export function drawTopology(seed: number): Topology {
         seed: prng.nextU32(),
         queueDepth: pick(prng, [1, 2, 4, 8, 16]),
       },
+      // The largest limits are the schema's, except the DMA queue's (a 2^12-slot completion queue
+      // per device would hold every op a run makes, and test nothing of a full queue).
       queues: {
-        priqLog2: between(prng, 1, 8),
-        evtqLog2: between(prng, 1, 6),
-        cmdqLog2: between(prng, 1, 8),
-        dmaQueueLog2: between(prng, 1, 6),
+        priqLog2: queueLog2(prng, 1, 8, 1, 19),
+        evtqLog2: queueLog2(prng, 1, 6, 1, 19),
+        cmdqLog2: queueLog2(prng, 1, 8, 1, 19),
+        dmaQueueLog2: queueLog2(prng, 1, 6),
       },
       misbehave,
       ...(timeout ? { responseTimeoutMs: between(prng, 200, 500) } : {}),
@@ -146,7 +181,14 @@ export function drawTopology(seed: number): Topology {
       if (vm.devices.length === MAX_DEVICES) vm.devices[MAX_DEVICES - 1] = iface;
       else vm.devices.push(iface);
     });
+    if (chance(prng, ORPHANED_INTERFACE_P)) {
+      const iface = b.devices.find((d) => d.function === 'sf0') as DeviceInput;
+      iface.inject = injector(prng, iface, false);
+      b.teardown = { atMs: between(prng, 0, 100), op: pick(prng, ORPHANING_OPS) };
+      if (b.workload.kind === 'idle') b.workload = { ...b.workload, kind: 'sva-stream', pages: 512 };
+    }
   }
+  const shared = vms.some((vm) => vm.devices.some((d) => d.function !== undefined));
   // Room for every device's buffer and its page tables (the sum topology.ts checks).
   for (const vm of vms) {
     const pages = vm.workload.pages;
@@ -157,8 +199,8 @@ export function drawTopology(seed: number): Topology {
   const iommus = chance(prng, IOMMUS_P)
     ? Array.from({ length: between(prng, 1, 3) }, (_, i) => ({
         name: `iommu${i}`,
-        priqLog2: between(prng, 3, 8),
-        evtqLog2: between(prng, 2, 8),
+        priqLog2: queueLog2(prng, 3, 8, 1, 19),
+        evtqLog2: queueLog2(prng, 2, 8, 1, 19),
       }))
     : undefined;
   if (iommus) {
@@ -170,7 +212,7 @@ export function drawTopology(seed: number): Topology {
   const transport = chance(prng, POSTMESSAGE_P) ? 'postmessage' : 'sab';
   return TopologySchema.parse({
     name: `stress-${seed.toString(16)}`,
-    routing: 'ioasid-owner',
+    routing: !shared && chance(prng, DEVICE_OWNER_P) ? 'device-owner' : 'ioasid-owner',
     ...(iommus ? { iommus } : {}),
     ...(deadline === undefined ? {} : { iopfTimeoutMs: deadline }),
     transport,

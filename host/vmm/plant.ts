@@ -1,3 +1,5 @@
+import type { PlantedIommuBugs } from '../iommu/iommu.ts';
+
 /**
  * Test-only bug planting: the checker must be shown to catch what it claims, so a test (or the CLI,
  * through the IOASID_SANDBOX_PLANT environment variable) can make the host misbehave on purpose
@@ -9,17 +11,17 @@
  *                        VM that does not own it: `fault-delivered-to-non-owner`
  *   stale-translation=n  from the n-th ranged IOTLB invalidation on, none takes effect, so DMA keeps
  *                        using translations the guest invalidated: `dma-data-mismatch`
+ *   rid-fallback=n       from the n-th page-request group of a PASID without a route on, the group
+ *                        goes to the RID's handler (issue 14's leak: on a shared function, another
+ *                        VM's; on a PASID nobody owns, the RID holder's): `fault-delivered-to-non-owner`
  */
-export interface PlantedBugs {
-  dropResponse?: number;
-  misrouteFault?: number;
-  staleTranslation?: number;
-}
+export type PlantedBugs = PlantedIommuBugs;
 
 const KEYS: Record<string, keyof PlantedBugs> = {
   'drop-response': 'dropResponse',
   'misroute-fault': 'misrouteFault',
   'stale-translation': 'staleTranslation',
+  'rid-fallback': 'ridFallback',
 };
 
 /** Parse `drop-response=3,misroute-fault=1`; throws on an unknown name or a bad count. */

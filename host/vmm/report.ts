@@ -42,6 +42,12 @@ export interface VmReport {
    */
   dmaCycleUs: CyclePercentiles;
   dmaFailed: number;
+  /**
+   * DMA descriptors its devices refused (a malformed one, or one naming a PASID its interface of a
+   * shared function was not assigned: `foreignPasidDescriptors`, counted in both).
+   */
+  badDescriptors: number;
+  foreignPasidDescriptors: number;
   dropped: number;
   /** Overflow conditions the guest's page request queue raised (SMMUv3 OVFLG, VT-d PRO). */
   overflows: number;

@@ -151,6 +151,7 @@ export class Sandbox {
       instances: physicalIommus(topology),
       onThreadError: (error) => this.threadException(error),
       scheduleTurn: this.reactor.defer,
+      routePasidsToRid: topology.routing === 'device-owner',
     });
     this.trace = options.trace ? new FaultTrace() : undefined;
     if (topology.iopfTimeoutMs !== undefined) {
@@ -526,6 +527,8 @@ export class Sandbox {
         dmaCompleted: vm.devices.reduce((n, d) => n + d.stats.completed, 0),
         dmaCycleUs: vm.guestStats?.dmaCycleUs ?? { p50: 0, p99: 0, max: 0, count: 0 },
         dmaFailed: vm.devices.reduce((n, d) => n + d.stats.failed, 0),
+        badDescriptors: vm.devices.reduce((n, d) => n + d.stats.badDescriptors, 0),
+        foreignPasidDescriptors: vm.devices.reduce((n, d) => n + d.stats.foreignPasids, 0),
         dropped: vm.model.stats.dropped,
         overflows: vm.model.stats.overflows,
         unknownResponses: vm.model.stats.unknownResponses,
@@ -571,6 +574,7 @@ export class Sandbox {
         dropped: sum((vm) => vm.model.stats.dropped) + priq('discarded'),
         lost,
         iopfTimeouts: this.iopfTimeouts(),
+        unrouted: iommu.iopf.stats.answeredWithoutHandler + iommu.stallIopf.iopf.stats.answeredWithoutHandler,
       },
       dma: {
         ops: sumDevices((d) => d.stats.ops),

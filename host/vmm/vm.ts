@@ -178,6 +178,11 @@ export class Vm implements ReactorClient {
             priCredits: device.priCredits,
             stall: device.stall,
             sharedPri: wiring.devices[i].sharedPri,
+            interfacePasids: wiring.devices[i].sharedPri
+              ? wiring.devices[i].ownsRid
+                ? [0, ...device.pasids]
+                : device.pasids
+              : undefined,
             memory: this.memory,
             tracer: wiring.trace && deviceTracer(wiring.trace, index, i + 1, wiring.devices[i].streamId),
           },
