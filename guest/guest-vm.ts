@@ -150,6 +150,7 @@ export class GuestVm implements GuestControl {
         this.memory,
         syncWord,
         misbehave,
+        { hostBell, idr0: config.smmuIdr0 },
       );
     } else {
       throw new Error(`channel layout has no fault queues for ${config.channelConfig.flavour}`);

@@ -12,8 +12,13 @@
  *   partial groups whose Last may have been lost (the SMMU auto-answered those), and only then
  *   acknowledges the overflow.
  * - One CONS store per drained batch and one PROD store per batch of commands.
+ * - Event-queue slots it frees are signalled to the host (the SMMU sees a CONS register write):
+ *   the vSMMU may hold stall records waiting for exactly that room.
+ * - It reads IDR0.TERM_MODEL; like Linux's driver it terminates a stall it cannot page in with
+ *   Ab=1 (abort), which is the same under either terminate model.
  */
 import type { GuestStats } from '../shared/control.ts';
+import type { Doorbell } from '../shared/doorbell.ts';
 import type { GuestMemory } from '../shared/guest-memory.ts';
 import {
   encodePriResp,
@@ -30,6 +35,7 @@ import {
 import { decodeEvtqEntry, newEvtqEntry } from '../shared/records/evtq-entry.ts';
 import { decodePriqEntry, isStopMarker, newPriqEntry } from '../shared/records/priq-entry.ts';
 import type { RingConsumer, RingProducer } from '../shared/ring.ts';
+import { IDR0_TERM_MODEL, termModelOf } from '../shared/smmuv3-idr.ts';
 import type { Misbehaviour } from './misbehave.ts';
 import { type DemandPager, PAGE_IN_OK } from './mm/demand-pager.ts';
 
@@ -39,9 +45,19 @@ const RID_PASID = 0;
 /** Answers published at a time while the PRI queue drains (a power of two). */
 const ANSWER_BATCH = 8;
 
+export interface Smmuv3DriverOptions {
+  /** The VM's line to the host (host-signal.ts): rung when the driver frees event-queue slots. */
+  hostBell?: Doorbell;
+  /** SMMU_IDR0 as the vSMMU advertises it (shared/smmuv3-idr.ts); unset reads as TERM_MODEL=1. */
+  idr0?: number;
+}
+
 export class Smmuv3Driver {
   /** True when the last poll stopped because the command queue was full. */
   blockedOnCommandQueue = false;
+  /** IDR0.TERM_MODEL: 0, CMD_RESUME with Ab=0 completes a stalled transaction RAZ/WI; 1, it aborts. */
+  readonly termModel: 0 | 1;
+  private readonly hostBell: Doorbell | undefined;
 
   private readonly entry = newPriqEntry();
   private readonly event = newEvtqEntry();
@@ -65,7 +81,11 @@ export class Smmuv3Driver {
     private readonly syncWordGpa: number,
     /** A hostile guest's hooks (misbehave.ts); absent for a well-behaved one. */
     private readonly misbehave?: Misbehaviour,
-  ) {}
+    options: Smmuv3DriverOptions = {},
+  ) {
+    this.hostBell = options.hostBell;
+    this.termModel = termModelOf(options.idr0 ?? IDR0_TERM_MODEL);
+  }
 
   /** The PRI queue, as the driver consumes it. */
   get pageRequestRing(): RingConsumer {
@@ -146,6 +166,9 @@ export class Smmuv3Driver {
       consumed += done;
       if (this.blockedOnCommandQueue) break;
     }
+    // The freed slots are what a held stall record waits for: the host sees the CONS write now,
+    // not at its next unrelated wake-up.
+    if (consumed > 0) this.hostBell?.ring();
     this.stats.events += consumed;
     if (!this.blockedOnCommandQueue && this.evtq.overflowPending() && this.evtq.empty()) {
       this.evtq.acknowledgeOverflow();

@@ -89,6 +89,8 @@ export interface GuestBoot {
    * setting bit `index` and ringing its doorbell. Absent over postMessage, where the link rings.
    */
   hostSignal?: SharedArrayBuffer;
+  /** SMMU_IDR0 of the guest's vSMMU (shared/smmuv3-idr.ts); absent for another flavour. */
+  smmuIdr0?: number;
 }
 
 /** What the guest's vIOMMU driver installed for one device (the vSTE's view of it). */

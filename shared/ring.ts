@@ -167,6 +167,15 @@ export class RingProducer {
     return this.publish();
   }
 
+  /**
+   * The consumer's index shows a free slot: a look that changes nothing and counts nothing (a
+   * corrupt index reads as no room), for a host deciding whether it has work before it sleeps.
+   */
+  hasRoom(): boolean {
+    const cons = Atomics.load(this.view.words, CONS) & this.view.mask;
+    return ((this.prod - cons) & this.view.mask) < this.size;
+  }
+
   /** Records published or committed and not yet consumed, as far as the consumer's index says. */
   used(): number {
     return this.size - this.refreshFree();
@@ -174,11 +183,15 @@ export class RingProducer {
 
   /**
    * Note that a record was discarded because the ring was full. Toggles OVFLG only when no overflow
-   * is pending; returns true when this call raised the overflow condition.
+   * is pending; returns true when this call raised the overflow condition. Records committed ahead
+   * of the discard are published first: the overflow flag is never observable before the entries
+   * written ahead of it (SMMU spec 7.4, 8.1), or a consumer would read "empty, overflowed",
+   * acknowledge, and drop partial groups whose entries were still coming.
    */
   discard(): boolean {
     this.discarded++;
     if (this.overflowPending()) return false;
+    this.publish();
     this.overflowFlag ^= FLAG;
     Atomics.store(this.view.words, PROD, this.published | this.overflowFlag);
     this.mirror?.store(this.view.words, PROD, 1);

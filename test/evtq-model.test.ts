@@ -20,6 +20,7 @@ import {
   recordsFetchAddress,
 } from '../shared/records/evtq-entry.ts';
 import { RingConsumer, RingProducer, ringBytes } from '../shared/ring.ts';
+import { StoreRecorder } from './support/store-recorder.ts';
 
 /** Bit `n` of the 64-bit dword `d` of the record at word 0 of `words`. */
 function bit(words: Int32Array, d: number, n: number): number {
@@ -184,6 +185,28 @@ describe('SMMUv3 event queue model', () => {
     expect(write(9)).toBe('discarded');
     expect(consumer.overflowPending()).toBe(true);
     expect(consumer.poll()).toBe(8);
+  });
+
+  test('OVFLG is never observable before the records written ahead of it (recorded PROD stores)', () => {
+    const stores = new StoreRecorder();
+    const geometry = { log2Size: 3, recordWords: EVTQ_ENTRY_WORDS };
+    const ring = new RingProducer(new SharedArrayBuffer(ringBytes(geometry)), 0, geometry, undefined, stores);
+    const model = new EventQueueModel(ring);
+    const e = newEvtqEntry();
+    e.eventType = F_TRANSLATION;
+    for (let i = 1; i <= 8; i++) {
+      e.streamId = i;
+      expect(model.write(e)).toBe('written'); // committed, not flushed: one batch
+    }
+    e.streamId = 9;
+    expect(model.write(e)).toBe('discarded');
+    e.streamId = 10;
+    expect(model.write(e)).toBe('discarded');
+    model.flush();
+    expect(stores.prod).toEqual([
+      { index: 8, overflow: false },
+      { index: 8, overflow: true },
+    ]);
   });
 
   test('the event queue keeps writing while the overflow is unacknowledged', () => {

@@ -11,6 +11,7 @@ import {
   IOMMU_VEVENTQ_FLAG_LOST_EVENTS,
   IOMMUFD_PAGE_RESP_INVALID,
   IOMMUFD_PAGE_RESP_SUCCESS,
+  IOMMUFD_PAGE_RESP_TERMINATE,
   newPgfaultFields,
   PAGE_RESPONSE_BYTES,
   PERM_EXEC,
@@ -50,7 +51,7 @@ const attachmentB = { name: 'dev 2 pasid 5' };
 function group(
   grpid: number,
   requests: { addr: number; perm: number }[] = [{ addr: 0x1000, perm: PERM_READ }],
-  opts: { devId?: number; pasid?: number; pasidValid?: boolean; attachment?: object } = {},
+  opts: { devId?: number; pasid?: number; pasidValid?: boolean; attachment?: object; stall?: boolean } = {},
 ): TestGroup {
   const answers: number[] = [];
   return {
@@ -63,6 +64,7 @@ function group(
     addresses: Float64Array.from(requests, (r) => r.addr),
     accesses: Uint8Array.from(requests, (r) => r.perm),
     attachment: opts.attachment ?? attachmentA,
+    stall: opts.stall,
     generation: 0,
     answers,
     respond(code: number) {
@@ -347,6 +349,20 @@ describe('FAULT object', () => {
     expect(errnoOf(() => fd.write(responses([1, 2])))).toBe('EINVAL');
     expect(errnoOf(() => fd.write(responses([1, 0xf])))).toBe('EINVAL');
     expect(g.answers).toEqual([]);
+    expect(fault.awaitingCount).toBe(1);
+  });
+
+  test('TERMINATE (a sandbox extension) answers a stalled transaction only: a page-request group refuses it', () => {
+    const { fault, fd } = setupFault();
+    const pri = group(1);
+    const stalled = group(2, undefined, { stall: true });
+    fault.report(pri);
+    fault.report(stalled);
+    readRecords(fd, 2);
+    expect(errnoOf(() => fd.write(responses([1, IOMMUFD_PAGE_RESP_TERMINATE])))).toBe('EINVAL');
+    expect(pri.answers).toEqual([]);
+    expect(fd.write(responses([2, IOMMUFD_PAGE_RESP_TERMINATE]))).toBe(8);
+    expect(stalled.answers).toEqual([IOMMUFD_PAGE_RESP_TERMINATE]);
     expect(fault.awaitingCount).toBe(1);
   });
 

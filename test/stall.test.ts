@@ -6,6 +6,7 @@ import { ACCESS_EXEC, ACCESS_PRIV, ACCESS_READ, ACCESS_WRITE } from '../host/iom
 import {
   NO_STAG,
   newStalledTransaction,
+  STALL_RESP_TERMINATE,
   type StallEndpoint,
   type StallFault,
   StallIopfBridge,
@@ -307,6 +308,22 @@ describe('stall to IOPF bridge', () => {
     expect(orphan.bridge.toIopf(1, c)).toBe(true);
     expect(orphan.outcomes).toEqual([[3, 'abort']]);
     expect(orphan.bridge.iopf.stats.answeredWithoutHandler).toBe(1);
+  });
+
+  test('a TERMINATE answer ends the stall RAZ/WI under TERM_MODEL=0 and with abort under 1', () => {
+    const { outcomes, stall, groups, bridge, answer } = bridged();
+    const [a] = stall(1, 0x1000, 1);
+    bridge.toIopf(1, a);
+    expect(groups[0].stall).toBe(true);
+    answer(0, STALL_RESP_TERMINATE);
+    expect(outcomes).toEqual([[1, 'raz']]);
+    expect(bridge.stats).toMatchObject({ terminated: 1, aborted: 0, retried: 0 });
+
+    const abortOnly = bridged({ abortOnly: true });
+    const [b] = abortOnly.stall(1, 0x1000, 2);
+    abortOnly.bridge.toIopf(1, b);
+    abortOnly.answer(0, STALL_RESP_TERMINATE);
+    expect(abortOnly.outcomes).toEqual([[2, 'abort']]);
   });
 
   test("a late IOPF answer never resumes a newer stall that reused the group's STAG", () => {

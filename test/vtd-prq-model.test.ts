@@ -28,6 +28,7 @@ import {
   vtdPrqConsumer,
 } from '../shared/vtd-prq-registers.ts';
 import { spawnWorker } from '../shared/worker-spawn.ts';
+import { StoreRecorder } from './support/store-recorder.ts';
 
 /** Bit `n` of the 64-bit qword `q` of the descriptor at word 0 of `words`. */
 function bit(words: Int32Array, q: number, n: number): number {
@@ -229,6 +230,26 @@ describe('VT-d page request queue model', () => {
     host.status.write(PRS_PPR);
     write(3);
     expect(visibleAtPpr).toEqual([1, 2, 4]);
+  });
+
+  test('PRO is never observable before the requests written ahead of it (recorded PQT and PRS stores)', () => {
+    const stores = new StoreRecorder();
+    const buffer = new SharedArrayBuffer(vtdPrqBytes(3));
+    const host = new VtdPageRequestQueue(buffer, 0, 3, undefined, stores);
+    const request = newVtdPageRequest();
+    for (let i = 0; i < 7; i++) {
+      request.prgIndex = i;
+      expect(host.write(request)).toBe('written');
+    }
+    request.lpig = true;
+    expect(host.write(request)).toBe('dropped');
+    // The order the other side sees: every PQT store of the seven requests, and only then PRO.
+    const order = stores.stores.filter((s) => s.kind === 'prod' || s.kind === 'or');
+    const pro = order.findIndex((s) => s.kind === 'or' && (s.value & PRS_PRO) !== 0);
+    expect(pro).toBeGreaterThan(0);
+    const tails = order.slice(0, pro).filter((s) => s.kind === 'prod');
+    expect(tails.map((s) => (s.kind === 'prod' ? s.index : -1))).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    expect(order.slice(pro + 1).some((s) => s.kind === 'prod')).toBe(false);
   });
 
   test('the handler clears PPR before it reads, so a request landing mid-drain raises a new interrupt', () => {

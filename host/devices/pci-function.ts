@@ -54,6 +54,11 @@ export interface DmaObserver {
    * response to a group of another PASID, more page requests outstanding than its credits).
    */
   hostViolation(device: PciFunction, rule: string, detail: string): void;
+  /**
+   * A stalled read of (pasid, va) was terminated RAZ/WI (CMD_RESUME Ab=0, TERM_MODEL=0): its
+   * `bytes` read as zeros, so there is nothing to check against the pattern, and the DMA went on.
+   */
+  razRead?(device: PciFunction, pasid: number, va: number, bytes: number): void;
   /** A translation fault the device could not recover with PRI. */
   unrecoverableFault(
     device: PciFunction,
@@ -112,6 +117,8 @@ export interface PciFunctionStats {
   /** Transactions that stalled, and the stalls resumed with retry. */
   stalls: number;
   stallRetries: number;
+  /** Stalled reads terminated RAZ/WI: they completed, reading zeros (none of it verified). */
+  razReads: number;
   /** Stop PASID markers the function emitted. */
   stopMarkers: number;
   /** Page-request groups injected by the host (no DMA waiting on them). */
@@ -147,6 +154,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     unrecoverableFaults: 0,
     stalls: 0,
     stallRetries: 0,
+    razReads: 0,
     stopMarkers: 0,
     injected: 0,
     injectedEvents: 0,
@@ -371,11 +379,29 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     if (outcome === 'retry') {
       this.stats.stallRetries++;
       this.enqueue(token, READY);
+    } else if (outcome === 'raz') {
+      this.readAsZero(token);
+      this.enqueue(token, READY);
     } else {
-      // Abort, or RAZ/WI: the read returns no data the oracle could check; the transfer fails.
       this.finish(token, DMA_STATUS_FAULT);
     }
     this.wake();
+  }
+
+  /**
+   * RAZ/WI (SMMU spec 4.7.1, Ab=0 with TERM_MODEL=0): the stalled transaction completes
+   * successfully, a read returning zeros (a write would be ignored; this function only reads). It
+   * was one chunk of the op, up to the page end; the rest of the op translates as usual.
+   */
+  private readAsZero(op: number): void {
+    const va = this.opVa[op] + this.opDone[op];
+    const chunk = Math.min(this.opLength[op] - this.opDone[op], PAGE_SIZE - (va % PAGE_SIZE));
+    this.staging.fill(0, 0, (chunk + 3) >>> 2);
+    this.opDone[op] += chunk;
+    // Ended without a translation: no fault round trip to record.
+    this.opFaultedAt[op] = 0;
+    this.stats.razReads++;
+    this.observer.razRead?.(this, this.opPasid[op], va, chunk);
   }
 
   private enqueue(op: number, state: number): void {

@@ -112,7 +112,7 @@ export class Iommu {
     eventsHostOnly: 0,
   };
   /** Stalled transactions (the stall model), and the bridge that reports them as IOPF groups. */
-  readonly stalls = new StallModel();
+  readonly stalls: StallModel;
   readonly stallIopf: StallIopfBridge;
   /** How often the same page faults again, per requester (refault-gauge.ts). */
   readonly refaults = new RefaultGauge();
@@ -149,6 +149,7 @@ export class Iommu {
   private rangeInvalidations = 0;
 
   constructor(options: IommuOptions = {}) {
+    this.stalls = new StallModel({ abortOnly: options.termModel === 1 });
     const wiring = {
       weight: options.priqWeight,
       report: (r: PageRequest) => this.iopf.report(r),

@@ -43,6 +43,11 @@ export class IopfGroup {
     return this.prgIndex;
   }
 
+  /** The group stands for a stalled transaction (it was raised by the stall bridge's queue). */
+  get stall(): boolean {
+    return this.queue.stalls;
+  }
+
   /**
    * Answer this group once; see IopfQueue.respond. A holder passes the generation it was handed:
    * an answer to a group that was answered and reused meanwhile is refused and counted.
@@ -122,6 +127,8 @@ export class IopfQueue {
   constructor(
     private readonly handlerFor: (streamId: number, pasid: number) => IopfHandler | undefined,
     private readonly endpointFor: (streamId: number) => PriEndpoint | undefined,
+    /** Its groups are stalled transactions, one each (the stall bridge's queue), not PRI groups. */
+    readonly stalls = false,
   ) {}
 
   /** Groups raised and not answered yet. */

@@ -15,6 +15,14 @@ import {
   CMD_TLBI_NH_VA,
 } from '../../shared/records/cmdq-entry.ts';
 import { EVTQ_ENTRY_WORDS, encodeEvtqEntry, newEvtqEntry } from '../../shared/records/evtq-entry.ts';
+import {
+  IDR0_ATS,
+  IDR0_PRI,
+  IDR0_S1P,
+  IDR0_S2P,
+  IDR0_TERM_MODEL,
+  IDR0_TTF_AARCH64,
+} from '../../shared/smmuv3-idr.ts';
 import { type Errno, ErrnoError } from './errno.ts';
 import { TablePool } from './io-pagetable.ts';
 import type { Iommu } from './iommu.ts';
@@ -166,7 +174,14 @@ export class Smmuv3Ops implements IommuOps, Stage2Owner {
     // struct iommu_hw_info_arm_smmuv3: flags, __reserved, idr[6], iidr, aidr (40 bytes).
     const data = new Uint8Array(40);
     const view = new DataView(data.buffer);
-    const idr0 = (1 << 0) | (1 << 1) | (2 << 2) | (1 << 10) | (1 << 16); // S2P, S1P, TTF AArch64, ATS, PRI
+    // STALL_MODEL 0b00 (stall and terminate); TERM_MODEL as the stall model terminates.
+    const idr0 =
+      IDR0_S2P |
+      IDR0_S1P |
+      IDR0_TTF_AARCH64 |
+      IDR0_ATS |
+      IDR0_PRI |
+      (this.iommu.stalls.abortOnly ? IDR0_TERM_MODEL : 0);
     view.setUint32(8, idr0, true);
     return { type: IOMMU_HW_INFO_TYPE_ARM_SMMUV3, data, capabilities: 0n };
   }

@@ -6,9 +6,11 @@
  * - (StreamID, STAG) names a stall; a STAG alone names nothing (it comes back from software, which
  *   may be a guest). STAGs are 16-bit and allocated per StreamID; a value stays taken until the
  *   stall is acknowledged by CMD_RESUME, CMD_STALL_TERM or SMMUEN -> 0.
- * - CMD_RESUME retries (the transaction is translated again as if newly arrived) or terminates it:
- *   abort with Ab=1, RAZ/WI with Ab=0, abort either way when IDR0.TERM_MODEL=1. A RESUME that
- *   names no stall is a counted no-op.
+ * - CMD_RESUME retries (the transaction is translated again as if newly arrived; Ab is ignored)
+ *   or terminates it: abort with Ab=1, RAZ/WI with Ab=0, abort either way when IDR0.TERM_MODEL=1
+ *   (option `abortOnly`; the host driver reports it in IDR0 bit 26). RAZ/WI completes the
+ *   transaction successfully: a read returns zeros, a write is ignored. A RESUME that names no
+ *   stall is a counted no-op.
  * - CMD_STALL_TERM terminates the stream's stalls present when it is consumed; SMMUEN -> 0
  *   terminates all of them. Both terminate with abort.
  * - Duplicate-stall suppression (3.12.2.1, option `suppressDuplicates`, default on): a stall to
@@ -30,7 +32,15 @@
  * nothing (one small object per StreamID, made on its first stall or binding).
  *
  * StallIopfBridge, at the end, is the driver side: it turns a recorded stall into a one-request
- * IOPF group and the group's answer into a RESUME, as Linux's arm-smmu-v3 does.
+ * IOPF group and the group's answer into a RESUME, as Linux's arm-smmu-v3 does: SUCCESS retries,
+ * INVALID and FAILURE abort, and STALL_RESP_TERMINATE terminates with Ab=0. Linux's fault fd
+ * cannot carry that third answer from a VMM; the sandbox's can (IOMMUFD_PAGE_RESP_TERMINATE), so
+ * a guest's vSMMU can run either terminate model.
+ *
+ * A guest sees a stall through its vSMMU (host/vmm/vsmmu.ts) as a Stall=1 event. That record is
+ * never dropped and never answered by the vSMMU on its own: when the guest's event queue is full it
+ * waits, the vSMMU stops reading the fault fd once its stall buffer is near full, and the guest's
+ * driver signals the host when it frees event-queue slots, so the record moves at once.
  */
 import { PAGE_SIZE } from '../../shared/guest-memory.ts';
 import { isConfigurableFault } from './event-recorder.ts';
@@ -40,6 +50,12 @@ import { ACCESS_EXEC, ACCESS_PRIV, ACCESS_WRITE } from './stage1-walker.ts';
 
 /** `StallResult.stag` of a transaction that could not stall and was terminated. */
 export const NO_STAG = -1;
+/**
+ * The answer to a stall's group that terminates it without the abort bit (CMD_RESUME Ac=0 Ab=0):
+ * RAZ/WI with TERM_MODEL=0, abort with 1. Not a PCIe PRG code (2 is reserved there); the fault fd
+ * carries it as IOMMUFD_PAGE_RESP_TERMINATE, for stall groups only.
+ */
+export const STALL_RESP_TERMINATE = 2;
 /** STAGs are 16 bits. */
 export const STAG_LIMIT = 1 << 16;
 
@@ -594,9 +610,10 @@ export class StallModel {
 export interface StallIopfStats {
   /** Stalls handed to the IOPF layer as groups. */
   raised: number;
-  /** Group answers turned into RESUME(Retry) / RESUME(Abort). */
+  /** Group answers turned into RESUME(Retry) / RESUME(Abort) / RESUME(Terminate, Ab=0). */
   retried: number;
   aborted: number;
+  terminated: number;
   /** Pending groups answered here because their stall went away first (STALL_TERM, disable, ...). */
   cancelled: number;
   /** Stage-2 stalls: the host's own, never reported as IOPF, aborted instead. */
@@ -609,7 +626,8 @@ export interface StallIopfStats {
  * The driver side of the stall model (Linux arm_smmu_handle_evt / arm_smmu_page_response,
  * fault-queues.md 1.4 and 5): a recorded stage-1 stall becomes a one-request IOPF group (grpid =
  * STAG, Last set, PASID when SSV, perm from RnW/InD/PnU) for the handler of its address space; the
- * answer becomes a RESUME: SUCCESS -> Retry, INVALID or FAILURE -> Abort.
+ * answer becomes a RESUME: SUCCESS -> Retry, INVALID or FAILURE -> Abort, STALL_RESP_TERMINATE ->
+ * Terminate with Ab=0.
  *
  * It owns an IopfQueue of its own: STAGs are 16-bit while the PRI queue keys groups by a 9-bit PRG
  * index, and its groups' answers go back to the stall model rather than to a device's PRI.
@@ -625,6 +643,7 @@ export class StallIopfBridge {
     raised: 0,
     retried: 0,
     aborted: 0,
+    terminated: 0,
     cancelled: 0,
     stage2Aborted: 0,
     unknown: 0,
@@ -662,6 +681,7 @@ export class StallIopfBridge {
       // No handler: the queue answers INVALID at once, which aborts the stall (Linux: "nobody cared").
       (streamId, pasid) => (this.handlerFor(streamId, pasid) ? this.capture : undefined),
       (streamId) => this.responder(streamId),
+      true,
     );
   }
 
@@ -735,9 +755,12 @@ export class StallIopfBridge {
       this.holderOf[handle] = undefined;
     }
     const retry = code === PRG_SUCCESS;
+    // Terminate without the abort bit: RAZ/WI, unless TERM_MODEL=1 makes every termination abort.
+    const abort = !retry && code !== STALL_RESP_TERMINATE;
     if (retry) this.stats.retried++;
-    else this.stats.aborted++;
-    this.model.resume(streamId, stag, retry, !retry);
+    else if (abort) this.stats.aborted++;
+    else this.stats.terminated++;
+    this.model.resume(streamId, stag, retry, abort);
   }
 
   /**

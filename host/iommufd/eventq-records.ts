@@ -142,9 +142,18 @@ export function readPgfaultInto(view: DataView, offset: number, out: PgfaultFiel
 
 export const PAGE_RESPONSE_BYTES = 8;
 
-/** The only two codes a FAULT fd accepts (they equal the IOMMU core's and PCIe PRG codes). */
+/** The only two codes Linux's FAULT fd accepts (they equal the IOMMU core's and PCIe PRG codes). */
 export const IOMMUFD_PAGE_RESP_SUCCESS = 0;
 export const IOMMUFD_PAGE_RESP_INVALID = 1;
+/**
+ * A sandbox extension, not in Linux's uAPI: terminate a stalled transaction without the abort bit
+ * (SMMUv3 CMD_RESUME Ac=0 Ab=0), which completes it RAZ/WI when the SMMU's IDR0.TERM_MODEL is 0
+ * and aborts it when 1. Linux's fault fd takes SUCCESS and INVALID only, so a VMM on it cannot pass
+ * a guest's Ab=0 on and has to advertise TERM_MODEL=1; the sandbox carries it so that both
+ * terminate models can be run. Refused (EINVAL) for a page-request group. Equals stall.ts's
+ * STALL_RESP_TERMINATE.
+ */
+export const IOMMUFD_PAGE_RESP_TERMINATE = 2;
 
 const RESPONSE_COOKIE = 0;
 const RESPONSE_CODE = 4;

@@ -16,6 +16,7 @@ import { IommufdError } from './errors.ts';
 import {
   IOMMUFD_PAGE_RESP_INVALID,
   IOMMUFD_PAGE_RESP_SUCCESS,
+  IOMMUFD_PAGE_RESP_TERMINATE,
   newPgfaultFields,
   PAGE_RESPONSE_BYTES,
   type PageResponse,
@@ -50,6 +51,8 @@ export interface FaultGroup {
   readonly accesses: Uint8Array;
   /** Identity of the (device, pasid) attachment that raised it. */
   readonly attachment: object;
+  /** The group stands for a stalled transaction (SMMUv3 stall model), not for page requests. */
+  readonly stall?: boolean;
   /** Moves on each time the (pooled) group is answered and reused. */
   readonly generation: number;
   /**
@@ -293,10 +296,20 @@ export class FaultObject extends IommufdObject {
       let failure: IommufdError | undefined;
       let group: FaultGroup | undefined;
       let generation = 0;
-      if (code !== IOMMUFD_PAGE_RESP_SUCCESS && code !== IOMMUFD_PAGE_RESP_INVALID) {
+      if (
+        code !== IOMMUFD_PAGE_RESP_SUCCESS &&
+        code !== IOMMUFD_PAGE_RESP_INVALID &&
+        code !== IOMMUFD_PAGE_RESP_TERMINATE
+      ) {
         failure = new IommufdError(
           'EINVAL',
           `response at byte ${done}: code ${code} is not SUCCESS or INVALID`,
+        );
+      } else if (code === IOMMUFD_PAGE_RESP_TERMINATE && this.responses.peek(cookie)?.stall !== true) {
+        failure = new IommufdError(
+          'EINVAL',
+          `response at byte ${done}: code ${code} (TERMINATE) answers only a stalled transaction; ` +
+            'answer a page-request group SUCCESS or INVALID',
         );
       } else {
         generation = this.responses.generationOf(cookie);

@@ -26,6 +26,11 @@ export interface UnrecoverableFaults {
 export class DmaOracle implements DmaObserver {
   bytesVerified = 0;
   unrecoverableFaults = 0;
+  /**
+   * Stalled reads terminated RAZ/WI: they completed with zeros, which are not the pattern and are
+   * not checked against it (not a mismatch: the guest asked for RAZ/WI).
+   */
+  razReads = 0;
   readonly byVm = new Map<string, UnrecoverableFaults>();
 
   // Per watched device, by its slot (`device.observerSlot`): the device itself (to tell a slot
@@ -40,6 +45,7 @@ export class DmaOracle implements DmaObserver {
   private readonly vmIndexOf = new Map<string, number>();
   private readonly vmVerified: number[] = [];
   private readonly vmStale: number[] = [];
+  private readonly vmRaz: number[] = [];
 
   constructor(
     private readonly invariants: InvariantChecker,
@@ -59,6 +65,11 @@ export class DmaOracle implements DmaObserver {
     return this.perVm(this.vmStale);
   }
 
+  /** Stalled reads terminated RAZ/WI, per VM (VMs with none left out). */
+  get razReadsByVm(): Map<string, number> {
+    return this.perVm(this.vmRaz);
+  }
+
   watch(device: PciFunction, owner: DeviceOwner): void {
     let vm = this.vmIndexOf.get(owner.vm);
     if (vm === undefined) {
@@ -67,6 +78,7 @@ export class DmaOracle implements DmaObserver {
       this.vmNames.push(owner.vm);
       this.vmVerified.push(0);
       this.vmStale.push(0);
+      this.vmRaz.push(0);
     }
     let slot = this.slotOf.get(device);
     if (slot === undefined) {
@@ -110,6 +122,12 @@ export class DmaOracle implements DmaObserver {
       device: device.name,
       detail: `PASID ${pasid} VA 0x${(va + bad * 4).toString(16)}: read 0x${(words[at + bad] >>> 0).toString(16)}, not the pattern`,
     });
+  }
+
+  razRead(device: PciFunction, _pasid: number, _va: number, _bytes: number): void {
+    this.razReads++;
+    const slot = this.slotOf.get(device);
+    if (slot !== undefined) this.vmRaz[this.slotVm[slot]]++;
   }
 
   hostViolation(device: PciFunction, rule: string, detail: string): void {

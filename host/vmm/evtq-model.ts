@@ -93,6 +93,14 @@ export class EventQueueModel {
   }
 
   /**
+   * A held stall record can be written now: the queue is enabled and the guest's CONS shows a free
+   * slot. What the host checks when software may have freed slots, before it sleeps.
+   */
+  get canPump(): boolean {
+    return this.heldCount > 0 && this.enabled && this.ring.hasRoom();
+  }
+
+  /**
    * Deliver one event record (encoded at once; `record` may be reused by the caller).
    * 'written': committed, visible after `flush()`. 'discarded': lost (counted by reason).
    * 'waiting': a stall record held until `pump()` or a later `write()` finds room.

@@ -77,6 +77,11 @@ export interface VmReport {
   injectedEvents: number;
   /** Bytes this VM's devices moved by DMA. */
   bytesMoved: number;
+  /**
+   * Stalled reads the guest terminated RAZ/WI (CMD_RESUME Ab=0, TERM_MODEL=0): they completed with
+   * zeros, which the oracle does not check against the pattern.
+   */
+  razReads: number;
   /** The VM's iommufd fault queue's counters (FaultStats has what each means). */
   faultQueue: Pick<
     FaultStats,
@@ -147,8 +152,21 @@ export interface RunReport {
     lost: number;
     /** Groups answered INVALID at their response deadline (topology `iopfTimeoutMs`). */
     iopfTimeouts: number;
+    /**
+     * Groups answered INVALID at once because their (RID, PASID) had no route: an unattached
+     * PASID, or one whose domain has no fault queue (counted in `autoResponded` too).
+     */
+    unrouted: number;
   };
-  dma: { ops: number; completed: number; failed: number; bytesVerified: number; unrecoverableFaults: number };
+  dma: {
+    ops: number;
+    completed: number;
+    failed: number;
+    bytesVerified: number;
+    /** Stalled reads terminated RAZ/WI, over every VM. */
+    razReads: number;
+    unrecoverableFaults: number;
+  };
   latencyUs: { p50: number; p99: number; max: number; count: number };
   /** The physical IOMMUs' counters, summed. */
   iommu: TranslationStats;

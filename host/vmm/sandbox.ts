@@ -546,6 +546,7 @@ export class Sandbox {
         injected: vm.devices.reduce((n, d) => n + d.stats.injected, 0),
         injectedEvents: vm.devices.reduce((n, d) => n + d.stats.injectedEvents, 0),
         bytesMoved: vm.devices.reduce((n, d) => n + d.stats.bytesMoved, 0),
+        razReads: oracle.razReadsByVm.get(vm.name) ?? 0,
         faultQueue: {
           read: vm.registry.fault.stats.read,
           responded: vm.registry.fault.stats.responded,
@@ -581,6 +582,7 @@ export class Sandbox {
         completed: sumDevices((d) => d.stats.completed),
         failed: sumDevices((d) => d.stats.failed),
         bytesVerified: oracle.bytesVerified,
+        razReads: oracle.razReads,
         unrecoverableFaults: oracle.unrecoverableFaults,
       },
       latencyUs: LatencyHistogram.merged([latency, ...this.vmLatency]).summary(),

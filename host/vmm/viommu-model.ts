@@ -43,8 +43,11 @@ export interface ViommuModelStats {
   /** Stalled transactions reported to the guest, and answered by its resume. */
   stallsDelivered: number;
   resumes: number;
-  /** Stalls answered INVALID because the guest's stall buffer was full. */
-  stallsRefused: number;
+  /**
+   * Stalls the guest terminated with Ab=0 under TERM_MODEL=0 (CMD_RESUME): passed on as RAZ/WI, so
+   * the device's read completed with zeros.
+   */
+  razTerminations: number;
   /** Stalls terminated by the guest. */
   stallsTerminated: number;
   /** Guest invalidations carried out, and completion waits that wrote their status. */
@@ -70,7 +73,7 @@ export function newModelStats(): ViommuModelStats {
     eventsLost: 0,
     stallsDelivered: 0,
     resumes: 0,
-    stallsRefused: 0,
+    razTerminations: 0,
     stallsTerminated: 0,
     invalidations: 0,
     syncsSignalled: 0,

@@ -8,6 +8,7 @@
  */
 import type { DeviceContext } from '../../shared/control.ts';
 import type { GuestMemory } from '../../shared/guest-memory.ts';
+import { termModelOf } from '../../shared/smmuv3-idr.ts';
 import {
   encodeVste,
   IOMMU_HWPT_DATA_ARM_SMMUV3,
@@ -27,6 +28,9 @@ import type { VdeviceMap } from './vsmmu.ts';
 
 /** Events the host queues for the VMM before it reads them; more are lost (and say so). */
 const VEVENTQ_DEPTH = 256;
+/** struct iommu_hw_info_arm_smmuv3: flags, __reserved, idr[6], iidr, aidr; idr[0] at byte 8. */
+const HW_INFO_BYTES = 40;
+const HW_INFO_IDR0 = 8;
 
 export interface AssignedDevice {
   /** Physical StreamID. */
@@ -52,6 +56,11 @@ export class VmIommu implements VdeviceMap, VmRegistry {
   private readonly faultId: number;
   /** Host-physical base of the VM's RAM. */
   private readonly ramBase: number;
+  /**
+   * The host SMMU's IDR0.TERM_MODEL, from IOMMU_GET_HW_INFO: a vSMMU can give its guest RAZ/WI
+   * terminations only where the host can (QEMU's smmuv3-accel copies the field the same way).
+   */
+  readonly termModel: 0 | 1;
 
   constructor(
     private readonly ops: Smmuv3Ops,
@@ -64,6 +73,9 @@ export class VmIommu implements VdeviceMap, VmRegistry {
     this.devIds = assigned.map(
       (d) => fd.bindDevice({ device: ops.device(d.streamId, d.hasPasids ? 20 : 0, d.stall) }).devId,
     );
+    const hwInfo = new Uint8Array(HW_INFO_BYTES);
+    fd.getHwInfo({ devId: this.devIds[0], dataLen: HW_INFO_BYTES, data: hwInfo });
+    this.termModel = termModelOf(new DataView(hwInfo.buffer).getUint32(HW_INFO_IDR0, true));
     const { hwptId: s2 } = fd.hwptAlloc({
       flags: IOMMU_HWPT_ALLOC_NEST_PARENT,
       devId: this.devIds[0],

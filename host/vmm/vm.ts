@@ -236,6 +236,8 @@ export class Vm implements ReactorClient {
         wiring.ownerOf,
         this.memory,
         commandError,
+        // The guest gets RAZ/WI terminations only where the host SMMU has them (QEMU smmuv3-accel).
+        { termModel: registry.termModel },
       );
     } else {
       throw new Error(`no vIOMMU model for flavour ${config.viommu}`);
@@ -273,6 +275,7 @@ export class Vm implements ReactorClient {
       spinNs: this.link ? 0 : this.wiring.spinNs,
       // Over postMessage the guest rings the host through its link, never through shared memory.
       hostSignal: this.link ? undefined : this.wiring.reactor.buffer,
+      ...(this.model instanceof Vsmmu ? { smmuIdr0: this.model.idr0 } : {}),
     };
     const worker = spawnWorker(guestWorkerEntry(), {
       workerData: boot,

@@ -6,8 +6,15 @@
  * cookie, passes its invalidation commands to the vIOMMU, and signals CMD_SYNC completions.
  *
  * PRI queue rules (SMMU spec 8, fault-queues.md 1.5): when the queue is full the entry is discarded
- * and OVFLG raised; while the overflow is unacknowledged every entry is discarded; a discarded
- * entry with Last gets an automatic Success response (the device retries and faults again).
+ * and OVFLG raised, never before the entries written ahead of it are published; while the overflow
+ * is unacknowledged every entry is discarded; a discarded entry with Last gets an automatic
+ * Success response (the device retries and faults again).
+ *
+ * Stalls (SMMU spec 4.7.1): IDR0.TERM_MODEL is the host's (read from GET_HW_INFO). A CMD_RESUME
+ * with Ac=1 retries; Ac=0 with Ab=1, or any termination under TERM_MODEL=1, aborts (INVALID); Ab=0
+ * under TERM_MODEL=0 completes the transaction RAZ/WI (TERMINATE). A stall record that finds the
+ * event queue full waits for room and is never answered here; the model stops reading the fault fd
+ * while its stall buffer could not take another read.
  * Guest commands are untrusted: unknown groups, illegal codes and unknown opcodes are counted drops.
  */
 
@@ -32,6 +39,7 @@ import {
   PRI_RESP_FAILURE,
   PRI_RESP_INVALID,
   PRI_RESP_SUCCESS,
+  RESUME_ABORT,
   RESUME_RETRY,
   syncMsiAddress,
   syncMsiData,
@@ -40,12 +48,14 @@ import { CLASS_IN, F_TRANSLATION } from '../../shared/records/event-types.ts';
 import { decodeEvtqEntry, EVTQ_ENTRY_WORDS, newEvtqEntry } from '../../shared/records/evtq-entry.ts';
 import { encodePriqEntry, newPriqEntry } from '../../shared/records/priq-entry.ts';
 import type { RingConsumer, RingProducer } from '../../shared/ring.ts';
+import { IDR0_ATS, IDR0_PRI, IDR0_S1P, IDR0_TERM_MODEL, IDR0_TTF_AARCH64 } from '../../shared/smmuv3-idr.ts';
 import { STAGE_REGISTRY, stageClock } from '../../shared/stage-clock.ts';
 import { IommufdError } from '../iommufd/errors.ts';
 import {
   IOMMU_VEVENTQ_FLAG_LOST_EVENTS,
   IOMMUFD_PAGE_RESP_INVALID,
   IOMMUFD_PAGE_RESP_SUCCESS,
+  IOMMUFD_PAGE_RESP_TERMINATE,
   newPgfaultFields,
   PAGE_RESPONSE_BYTES,
   PERM_EXEC,
@@ -88,9 +98,25 @@ const EVENT_BYTES = VEVENT_HEADER_BYTES + EVTQ_ENTRY_WORDS * 4;
 const READ_EVENTS = 32;
 /** Records read from the fault fd per read(): whole groups only, up to this many records. */
 const READ_RECORDS = 64;
+/**
+ * Stall records the model holds for room in the guest's event queue. It reads the fault fd only
+ * while one read's worth of stalls (a stall is a one-record group) would still fit, so a stall is
+ * never answered for want of room: past that the fault fd keeps the groups (back-pressure).
+ */
+const STALL_BUFFER = 4 * READ_RECORDS;
+
+export interface VsmmuOptions {
+  /**
+   * IDR0.TERM_MODEL advertised to the guest (default 1). 0 only where the host can complete a
+   * terminated stall RAZ/WI (its own TERM_MODEL is 0): a guest's CMD_RESUME with Ab=0 then reaches
+   * the device as RAZ/WI; with 1 Ab is ignored and every termination aborts (SMMU spec 4.7.1).
+   */
+  termModel?: 0 | 1;
+}
 
 export class Vsmmu implements ViommuModel {
   readonly stats: VsmmuStats = newModelStats();
+  readonly termModel: 0 | 1;
   /** Cookie of the group delivered as (vSID, PRG index), or -1. */
   private readonly delivered: Int32Array;
   /** 1 once the guest answered the group last delivered as (vSID, PRG index): a repeat is a duplicate. */
@@ -128,12 +154,22 @@ export class Vsmmu implements ViommuModel {
     private readonly memory: GuestMemory,
     /** Where refused commands are signalled (GERROR.CMDQ_ERR). */
     private readonly commandError?: CommandErrorRegister,
+    options: VsmmuOptions = {},
   ) {
     this.delivered = new Int32Array(vdevices.devices * PRG_INDICES).fill(-1);
     this.answered = new Uint8Array(vdevices.devices * PRG_INDICES);
     this.stalled = new Int32Array(vdevices.devices * STAGS).fill(-1);
     this.resumed = new Uint8Array(vdevices.devices * STAGS);
-    this.events = new EventQueueModel(evtq);
+    this.events = new EventQueueModel(evtq, { stallCapacity: STALL_BUFFER });
+    this.termModel = options.termModel ?? 1;
+  }
+
+  /**
+   * SMMU_IDR0 as the guest reads it: stage 1, AArch64 tables, ATS and PRI, both fault models
+   * (STALL_MODEL 0b00), and TERM_MODEL as this model terminates a stall.
+   */
+  get idr0(): number {
+    return IDR0_S1P | IDR0_TTF_AARCH64 | IDR0_ATS | IDR0_PRI | (this.termModel === 1 ? IDR0_TERM_MODEL : 0);
   }
 
   get corruptIndices(): CorruptIndices {
@@ -144,9 +180,12 @@ export class Vsmmu implements ViommuModel {
     };
   }
 
-  /** Something waits on the vEVENTQ fd. */
+  /**
+   * Something waits on the vEVENTQ fd, or a held stall record can move: the guest freed event-queue
+   * slots (its CONS moved past where the last write found the queue full).
+   */
   get eventsPending(): boolean {
-    return this.veventqFd.readable;
+    return this.veventqFd.readable || this.events.canPump;
   }
 
   /**
@@ -179,21 +218,28 @@ export class Vsmmu implements ViommuModel {
     return moved;
   }
 
-  /** Something waits on the fault fd (poll EPOLLIN). */
+  /**
+   * Something waits on the fault fd (poll EPOLLIN) and the model can take it: not while its stall
+   * buffer is too full to take another read (then it waits for the guest's event queue to drain).
+   */
   get faultsPending(): boolean {
-    return this.faultFd.readable;
+    return this.faultFd.readable && this.events.stallRoom >= READ_RECORDS;
   }
 
   /** Read whole groups from the fault fd into the guest's PRI queue; returns records moved. */
   drainFaults(): number {
     // A fault fd the VMM has closed (teardown: fault-fd-close) is never read again.
     if (!this.faultFd.writable) return 0;
-    let moved = 0;
-    for (let bytes = this.readFaults(); bytes > 0; bytes = this.readFaults()) {
+    // Held stall records go first: the room they leave is what the next read may fill.
+    let moved = this.events.pump();
+    while (this.events.stallRoom >= READ_RECORDS) {
+      const bytes = this.readFaults();
+      if (bytes <= 0) break;
       for (let at = 0; at < bytes; at += PGFAULT_BYTES)
         this.deliver(readPgfaultInto(this.faultView, at, this.record));
       moved += bytes / PGFAULT_BYTES;
       this.priq.publish();
+      this.events.flush();
     }
     return moved;
   }
@@ -238,6 +284,8 @@ export class Vsmmu implements ViommuModel {
     e.last = last;
     const at = this.priq.overflowPending() ? -1 : this.priq.claim();
     if (at < 0) {
+      // The ring publishes the entries of this drain before OVFLG (SMMU spec 8.1: the guest must
+      // see them ahead of the overflow, or it acknowledges early and drops groups still coming).
       if (this.priq.discard()) this.stats.overflows++;
       this.stats.dropped++;
       if (last) {
@@ -258,14 +306,11 @@ export class Vsmmu implements ViommuModel {
 
   /**
    * A stalled transaction (a one-request group, grpid = STAG) goes to the guest as a Stall=1
-   * event; stall records are never discarded, they wait in the event queue's stall buffer.
+   * event. Stall records are never discarded and never answered here: one that finds the event
+   * queue full waits in the stall buffer (drainFaults keeps room for it) until the guest frees a
+   * slot.
    */
   private deliverStall(f: ReturnType<typeof newPgfaultFields>, vsid: number): void {
-    if (this.events.stallRoom === 0) {
-      this.stats.stallsRefused++;
-      this.respond(f.cookie, IOMMUFD_PAGE_RESP_INVALID);
-      return;
-    }
     const e = this.event;
     e.eventType = F_TRANSLATION;
     e.streamId = vsid;
@@ -281,7 +326,6 @@ export class Vsmmu implements ViommuModel {
     e.inputAddress = pgfaultAddress(f);
     e.fetchAddress = 0;
     this.events.write(e);
-    this.events.flush();
     this.stats.stallsDelivered++;
     this.stalled[vsid * STAGS + f.grpid] = f.cookie;
     this.resumed[vsid * STAGS + f.grpid] = 0;
@@ -321,6 +365,11 @@ export class Vsmmu implements ViommuModel {
       consumed += ready;
     }
     return consumed;
+  }
+
+  /** Stall records held for room in the guest's event queue. */
+  get stallsWaiting(): number {
+    return this.events.held;
   }
 
   /** Delivered groups the guest has not answered yet. */
@@ -390,13 +439,13 @@ export class Vsmmu implements ViommuModel {
     }
   }
 
-  /** CMD_RESUME (vSID, STAG): retry answers the stall's group SUCCESS, abort or terminate INVALID. */
+  /**
+   * CMD_RESUME (vSID, STAG), SMMU spec 4.7.1: Ac=1 retries (Ab is ignored) and answers the stall's
+   * group SUCCESS. Ac=0 terminates: with Ab=1, or under TERM_MODEL=1 whatever Ab says, it aborts
+   * (INVALID); with Ab=0 under TERM_MODEL=0 the transaction completes RAZ/WI (TERMINATE).
+   */
   private resumeStall(words: Int32Array, at: number): void {
     const c = decodeResume(words, at, this.resume);
-    if (c.action === 3) {
-      this.refuse();
-      return;
-    }
     const slot = c.streamId < this.vdevices.devices ? c.streamId * STAGS + c.stag : -1;
     const cookie = slot >= 0 ? this.stalled[slot] : -1;
     if (cookie < 0) {
@@ -408,10 +457,17 @@ export class Vsmmu implements ViommuModel {
     this.stalled[slot] = -1;
     this.resumed[slot] = 1;
     this.stats.resumes++;
-    const retry = c.action === RESUME_RETRY;
-    if (this.respond(cookie, retry ? IOMMUFD_PAGE_RESP_SUCCESS : IOMMUFD_PAGE_RESP_INVALID)) {
+    const retry = (c.action & RESUME_RETRY) !== 0;
+    const raz = !retry && (c.action & RESUME_ABORT) === 0 && this.termModel === 0;
+    const code = retry
+      ? IOMMUFD_PAGE_RESP_SUCCESS
+      : raz
+        ? IOMMUFD_PAGE_RESP_TERMINATE
+        : IOMMUFD_PAGE_RESP_INVALID;
+    if (this.respond(cookie, code)) {
       this.stats.guestAnswered++;
       if (retry) this.stats.responses.success++;
+      else if (raz) this.stats.razTerminations++;
       else this.stats.responses.invalid++;
     }
   }

@@ -104,7 +104,10 @@ export function encodeTlbiNhVa(words: Int32Array, at: number, va: number): void 
 export interface ResumeCommand {
   streamId: number;
   stag: number;
-  /** RESUME_TERMINATE | RESUME_RETRY | RESUME_ABORT; 3 is an illegal encoding. */
+  /**
+   * RESUME_TERMINATE | RESUME_RETRY | RESUME_ABORT: bit 0 is Ac, bit 1 Ab (dword0 [13:12]). 3 is
+   * Ac=1 with Ab=1, a retry: Ab is ignored when Ac=1 (SMMU spec 4.7.1).
+   */
   action: number;
 }
 
