@@ -1,6 +1,7 @@
 // Hostile guests (topology `misbehave`): each behaviour is real guest code in a worker (guest/misbehave.ts)
 // running beside well-behaved VMs of both flavours. The host must not throw, must count and name the
 // damage, and must give every other VM exactly what it gets in the same run without the misbehaviour.
+import { pino } from 'pino';
 import { describe, expect, test } from 'vitest';
 import type { GuestDamage } from '../host/vmm/damage.ts';
 import type { RunReport, VmReport } from '../host/vmm/report.ts';
@@ -118,6 +119,34 @@ function expectHostSurvived(r: RunReport): void {
   expect(r.invariants).toEqual({ ok: true, violations: [], counts: {} });
   expect(r.faults.lost).toBe(0);
   for (const vm of r.vms) expect(vm.iommufdObjects, vm.name).toBe(0);
+}
+
+/**
+ * The host's error log, read as it is written: `ended(vm)` resolves when the host declares that VM's
+ * guest dead (vm.ts logs "guest crashed" as it gives up), with the reason and the time it did.
+ */
+function guestDeaths() {
+  const deaths = new Map<string, { reason: string; at: number }>();
+  const waiting = new Map<string, (death: { reason: string; at: number }) => void>();
+  const log = pino(
+    { level: 'error' },
+    {
+      write(line: string) {
+        const { msg, vm, reason } = JSON.parse(line) as { msg: string; vm?: string; reason?: string };
+        if (msg !== 'guest crashed' || vm === undefined || deaths.has(vm)) return;
+        const death = { reason: reason ?? '', at: performance.now() };
+        deaths.set(vm, death);
+        waiting.get(vm)?.(death);
+      },
+    },
+  );
+  const ended = (vm: string) =>
+    new Promise<{ reason: string; at: number }>((resolve) => {
+      const death = deaths.get(vm);
+      if (death) resolve(death);
+      else waiting.set(vm, resolve);
+    });
+  return { log, ended };
 }
 
 /** Two hostile guests (one per flavour) and a well-behaved bystander of the given flavour. */
@@ -266,17 +295,26 @@ describe('hostile guests', () => {
   test('hang: a guest spinning in its fault handler answers nothing, not even its control plane, until the host ends it', async () => {
     const t = trio('hang', 'smmuv3', { responseTimeoutMs: 300 });
     const baseline = await baselineRun(t);
-    const sandbox = new Sandbox(t);
+    const deaths = guestDeaths();
+    const sandbox = new Sandbox(t, { log: deaths.log });
+    const launched = performance.now();
     await sandbox.launch();
-    const deadline = performance.now() + RUN_CAP_MS;
-    while (sandbox.report().vms[0].faultsDelivered === 0 && performance.now() < deadline) {
-      await new Promise((resolve) => setTimeout(resolve, 2));
-    }
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    expect(sandbox.report().vms[0].crashed).toBe(false);
-    // A stats call cannot reach a spinning worker: it settles only when the host gives up on it.
-    await sandbox.workloadsDone();
+    const ended = deaths.ended('bad-smmu');
+    // Stats calls one after another: once the guest spins in its handler it answers none, and the
+    // call in flight then settles only when the watchdog has ended the guest.
+    let inFlight: Promise<boolean>;
+    do inFlight = sandbox.workloadsDone();
+    while ((await Promise.race([inFlight.then(() => 'answered'), ended.then(() => 'ended')])) === 'answered');
+    await inFlight;
     expect(sandbox.report().vms[0].crashed).toBe(true);
+    // Ended by the watchdog, and not before the guest had held its faults unanswered for 300 ms.
+    const { reason, at } = await ended;
+    const held = /^answered none of [1-9]\d* fault\(s\) for (\d+) ms \(responseTimeoutMs 300\)$/.exec(reason);
+    expect(held, reason).not.toBeNull();
+    expect(Number(held?.[1])).toBeGreaterThanOrEqual(300);
+    expect(at - launched).toBeGreaterThanOrEqual(300);
+    await deaths.ended('bad-vtd');
+    const deadline = performance.now() + RUN_CAP_MS;
     while (performance.now() < deadline && !(await sandbox.workloadsDone())) {
       await new Promise((resolve) => setTimeout(resolve, 10));
     }

@@ -1,6 +1,11 @@
 // Noisy neighbours: VMs whose devices share one physical IOMMU's PRI queue, and the same VMs behind
-// IOMMUs of their own. Real worker threads, real rings; the figures are the run report's.
+// IOMMUs of their own. Who loses which request to an overflow is tested on the queue itself, its IRQ
+// thread masked, with exact counts; the whole runs (real worker threads, real rings) check only what
+// no scheduling can change: the report's figures add up, and no VM's data suffers from another.
 import { describe, expect, test } from 'vitest';
+import { newPageRequest, type PageRequest } from '../host/iommu/page-request.ts';
+import { PhysicalPriQueue } from '../host/iommu/physical-queue.ts';
+import { PriqThread } from '../host/iommu/priq-thread.ts';
 import { runTopology } from '../host/vmm/sandbox.ts';
 import { iommuIndexOf, loadTopology, parseTopology, physicalIommus } from '../host/vmm/topology.ts';
 import { topologyErrorOf } from './support/topology-errors.ts';
@@ -87,7 +92,7 @@ describe('noisy neighbours', () => {
     expect(r.faults).toMatchObject({ raised: 32, responded: 32, autoResponded: 0, dropped: 0, lost: 0 });
   });
 
-  test('noisy-neighbour.yaml: the storm overflows the shared PRI queue and the quiet VMs lose requests to it, yet nothing is lost', async () => {
+  test("noisy-neighbour.yaml: every discard is one VM's loss, never a quiet VM's own, and every page still arrives", async () => {
     const r = await runTopology(loadTopology('configs/noisy-neighbour.yaml'));
     const [storm, ...quiet] = r.vms;
     expect(r.invariants).toEqual({ ok: true, violations: [], counts: {} });
@@ -95,18 +100,19 @@ describe('noisy neighbours', () => {
     const [smmu0] = r.physicalIommus;
     expect(r.physicalIommus).toHaveLength(1);
     expect(smmu0).toMatchObject({ name: 'smmu0', priqLog2: 4, vms: ['storm', 'quiet0', 'quiet1'] });
-    // Overflowed, every overflow acknowledged once drained, every discarded Last answered Success.
-    expect(smmu0.overflows).toBeGreaterThan(0);
+    // How often the storm outpaces the IRQ thread is the scheduler's doing (who loses what to an
+    // overflow is tested on the queue above, exactly). Whatever it did: an overflow is raised only
+    // on a full queue, every one is acknowledged once drained, every discarded Last answered Success.
+    expect(smmu0.highWater).toBeLessThanOrEqual(16);
+    expect(smmu0.overflows === 0 || smmu0.highWater === 16).toBe(true);
     expect(smmu0.acknowledged).toBe(smmu0.overflows);
-    expect(smmu0.highWater).toBe(16);
     expect(smmu0.autoResponded).toBe(smmu0.discarded);
     expect(smmu0.consumed).toBe(smmu0.written);
-    // Every discard is someone's: the storm's own, or lost to the storm by a quiet VM.
-    expect(storm.isolation.lostOwn).toBeGreaterThan(0);
+    // Every discard is someone's. With 4 PRI credits each the quiet VMs hold at most 8 of the 16
+    // entries, under a third each: any overflow finds the storm over its share and them under it.
     expect(storm.isolation.lostToOthers).toBe(0);
     for (const v of quiet) {
       expect(v.isolation.iommus).toEqual(['smmu0']);
-      expect(v.isolation.lostToOthers).toBeGreaterThan(0);
       expect(v.isolation.lostOwn).toBe(0);
     }
     expect(r.vms.reduce((n, v) => n + v.isolation.lostOwn + v.isolation.lostToOthers, 0)).toBe(
@@ -136,9 +142,9 @@ describe('noisy neighbours', () => {
       ['smmu1', ['quiet0']],
       ['smmu2', ['quiet1']],
     ]);
+    // Alone behind its IOMMU, whatever the storm loses is its own.
     expect(r.vms.map((v) => v.isolation.lostToOthers)).toEqual([0, 0, 0]);
     expect(storm.isolation.lostOwn).toBe(r.physicalIommus[0].discarded);
-    expect(storm.isolation.lostOwn).toBeGreaterThan(0);
     // Four requests in flight cannot fill a 16-entry queue.
     for (const [i, v] of quiet.entries()) {
       expect(v.isolation.lostOwn).toBe(0);
@@ -150,5 +156,119 @@ describe('noisy neighbours', () => {
       expect(v.dmaFailed).toBe(0);
     }
     expect(r.dma.bytesVerified).toBe((2 * 2048 + 2 * 256) * PAGE);
+  });
+});
+
+describe('who loses to an overflow of a shared PRI queue (its IRQ thread masked: nothing drains)', () => {
+  // noisy-neighbour.yaml's smmu0 without the scheduler: a 16-entry queue written by three requesters.
+  const STORM = 0;
+  const QUIET0 = 1;
+  const QUIET1 = 2;
+  const streamOf = (requester: number) => 0x100 + requester;
+
+  function sharedQueue() {
+    /** The requester of each discarded Last the queue answered Success, in order. */
+    const answered: number[] = [];
+    const q = new PhysicalPriQueue(4, (streamId) => answered.push(streamId - 0x100));
+    q.setRequesters(3, 3);
+    /** The requester of each entry the thread handed on, in order. */
+    const handed: number[] = [];
+    const thread = new PriqThread(q, {
+      weight: q.size,
+      report: (r) => handed.push(r.streamId - 0x100),
+      discardPartial: () => 0,
+    });
+    thread.setRequesters(3);
+    thread.mask();
+    let prgIndex = 0;
+    /** `count` one-request groups from `requester`; returns how many the queue accepted. */
+    const offer = (requester: number, count: number) => {
+      let accepted = 0;
+      for (let i = 0; i < count; i++) {
+        prgIndex = (prgIndex + 1) & 0x1ff;
+        const r: PageRequest = Object.assign(newPageRequest(), {
+          streamId: streamOf(requester),
+          pasid: 1,
+          ssv: true,
+          read: true,
+          last: true,
+          prgIndex,
+          address: 0x1000 * prgIndex,
+        });
+        if (q.write(r, requester)) accepted++;
+      }
+      return accepted;
+    };
+    const lost = () => ({
+      own: [STORM, QUIET0, QUIET1].map((r) => q.lostOwn(r)),
+      toOthers: [STORM, QUIET0, QUIET1].map((r) => q.lostToOthers(r)),
+    });
+    return { q, thread, answered, handed, offer, lost };
+  }
+
+  test('a storm that fills the queue loses its own requests, and the quiet requesters each lose every request they offer until the overflow is acknowledged, to others', () => {
+    const { q, thread, answered, handed, offer, lost } = sharedQueue();
+    expect(offer(STORM, 16)).toBe(16);
+    expect(handed).toEqual([]);
+    expect(offer(STORM, 1)).toBe(0); // finds the queue full: raises the overflow
+    expect(offer(QUIET0, 4)).toBe(0); // a quiet device's 4 PRI credits
+    expect(offer(QUIET1, 4)).toBe(0);
+    expect(offer(STORM, 3)).toBe(0);
+    expect(lost()).toEqual({ own: [4, 0, 0], toOthers: [0, 4, 4] });
+    // Each discarded Last was answered Success at its own device, so each retries.
+    expect(answered).toEqual([
+      STORM,
+      ...Array(4).fill(QUIET0),
+      ...Array(4).fill(QUIET1),
+      STORM,
+      STORM,
+      STORM,
+    ]);
+    expect(q.stats).toMatchObject({
+      written: 16,
+      discarded: 12,
+      autoResponded: 12,
+      overflows: 1,
+      acknowledged: 0,
+    });
+    // Unmasked, the held interrupt runs the thread: it drains the storm's 16, then acknowledges.
+    thread.unmask();
+    expect(handed).toEqual(Array(16).fill(STORM));
+    expect(q.overflowActive).toBe(false);
+    expect(q.stats.acknowledged).toBe(1);
+    // Writes are accepted again: the quiet requesters get through and lose nothing more.
+    expect(offer(QUIET0, 4)).toBe(4);
+    expect(offer(QUIET1, 4)).toBe(4);
+    expect(thread.drain()).toBe(8);
+    expect(handed.slice(16)).toEqual([...Array(4).fill(QUIET0), ...Array(4).fill(QUIET1)]);
+    expect(lost()).toEqual({ own: [4, 0, 0], toOthers: [0, 4, 4] });
+  });
+
+  test('shares are counted when the overflow is raised: under a third of the queue is a victim, whoever wrote the entry that found it full', () => {
+    const { offer, lost } = sharedQueue();
+    expect(offer(STORM, 6) + offer(QUIET0, 6) + offer(QUIET1, 4)).toBe(16);
+    // QUIET1 holds 4 of 16, under its third: its entry that overflows the queue is lost to others.
+    expect(offer(QUIET1, 1)).toBe(0);
+    // STORM and QUIET0 each hold 6, over a third: their losses are their own.
+    expect(offer(STORM, 1) + offer(QUIET0, 2)).toBe(0);
+    expect(lost()).toEqual({ own: [1, 2, 0], toOthers: [0, 0, 1] });
+  });
+
+  test('the shares stay as they were when the overflow was raised until it is acknowledged, however much the thread drains meanwhile', () => {
+    const { q, thread, offer, lost } = sharedQueue();
+    offer(STORM, 16);
+    offer(STORM, 1);
+    // The thread drains 12 of the storm's entries: it holds 4 now, but the overflow is still the one
+    // it caused, and the queue not empty, so not acknowledged.
+    expect(thread.drain(12)).toBe(12);
+    expect(q.overflowActive).toBe(true);
+    expect(offer(STORM, 2) + offer(QUIET0, 1)).toBe(0);
+    expect(lost()).toEqual({ own: [3, 0, 0], toOthers: [0, 1, 0] });
+    // Drained and acknowledged; the next overflow counts shares afresh (QUIET0 now over its third).
+    expect(thread.drain()).toBe(4);
+    expect(q.overflowActive).toBe(false);
+    expect(offer(QUIET0, 6) + offer(STORM, 10)).toBe(16);
+    expect(offer(STORM, 1) + offer(QUIET0, 1) + offer(QUIET1, 1)).toBe(0);
+    expect(lost()).toEqual({ own: [4, 1, 0], toOthers: [0, 1, 1] });
   });
 });

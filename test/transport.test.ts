@@ -1,7 +1,7 @@
 // The postMessage transport: the same rings and registers, each side on its own copy of the
 // channel, every store carried across by a PostedLink. Unit tests on one MessageChannel, then whole
 // topologies on real worker threads with each transport.
-import { MessageChannel } from 'node:worker_threads';
+import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { describe, expect, test } from 'vitest';
 import { runTopology } from '../host/vmm/sandbox.ts';
 import { loadTopology } from '../host/vmm/topology.ts';
@@ -30,14 +30,28 @@ function pair() {
     aLink.close();
     bLink.close();
   };
-  return { producer, consumer, aLink, bLink, bBell, port1, close };
+  return { producer, consumer, aLink, bLink, bBell, port1, port2, close };
 }
 
-const settle = () => new Promise((resolve) => setTimeout(resolve, 5));
+/**
+ * Resolves once `port` has delivered `count` more messages. Listeners run in the order they were
+ * added, so the link has applied each one by then. Call it before the await that lets them in.
+ */
+function delivered(port: MessagePort, count = 1): Promise<void> {
+  return new Promise((resolve) => {
+    let left = count;
+    const onMessage = () => {
+      if (--left > 0) return;
+      port.off('message', onMessage);
+      resolve();
+    };
+    port.on('message', onMessage);
+  });
+}
 
 describe('PostedLink', () => {
   test('records and indices reach the other copy only by message, in order, and the reader is woken', async () => {
-    const { producer, consumer, bBell, close } = pair();
+    const { producer, consumer, bBell, port1, port2, close } = pair();
     try {
       const seen = bBell.sequence();
       for (let r = 0; r < 5; r++) {
@@ -48,7 +62,7 @@ describe('PostedLink', () => {
       producer.publish();
       // Nothing is shared: the consumer's copy changes when the message arrives.
       expect(consumer.poll()).toBe(0);
-      await settle();
+      await delivered(port2);
       expect(bBell.sequence()).not.toBe(seen);
       expect(consumer.poll()).toBe(5);
       for (let i = 0; i < 5; i++)
@@ -59,7 +73,7 @@ describe('PostedLink', () => {
           i + 30,
         ]);
       consumer.release(5);
-      await settle();
+      await delivered(port1);
       // The producer learned the space back: the 8-slot ring takes 8 more across the wrap.
       for (let r = 0; r < 8; r++) {
         const at = producer.claim();
@@ -69,7 +83,7 @@ describe('PostedLink', () => {
       }
       expect(producer.claim()).toBe(-1);
       producer.publish();
-      await settle();
+      await delivered(port2);
       expect(consumer.poll()).toBe(8);
       expect(Array.from({ length: 8 }, (_, i) => consumer.words[consumer.at(i)])).toEqual([
         100, 101, 102, 103, 104, 105, 106, 107,
@@ -80,13 +94,13 @@ describe('PostedLink', () => {
   });
 
   test('operations from one synchronous stretch travel as one message', async () => {
-    const { producer, aLink, bLink, close } = pair();
+    const { producer, aLink, bLink, port2, close } = pair();
     try {
       for (let r = 0; r < 3; r++) {
         producer.claim();
         producer.push();
       }
-      await settle();
+      await delivered(port2);
       expect(aLink.stats.messagesSent).toBe(1);
       expect(bLink.stats.messagesReceived).toBe(1);
     } finally {
@@ -95,13 +109,13 @@ describe('PostedLink', () => {
   });
 
   test('malformed messages are counted and never thrown: wrong type, out of bounds, unknown operation', async () => {
-    const { bLink, port1, consumer, close } = pair();
+    const { bLink, port1, port2, consumer, close } = pair();
     try {
       port1.postMessage('not a message');
       port1.postMessage(new Int32Array([1, BYTES / 4 - 1, 2, 7, 7])); // a store past the channel
       port1.postMessage(new Int32Array([99, 0, 0]));
       port1.postMessage(new Int32Array([1, -4, 1, 7]));
-      await settle();
+      await delivered(port2, 4);
       expect(bLink.stats.badMessages).toBe(4);
       expect(consumer.poll()).toBe(0);
     } finally {

@@ -16,8 +16,10 @@
  * Teardown synchronises with the thread through `flush()` (the SMMUv3 fix that drains the hardware
  * queue, the running thread and the IOPF work before a domain switch): the entry the thread has
  * taken but not handed on yet goes first, then the rest of the queue, even from inside the
- * thread's own pass. `mask()` holds the interrupt (the thread not scheduled yet) so that tests can
- * leave entries in the queue, and `onHolding` runs code at the moment the thread holds an entry.
+ * thread's own pass. `mask()` and `unmask()` are Linux's disable_irq and enable_irq on the queue's
+ * interrupt line: an edge that comes while masked is latched and served on unmask (an edge
+ * interrupt is resent), so entries stay in the queue meanwhile and nothing drains it but `drain()`
+ * or `flush()`. `onHolding` runs code at the moment the thread holds an entry.
  *
  * A subclass says how to take one entry off its queue (`take`) and where it goes (`handOn`).
  */
