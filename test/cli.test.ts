@@ -1,6 +1,6 @@
 // The CLI as users and scripts run it: real processes, real files, exit codes and stdout checked.
 import { type SpawnSyncReturns, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
@@ -104,7 +104,7 @@ vms:
     const p = cli('run', file);
     expect(p.status).toBe(0);
     expect(p.stdout).toMatch(/victim: .*, teardown hwpt-destroy at 0 ms: EBUSY/);
-    expect(p.stdout).toMatch(/answered automatically \(0 at their deadline\)/);
+    expect(p.stdout).toMatch(/answered automatically \(0 at their deadline, 0 for want of a route\)/);
   });
 
   test('a field of the wrong type exits 2 and names the field path', () => {
@@ -138,6 +138,15 @@ vms:
     const p = cli('run', '--help');
     expect(p.status).toBe(0);
     expect(p.stdout).toMatch(/--duration <ms>/);
+  });
+
+  test("--version prints package.json's version and exits 0", () => {
+    const { version } = JSON.parse(readFileSync('package.json', 'utf8'));
+    for (const flag of ['--version', '-V']) {
+      const p = cli(flag);
+      expect(p.status).toBe(0);
+      expect(p.stdout).toBe(`${version}\n`);
+    }
   });
 });
 

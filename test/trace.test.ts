@@ -3,8 +3,10 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
+import type { FaultGroup } from '../host/iommufd/fault.ts';
 import { runTopology } from '../host/vmm/sandbox.ts';
 import { loadTopology } from '../host/vmm/topology.ts';
+import { FaultTrace } from '../host/vmm/trace.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'ioasid-trace-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -63,5 +65,58 @@ describe('fault trace', () => {
       const last = counters.filter((e) => e.pid === pid).at(-1);
       expect(last?.args?.faults).toBe(0);
     }
+  });
+
+  test('timestamps are microseconds since the trace began, as the trace-event format requires', () => {
+    // A clock in milliseconds, like performance.now(), driven by hand.
+    let now = 5000;
+    const trace = new FaultTrace(64, () => now);
+    trace.nameVm(0, 'vm0');
+    const at = { vm: 0, track: 1 };
+    trace.nameDevice(0, 1, 'dev0', 7);
+    const group = { streamId: 7, grpid: 3 } as FaultGroup;
+    const tracer = trace.faultTracer(0);
+    now = 5002;
+    trace.pageRequest(at, 7, 3);
+    now = 5002.5;
+    tracer.read(group);
+    now = 5004.25;
+    tracer.responded(group);
+    now = 5004.5;
+    trace.answered(at, 7, 3);
+    now = 5006;
+    trace.retried(at, 7, 3);
+    const events = trace.toJson().traceEvents as TraceEvent[];
+    const at_ = (ph: string, name: string) => events.find((e) => e.ph === ph && e.name === name)?.ts;
+    // 2 ms after the trace began, lasting 4 ms: 2000 us and 4000 us.
+    expect(at_('b', 'fault')).toBe(2000);
+    expect(at_('e', 'fault')).toBe(6000);
+    expect(at_('e', 'to the VMM (IOPF group, fault queue)')).toBe(2500);
+    expect(at_('e', 'in the guest (delivery, driver, answer)')).toBe(4250);
+    expect(at_('e', 'back to the device')).toBe(4500);
+    const counters = events.filter((e) => e.ph === 'C').map((e) => [e.ts, e.args?.faults]);
+    expect(counters).toEqual([
+      [2500, 1],
+      [4250, 0],
+    ]);
+  });
+
+  test('a fault timed by the real clock spans its real length in microseconds', async () => {
+    const trace = new FaultTrace(64);
+    const at = { vm: 0, track: 1 };
+    const before = performance.now();
+    trace.pageRequest(at, 1, 0);
+    const group = { streamId: 1, grpid: 0 } as FaultGroup;
+    trace.faultTracer(0).read(group);
+    trace.faultTracer(0).responded(group);
+    trace.answered(at, 1, 0);
+    // Wait for the clock to pass 20 ms, then close the fault.
+    while (performance.now() - before < 20) await new Promise((resolve) => setImmediate(resolve));
+    trace.retried(at, 1, 0);
+    const elapsedMs = performance.now() - before;
+    const fault = (trace.toJson().traceEvents as TraceEvent[]).filter((e) => e.name === 'fault');
+    const lengthUs = (fault[1]?.ts ?? 0) - (fault[0]?.ts ?? 0);
+    expect(lengthUs).toBeGreaterThanOrEqual(20_000);
+    expect(lengthUs).toBeLessThanOrEqual(elapsedMs * 1000);
   });
 });

@@ -22,8 +22,8 @@ export interface Percentiles {
   p99: number;
 }
 
-const quiet = makeLogger({ side: 'bench' }).child({});
-quiet.level = 'silent';
+// Silent whatever LOG_LEVEL says: this runs at import, before the CLI has checked LOG_LEVEL.
+const quiet = makeLogger({ side: 'bench' }, 'silent');
 
 /**
  * One VM per entry; `spin` applies to host and guest alike. Each descriptor reads `dmaBytes` of

@@ -8,10 +8,13 @@ import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { makeLogger } from '../../shared/logger.ts';
 import { FAIL_NTH_SCENARIOS, formatFailNth, runFailNthSweep } from '../iommufd/fail-nth.ts';
 import { formatCampaign, progressBar, runCampaign, type Shard, shardIndices } from '../stress/campaign.ts';
-import type { RunReport, VmReport } from '../vmm/report.ts';
 import { runTopology } from '../vmm/sandbox.ts';
 import { loadTopology, TopologyError } from '../vmm/topology.ts';
 import { formatBench, runBench } from './bench.ts';
+import { checkEnvironment, checkTraceTarget, PreflightError, runContext } from './preflight.ts';
+import { runProgress, showsProgress } from './run-progress.ts';
+import { summary } from './summary.ts';
+import { packageVersion } from './version.ts';
 
 export const EXIT_OK = 0;
 export const EXIT_INTERNAL = 1;
@@ -39,42 +42,19 @@ function shard(value: string): Shard {
   return { index, count };
 }
 
-/** What happened to a VM beyond its fault counts: a teardown, deadlines, a hot page. */
-function vmNotes(vm: VmReport): string {
-  const notes: string[] = [];
-  if (vm.teardown) notes.push(`teardown ${vm.teardown.op} at ${vm.teardown.atMs} ms: ${vm.teardown.outcome}`);
-  if (vm.iopfTimeouts > 0) notes.push(`${vm.iopfTimeouts} iopf-timeouts`);
-  const { refaults, maxFaults, hottest } = vm.refaults;
-  if (refaults > 0 && hottest)
-    notes.push(
-      `${refaults} refaults, hottest page 0x${hottest.address.toString(16)} faulted ${maxFaults} times`,
-    );
-  if (vm.crashed) notes.push(`CRASHED (${vm.crashReason})`);
-  return notes.map((n) => `, ${n}`).join('');
-}
+/** Thrown by the preAction hook of a parse-only run: the line parsed, and nothing runs. */
+class ParsedOnly extends Error {}
 
-function summary(r: RunReport): string {
-  const lines = [
-    `topology ${r.topology} (routing ${r.routing}) ran ${r.durationMs} ms`,
-    ...r.vms.map(
-      (vm) =>
-        `  ${vm.name}: ${vm.faultsDelivered} faults delivered, responses ${vm.responses.success} success / ${vm.responses.invalid} invalid / ${vm.responses.failure} failure, ${vm.dmaOps} DMA ops${vmNotes(vm)}`,
-    ),
-    `faults: ${r.faults.raised} raised, ${r.faults.delivered} delivered, ${r.faults.responded} answered by guests, ${r.faults.autoResponded} answered automatically (${r.faults.iopfTimeouts} at their deadline), ${r.faults.dropped} dropped, ${r.faults.lost} lost`,
-    `dma: ${r.dma.ops} ops, ${r.dma.completed} completed, ${r.dma.failed} failed, ${r.dma.bytesVerified} bytes verified`,
-    `fault round trip: p50 ${r.latencyUs.p50} us, p99 ${r.latencyUs.p99} us, max ${r.latencyUs.max} us (${r.latencyUs.count} faults)`,
-    r.invariants.ok
-      ? 'invariants: ok'
-      : `invariants: VIOLATED\n${r.invariants.violations.map((v) => `  ${v.rule}${v.vm ? ` [${v.vm}]` : ''}: ${v.detail}`).join('\n')}`,
-  ];
-  return `${lines.join('\n')}\n`;
-}
-
-export async function main(argv: string[]): Promise<number> {
+/**
+ * `parseOnly`: check the command line against the commands and their flags, and run nothing
+ * (how the tests check the README's command lines).
+ */
+export async function main(argv: string[], options: { parseOnly?: boolean } = {}): Promise<number> {
   let exitCode = EXIT_OK;
   const program = new Command()
     .name('ioasid-sandbox')
     .description('Multi-VM sandbox for the I/O-page-fault path of virtualised IOMMUs')
+    .version(packageVersion(), '-V, --version', 'print the version')
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
 
@@ -113,15 +93,20 @@ export async function main(argv: string[]): Promise<number> {
           json?: boolean;
         },
       ) => {
-        const topology = loadTopology(file);
+        const topology = loadTopology(file, runContext(opts.duration));
+        if (opts.trace !== undefined) checkTraceTarget(opts.trace);
+        const progress = showsProgress(process.stderr, opts.json === true) ? runProgress() : undefined;
         const report = await runTopology(topology, {
           transport: opts.transport,
           trace: opts.trace,
           durationMs: opts.duration,
           seed: opts.seed,
           log: makeLogger({ side: 'host' }),
-        });
-        process.stdout.write(opts.json ? `${JSON.stringify(report)}\n` : summary(report));
+          onProgress: progress?.update,
+        }).finally(() => progress?.stop());
+        process.stdout.write(
+          opts.json ? `${JSON.stringify(report)}\n` : summary(report, { trace: opts.trace }),
+        );
         exitCode = report.invariants.ok ? EXIT_OK : EXIT_INVARIANT;
       },
     );
@@ -130,9 +115,14 @@ export async function main(argv: string[]): Promise<number> {
     .command('validate')
     .description('check a topology file without running it')
     .argument('<topology>', 'topology file (YAML)')
+    .option(
+      '--duration <ms>',
+      "check against this run duration (the teardowns' atMs), as `run --duration` would",
+      integer('--duration', 1, 86_400_000),
+    )
     .option('--json', 'print the topology with its defaults filled in, as JSON')
-    .action((file: string, opts: { json?: boolean }) => {
-      const topology = loadTopology(file);
+    .action((file: string, opts: { duration?: number; json?: boolean }) => {
+      const topology = loadTopology(file, runContext(opts.duration));
       const devices = topology.vms.reduce((n, vm) => n + vm.devices.length, 0);
       process.stdout.write(
         opts.json
@@ -199,16 +189,29 @@ export async function main(argv: string[]): Promise<number> {
       },
     );
 
+  if (options.parseOnly) {
+    program.hook('preAction', () => {
+      throw new ParsedOnly();
+    });
+  }
+
+  program.hook('preAction', () => checkEnvironment());
+
   try {
     await program.parseAsync(argv, { from: 'user' });
     return exitCode;
   } catch (error) {
+    if (error instanceof ParsedOnly) return EXIT_OK;
     if (error instanceof CommanderError) {
       // --help and --version end here too, with exit code 0.
       return error.exitCode === 0 ? EXIT_OK : EXIT_BAD_INPUT;
     }
     if (error instanceof TopologyError) {
       process.stderr.write(`ioasid-sandbox: bad topology: ${error.message}\n`);
+      return EXIT_BAD_INPUT;
+    }
+    if (error instanceof PreflightError) {
+      process.stderr.write(`ioasid-sandbox: ${error.message}\n`);
       return EXIT_BAD_INPUT;
     }
     process.stderr.write(`ioasid-sandbox: internal error: ${(error as Error).stack ?? error}\n`);

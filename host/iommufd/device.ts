@@ -6,8 +6,8 @@
  *
  * Ending an attachment follows the agreed teardown order: stop routing new page requests to it,
  * flush what is on its way (the physical PRI queue, a request the IRQ thread holds, partial
- * groups), answer INVALID every group the fault object holds for it, and only then switch or
- * block the domain. Unbinding the device then disables its PRI.
+ * groups), switch or block the domain, then answer INVALID every group the fault object holds for
+ * it (iommufd's detach, then its automatic responses). Unbinding the device then disables its PRI.
  */
 import type { IommuDevice } from '../iommu/iommu-ops.ts';
 import type { IopfGroup, IopfHandler } from '../iommu/iopf.ts';

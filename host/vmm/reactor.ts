@@ -13,7 +13,8 @@
  * most `sliceMs + blockMs` for the host's thread (docs/reactor.md).
  *
  * With the `postmessage` transport records arrive as messages, so the loop cannot hold the thread:
- * it sleeps in `Atomics.waitAsync` and yields every few busy passes, as the comparison requires.
+ * it sleeps in `Atomics.waitAsync` and yields every few busy passes (and after `sliceMs` of them),
+ * as the comparison requires.
  *
  * Deadlines (teardown `atMs`, response deadlines, watchdogs, injector pacing) are tickers checked
  * against the monotonic clock at the start of each pass; none has a JS timer of its own.
@@ -257,15 +258,22 @@ export class Reactor {
   private async runAsync(): Promise<void> {
     const bell = this.bell;
     let busy = 0;
+    let stretchEnd = performance.now() + this.sliceMs;
     while (!this.finishIfStopping()) {
       const seen = bell.sequence();
       const start = performance.now();
       const work = this.pass(start);
       if (work > 0) {
+        const end = performance.now();
         this.stats.busyPasses++;
-        this.stats.busyMs += performance.now() - start;
+        this.stats.busyMs += end - start;
         this.stats.records += work;
-        if (++busy % ASYNC_YIELD_EVERY === 0) await this.yieldToEventLoop();
+        // Back to the event loop every few passes, and after sliceMs of them however few: the
+        // link's messages and the control plane wait there, as over `sab`.
+        if (++busy % ASYNC_YIELD_EVERY === 0 || end >= stretchEnd) {
+          await this.yieldToEventLoop();
+          stretchEnd = performance.now() + this.sliceMs;
+        }
         continue;
       }
       if (this.state !== 'running') continue;

@@ -141,7 +141,13 @@ export interface RunReport {
   /** How queue records and interrupts travelled: shared-memory rings or postMessage. */
   transport: 'sab' | 'postmessage';
   seed: number | null;
+  /** From the start of the launch to the end of the teardown. */
   durationMs: number;
+  /**
+   * Of that, the launch: spawning and booting the guests and starting their workloads. The
+   * workloads then run for at most the run's duration, and stopping takes at most the grace.
+   */
+  launchMs: number;
   vms: VmReport[];
   faults: {
     raised: number;

@@ -38,11 +38,14 @@ export interface RunOptions {
   transport?: 'sab' | 'postmessage';
   /** Write a Chrome trace-event file of every fault's life here when the run stops (trace.ts). */
   trace?: string;
+  /** runTopology calls this about every 10 ms while the workloads run (the CLI's progress bar). */
+  onProgress?: (elapsedMs: number, durationMs: number, faultsRaised: number) => void;
 }
 
 export const DEFAULT_DURATION_MS = 30_000;
 const POLL_MS = 10;
-const DEFAULT_GRACE_MS = 2_000;
+/** How long stopping guests may take to finish in-flight DMA, by default. */
+export const DEFAULT_GRACE_MS = 2_000;
 
 /** Physical StreamIDs: VM i's own devices start at (i + 1) << 8; shared functions at 0x8000. */
 const SHARED_FUNCTIONS = 0x8000;
@@ -259,11 +262,12 @@ export class Sandbox {
 
   /**
    * True once every VM's workload is done (or its guest crashed). Injectors never finish: a
-   * topology with one runs until it is stopped (`--duration`).
+   * topology with one runs until it is stopped (`--duration`). A guest that has not answered
+   * within `timeoutMs` (a hung one) counts as not done.
    */
-  async workloadsDone(): Promise<boolean> {
+  async workloadsDone(timeoutMs?: number): Promise<boolean> {
     if (this.topology.vms.some((vm) => vm.devices.some((d) => d.inject))) return false;
-    const stats = await Promise.all(this.vms.map((vm) => vm.stats().catch(() => undefined)));
+    const stats = await Promise.all(this.vms.map((vm) => vm.stats(timeoutMs).catch(() => undefined)));
     return stats.every((s, i) => this.vms[i].crashed || s?.workloadDone);
   }
 
@@ -325,6 +329,15 @@ export class Sandbox {
   /** The host reactor's counters so far: passes, busy time, sleeps, yields (reactor.ts). */
   reactorStats(): ReactorStats {
     return { ...this.reactor.stats };
+  }
+
+  /** Page-request groups and stalls raised so far (the report's `faults.raised`): cheap to poll. */
+  faultsRaised(): number {
+    const { iommu } = this;
+    // A group whose Last a physical PRI queue discarded was raised, and answered Success by it.
+    let raised = iommu.iopf.stats.groups + iommu.stallIopf.iopf.stats.groups;
+    for (const instance of iommu.instances) raised += instance.priq.stats.autoResponded;
+    return raised;
   }
 
   /** The report so far (live while running; final after stop). */
@@ -503,6 +516,7 @@ export class Sandbox {
       transport: this.options.transport ?? topology.transport,
       seed: this.options.seed ?? null,
       durationMs: Math.round(elapsed),
+      launchMs: Math.round(this.launched > 0 ? this.launched - this.started : 0),
       vms: vms.map((vm) => ({
         name: vm.name,
         flavour: vm.config.viommu,
@@ -561,9 +575,8 @@ export class Sandbox {
         ...(vm.teardown ? { teardown: { ...vm.teardown } } : {}),
         isolation: this.isolationOf(vm),
       })),
-      // A group whose Last a physical PRI queue discarded was raised, and answered Success by it.
       faults: {
-        raised: iommu.iopf.stats.groups + iommu.stallIopf.iopf.stats.groups + priq('autoResponded'),
+        raised: this.faultsRaised(),
         delivered: sum((vm) => vm.model.stats.delivered + vm.model.stats.stallsDelivered),
         responded: sum((vm) => vm.model.stats.guestAnswered),
         autoResponded:
@@ -600,11 +613,15 @@ export class Sandbox {
 export async function runTopology(topology: Topology, options: RunOptions = {}): Promise<RunReport> {
   const sandbox = new Sandbox(topology, options);
   await sandbox.launch();
-  const deadline = performance.now() + (options.durationMs ?? DEFAULT_DURATION_MS);
+  const durationMs = options.durationMs ?? DEFAULT_DURATION_MS;
+  const start = performance.now();
+  const deadline = start + durationMs;
   try {
     while (performance.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-      if (await sandbox.workloadsDone()) break;
+      options.onProgress?.(performance.now() - start, durationMs, sandbox.faultsRaised());
+      // A hung guest's answer is waited for no later than the deadline: --duration is a promise.
+      if (await sandbox.workloadsDone(Math.max(1, deadline - performance.now()))) break;
     }
   } finally {
     await sandbox.stop();

@@ -34,13 +34,18 @@ export class FaultTrace {
   private readonly vm: Int32Array;
   private readonly track: Int32Array;
   private readonly key: Int32Array;
-  private readonly start = performance.now();
+  private readonly start: number;
   /** Device track of each physical stream, for events that know only the stream. */
   private readonly byStream = new Map<number, TraceTrack>();
   private readonly vmNames: string[] = [];
   private readonly trackNames = new Map<string, string>();
 
-  constructor(capacity = 1 << 19) {
+  /** `clock` reads milliseconds (performance.now() by default; a test drives its own). */
+  constructor(
+    capacity = 1 << 19,
+    private readonly clock: () => number = () => performance.now(),
+  ) {
+    this.start = clock();
     this.time = new Float64Array(capacity);
     this.kind = new Uint8Array(capacity);
     this.vm = new Int32Array(capacity);
@@ -85,7 +90,7 @@ export class FaultTrace {
       this.dropped++;
       return;
     }
-    this.time[i] = performance.now();
+    this.time[i] = this.clock();
     this.kind[i] = kind;
     this.vm[i] = vm;
     this.track[i] = track;
@@ -96,7 +101,9 @@ export class FaultTrace {
   /** The trace-event JSON object. */
   toJson(): { traceEvents: object[]; displayTimeUnit: string; otherData: object } {
     const events: object[] = [];
-    const us = (t: number) => Math.round((t - this.start) * 1000) / 1000;
+    // The trace-event format's ts is in microseconds (displayTimeUnit only changes the display);
+    // the clock reads milliseconds. Kept to the nanosecond.
+    const us = (t: number) => Math.round((t - this.start) * 1_000_000) / 1000;
     this.vmNames.forEach((name, vm) => {
       events.push({ ph: 'M', name: 'process_name', pid: vm + 1, tid: 0, args: { name } });
     });

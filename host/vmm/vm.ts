@@ -46,8 +46,18 @@ import { Vvtd } from './vvtd.ts';
 const DEVICE_BATCH_PER_VM = 16;
 /** How often injectors refill their budget and send. */
 const INJECT_TICK_MS = 5;
+/**
+ * Longest an injector's tick may send for: the host's one thread serves every VM between ticks,
+ * so an injector faster than the host takes a share of the thread, never all of it.
+ */
+const INJECT_SLICE_MS = 1;
 /** A control-plane call that takes longer than this means the guest is hung. */
 const CONTROL_TIMEOUT_MS = 10_000;
+/**
+ * How long past its grace the host waits for a stopping guest's answer (the message's way there
+ * and back) before it treats the guest as hung: the run ends by its duration plus the two.
+ */
+export const STOP_ANSWER_SLACK_MS = 1_000;
 /**
  * Boot waits longer: a worker first loads and compiles the guest's code, and many VMs launched at
  * once on a small machine queue for the cores.
@@ -411,6 +421,10 @@ export class Vm implements ReactorClient {
    * host's own initiative, at their configured rate (a token bucket refilled every few ms). A group
    * that finds no credit waits for the next tick: the injector is paced by the guest's answers like
    * any PRI device. Events need no credit.
+   *
+   * Paced against the clock, never catching up: the bucket holds one tick's worth, so a tick that
+   * comes late skips what it missed instead of sending it in one burst, and a tick sends for at most
+   * INJECT_SLICE_MS. A rate faster than the host can raise is sent as fast as the host can.
    */
   private startInjectors(): void {
     this.config.devices.forEach((config, i) => {
@@ -420,9 +434,11 @@ export class Vm implements ReactorClient {
       let last = performance.now();
       let budget = 0;
       let next = 0;
+      const perTick = Math.max(1, (inject.ratePerSec * INJECT_TICK_MS) / 1000);
       const ticker = this.wiring.reactor.every(INJECT_TICK_MS, (now) => {
-        budget = Math.min(budget + ((now - last) * inject.ratePerSec) / 1000, inject.ratePerSec);
+        budget = Math.min(budget + ((now - last) * inject.ratePerSec) / 1000, perTick);
         last = now;
+        const end = now + INJECT_SLICE_MS;
         let sent = 0;
         while (budget >= 1) {
           const address = inject.base + (next % inject.pages) * 4096;
@@ -432,6 +448,7 @@ export class Vm implements ReactorClient {
           next += inject.groupSize;
           budget--;
           sent++;
+          if ((sent & 15) === 0 && performance.now() >= end) break;
         }
         if (sent > 0) this.wiring.reactor.wake(this.index);
       });
@@ -439,18 +456,22 @@ export class Vm implements ReactorClient {
     });
   }
 
-  async stats(): Promise<GuestStats | undefined> {
+  /** The guest's counters; a guest that does not answer within `timeoutMs` rejects. */
+  async stats(timeoutMs = CONTROL_TIMEOUT_MS): Promise<GuestStats | undefined> {
     if (this.crashed) return this.guestStats;
-    this.guestStats = await this.call((c) => c.stats());
+    this.guestStats = await this.call((c) => c.stats(), timeoutMs);
     return this.guestStats;
   }
 
-  /** Ask the guest to finish in-flight work and stop; keeps serving it meanwhile. */
+  /**
+   * Ask the guest to finish in-flight work and stop; keeps serving it meanwhile. A guest that has
+   * not answered by `graceMs` plus STOP_ANSWER_SLACK_MS is hung, and treated as crashed.
+   */
   async stop(graceMs: number): Promise<void> {
     this.stopTickers();
     if (!this.crashed) {
       try {
-        this.guestStats = await this.call((c) => c.stop(graceMs));
+        this.guestStats = await this.call((c) => c.stop(graceMs), graceMs + STOP_ANSWER_SLACK_MS);
       } catch (error) {
         this.markCrashed(`guest did not stop: ${(error as Error).message}`);
       }
