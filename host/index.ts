@@ -32,12 +32,5 @@ export * from './iommufd/selftest.ts';
 export type { VeventqFd } from './iommufd/veventq.ts';
 export type { RunReport, VmReport } from './vmm/report.ts';
 export { type InjectedFault, type RunOptions, runTopology, Sandbox } from './vmm/sandbox.ts';
-export {
-  loadTopology,
-  parseTopology,
-  TEARDOWN_OPS,
-  type TeardownOp,
-  type Topology,
-  TopologyError,
-  topologyJsonSchema,
-} from './vmm/topology.ts';
+export { TEARDOWN_OPS, type TeardownOp, type Topology, topologyJsonSchema } from './vmm/topology.ts';
+export { loadTopology, parseTopology, TopologyError } from './vmm/topology-file.ts';

@@ -1,5 +1,5 @@
 /**
- * DEVICE objects and attachment (iommufd device.c, iommufd-model.md section 4): a bound device is
+ * DEVICE objects and attachment (iommufd device.c; docs/registry.md): a bound device is
  * attached by RID or by PASID to an IOAS (through an automatic paging domain) or a HWPT. Each
  * attachment holds its HWPT and the DEVICE. Detach and replace answer every page-request group of
  * the ended attachment INVALID; removal never fails.
@@ -12,10 +12,12 @@
 import type { IommuDevice } from '../iommu/iommu-ops.ts';
 import type { IopfGroup, IopfHandler } from '../iommu/iopf.ts';
 import { PRG_INVALID } from '../iommu/page-request.ts';
+import type { IommufdCtx } from './context.ts';
 import { IommufdError } from './errors.ts';
 import type { FaultInjector } from './fault-injector.ts';
 import { type Hwpt, HwptPaging, ioasOf } from './hwpt.ts';
 import type { Ioas } from './ioas.ts';
+import { driverCall } from './ioctl.ts';
 import { IommufdObject } from './object.ts';
 import type { ObjectTable } from './object-table.ts';
 import type { VdeviceObject } from './viommu.ts';
@@ -276,4 +278,102 @@ function checkGroup(ctx: AttachContext, device: DeviceObject, pt: Hwpt | Ioas): 
     if (!same)
       throw new IommufdError('EINVAL', `device ${object.id} of the same IOMMU group is attached elsewhere`);
   }
+}
+
+// --- the device commands (device.c, and the VFIO bind and attach that reach it) --------------------
+// iommufd.ts's table has already checked their arguments.
+
+export const IOMMU_HW_INFO_FLAG_INPUT_TYPE = 1;
+export const IOMMU_HW_INFO_TYPE_DEFAULT = 0;
+
+/**
+ * Unbind on the registry's own behalf: detach everything, let the device stop asking (PCI PRI
+ * disable), make its vDEVICE a tombstone and drop the DEVICE.
+ */
+export function unbind(ctx: IommufdCtx, device: DeviceObject): void {
+  for (const key of [...device.attachments.keys()]) detachDevice(ctx, device, key < 0 ? undefined : key);
+  // Every group is answered by now: the device may stop asking (PCI PRI disable).
+  device.hw.ops.disablePri(device.hw);
+  if (device.vdevice) ctx.table.tombstone(device.vdevice);
+  device.put();
+  ctx.table.remove(device);
+  if (device.hw.ops === ctx.mock) ctx.mock.removeDevice(device.hw as never);
+}
+
+/** VFIO_DEVICE_BIND_IOMMUFD: a DEVICE object for a physical device. */
+export function bindIoctl(ctx: IommufdCtx, cmd: { device: IommuDevice }): { devId: number } {
+  const object = ctx.table.create(() => new DeviceObject(cmd.device));
+  return { devId: object.id };
+}
+
+/** Unbind (closing the VFIO device): detach everything; a vDEVICE of the device becomes a tombstone. */
+export function unbindIoctl(ctx: IommufdCtx, cmd: { devId: number }): void {
+  unbind(ctx, ctx.table.get<DeviceObject>(cmd.devId, 'DEVICE'));
+}
+
+/** A device's RID (no `pasid`) or one of its PASIDs, and the IOAS or HWPT it goes to. */
+export interface AttachCmd {
+  devId: number;
+  pasid: number | undefined;
+  ptId: number;
+}
+
+/** VFIO_DEVICE_ATTACH_IOMMUFD_PT (or its PASID form): returns the HWPT used. */
+export function attachIoctl(ctx: IommufdCtx, cmd: AttachCmd): { ptId: number } {
+  const device = ctx.table.get<DeviceObject>(cmd.devId, 'DEVICE');
+  return { ptId: driverCall(() => attachDevice(ctx, device, cmd.pasid, cmd.ptId)) };
+}
+
+/** The same, over an existing attachment (replace): returns the HWPT used. */
+export function replaceIoctl(ctx: IommufdCtx, cmd: AttachCmd): { ptId: number } {
+  const device = ctx.table.get<DeviceObject>(cmd.devId, 'DEVICE');
+  return { ptId: driverCall(() => replaceDevice(ctx, device, cmd.pasid, cmd.ptId)) };
+}
+
+/** VFIO_DEVICE_DETACH_IOMMUFD_PT: a silent no-op when nothing is attached. */
+export function detachIoctl(ctx: IommufdCtx, cmd: { devId: number; pasid: number | undefined }): void {
+  detachDevice(ctx, ctx.table.get<DeviceObject>(cmd.devId, 'DEVICE'), cmd.pasid);
+}
+
+export interface GetHwInfoCmd {
+  devId: number;
+  dataLen: number;
+  data: Uint8Array | undefined;
+  flags: number;
+  inDataType: number;
+}
+
+export interface HwInfoOut {
+  dataLen: number;
+  dataType: number;
+  capabilities: bigint;
+  maxPasidLog2: number;
+}
+
+/**
+ * IOMMU_GET_HW_INFO: the driver's hardware info of the device's IOMMU, copied into `data` up to
+ * `dataLen` (zero-filled past what the driver has); the driver's full length comes back.
+ */
+export function getHwInfoIoctl(ctx: IommufdCtx, cmd: GetHwInfoCmd): HwInfoOut {
+  const device = ctx.table.get<DeviceObject>(cmd.devId, 'DEVICE');
+  const info = driverCall(() => device.hw.ops.hwInfo(device.hw));
+  // Without INPUT_TYPE the request is for DEFAULT (0), which every driver answers with its own type.
+  const wanted =
+    (cmd.flags & IOMMU_HW_INFO_FLAG_INPUT_TYPE) !== 0 ? cmd.inDataType : IOMMU_HW_INFO_TYPE_DEFAULT;
+  if (wanted !== IOMMU_HW_INFO_TYPE_DEFAULT && wanted !== info.type) {
+    throw new IommufdError('EOPNOTSUPP', `the driver has no hw info of type ${wanted}`);
+  }
+  if (cmd.dataLen > 0) {
+    const data = cmd.data;
+    if (!data || data.length < cmd.dataLen)
+      throw new IommufdError('EFAULT', 'data buffer is smaller than data_len');
+    data.fill(0, 0, cmd.dataLen);
+    data.set(info.data.subarray(0, Math.min(cmd.dataLen, info.data.length)));
+  }
+  return {
+    dataLen: info.data.length,
+    dataType: info.type,
+    capabilities: info.capabilities,
+    maxPasidLog2: device.hw.pasidLog2,
+  };
 }

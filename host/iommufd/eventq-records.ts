@@ -150,8 +150,8 @@ export const IOMMUFD_PAGE_RESP_INVALID = 1;
  * (SMMUv3 CMD_RESUME Ac=0 Ab=0), which completes it RAZ/WI when the SMMU's IDR0.TERM_MODEL is 0
  * and aborts it when 1. Linux's fault fd takes SUCCESS and INVALID only, so a VMM on it cannot pass
  * a guest's Ab=0 on and has to advertise TERM_MODEL=1; the sandbox carries it so that both
- * terminate models can be run. Refused (EINVAL) for a page-request group. Equals stall.ts's
- * STALL_RESP_TERMINATE.
+ * terminate models can be run. Refused (EINVAL) for a page-request group. Equals
+ * stall-iopf-bridge.ts's STALL_RESP_TERMINATE.
  */
 export const IOMMUFD_PAGE_RESP_TERMINATE = 2;
 

@@ -1,5 +1,5 @@
 /**
- * The FAULT object (iommufd eventq.c; iommufd-model.md 6): the queue through which userspace sees the
+ * The FAULT object (iommufd eventq.c; docs/registry.md): the queue through which userspace sees the
  * I/O page-fault groups of the HWPTs that name it, and answers them.
  *
  * A group is in exactly one place: undelivered (FIFO, waiting for read()), awaiting a response (in
@@ -12,6 +12,7 @@
  * arrived and checks it at every touch: a group that was freed behind the object's back (the 2026
  * detach race: one group on two lists) is counted in `staleTouches` and never read or answered.
  */
+import type { IommufdCtx } from './context.ts';
 import { IommufdError } from './errors.ts';
 import {
   IOMMUFD_PAGE_RESP_INVALID,
@@ -550,4 +551,18 @@ class ResponseTable {
     }
     return top;
   }
+}
+
+/** IOMMU_FAULT_QUEUE_ALLOC (eventq.c): a FAULT object and the fd userspace reads and answers it on. */
+export function faultQueueAllocIoctl(
+  ctx: IommufdCtx,
+  _cmd: { flags: number },
+): { faultId: number; faultFd: FaultFd } {
+  let fd: FaultFd | undefined;
+  const fault = ctx.table.create(() => {
+    const object = new FaultObject(ctx.injector);
+    fd = ctx.wrapFd(object.openFd());
+    return object;
+  });
+  return { faultId: fault.id, faultFd: fd as FaultFd };
 }

@@ -1,10 +1,11 @@
 /**
- * IOAS: an I/O address space (iommufd ioas.c / io_pagetable.c, iommufd-model.md section 3). Areas
+ * IOAS: an I/O address space (iommufd ioas.c / io_pagetable.c; docs/registry.md). Areas
  * map IOVA ranges onto pinned user pages; reserved ranges (domain apertures, device regions, test
  * reservations) and the optional allowed list steer automatic IOVA choice. Every HWPT_PAGING of
  * the IOAS is a domain that mirrors every area; each page of a backing is pinned once, while some
  * area mapped into some domain covers it.
  */
+import type { IommufdCtx } from './context.ts';
 import { IommufdError } from './errors.ts';
 import type { FaultInjector } from './fault-injector.ts';
 import {
@@ -159,7 +160,7 @@ export class Ioas extends IommufdObject {
     for (const area of [...this.areas]) this.removeArea(area);
   }
 
-  /** IOAS_MAP after its flag and argument checks (iommufd-model.md 3.1 steps 5-10). */
+  /** IOAS_MAP after its flag and argument checks: the rest, in the kernel's order (docs/registry.md). */
   map(flags: number, userVa: bigint, length: bigint, iova: bigint): bigint {
     if (userVa + length > U64_MAX) throw new IommufdError('EOVERFLOW', 'user_va + length overflows');
     if (length === 0n || length > MAX_MAP_LENGTH)
@@ -422,6 +423,24 @@ export class Ioas extends IommufdObject {
     this.removeReserved(domain);
   }
 
+  /**
+   * IOMMU_OPTION HUGE_PAGES SET: 0 maps with PAGE_SIZE pages only, 1 lets domains use large pages.
+   * Disabling twice is a no-op (iopt_disable_large_pages returns early).
+   */
+  setHugePages(val64: bigint): void {
+    if (val64 === 1n) {
+      this.disableLargePages = false;
+      return;
+    }
+    if (val64 !== 0n) throw new IommufdError('EINVAL', 'HUGE_PAGES is 0 or 1');
+    if (this.disableLargePages) return;
+    if (this.domains.length > 0 && this.areas.length > 0) {
+      throw new IommufdError('EINVAL', 'cannot disable huge pages while domains map areas');
+    }
+    this.checkAlignment(maxOf(PAGE_SIZE, this.iovaAlignment));
+    this.disableLargePages = true;
+  }
+
   /** Refuse an alignment that an existing area would violate (EADDRINUSE). */
   checkAlignment(align: bigint): void {
     for (const area of this.areas) {
@@ -537,3 +556,91 @@ export class Ioas extends IommufdObject {
 }
 
 export { MAP_FLAGS as IOAS_MAP_FLAGS };
+
+// --- the IOAS ioctls (ioas.c); iommufd.ts's table has already checked their arguments ---------------
+
+const ACCESS = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE;
+
+/** IOMMU_IOAS_ALLOC: a new IOAS with nothing mapped. */
+export function ioasAllocIoctl(ctx: IommufdCtx, _cmd: { flags: number }): { ioasId: number } {
+  const ioas = ctx.table.create(() => new Ioas(ctx.memory, ctx.injector));
+  return { ioasId: ioas.id };
+}
+
+export interface IoasMapCmd {
+  flags: number;
+  ioasId: number;
+  userVa: bigint;
+  length: bigint;
+  iova: bigint;
+}
+
+/** IOMMU_IOAS_MAP: map user memory at `iova` (FIXED_IOVA) or at an IOVA the IOAS picks. */
+export function ioasMapIoctl(ctx: IommufdCtx, cmd: IoasMapCmd): { iova: bigint } {
+  if (cmd.iova >= U64_MAX || cmd.length >= U64_MAX)
+    throw new IommufdError('EOVERFLOW', 'iova or length is U64_MAX');
+  if ((cmd.flags & ACCESS) === 0) throw new IommufdError('EINVAL', 'a mapping must be READABLE or WRITEABLE');
+  const ioas = ctx.table.get<Ioas>(cmd.ioasId, 'IOAS');
+  return { iova: ioas.map(cmd.flags, cmd.userVa, cmd.length, cmd.iova) };
+}
+
+/** IOMMU_IOAS_UNMAP: whole areas inside [iova, iova + length), or everything for (0, U64_MAX). */
+export function ioasUnmapIoctl(
+  ctx: IommufdCtx,
+  cmd: { ioasId: number; iova: bigint; length: bigint },
+): { length: bigint } {
+  // The kernel looks the IOAS up before it judges the range (iommufd_ioas_unmap).
+  const ioas = ctx.table.get<Ioas>(cmd.ioasId, 'IOAS');
+  return { length: ioas.unmap(cmd.iova, cmd.length) };
+}
+
+export interface IoasCopyCmd {
+  flags: number;
+  dstIoasId: number;
+  srcIoasId: number;
+  length: bigint;
+  dstIova: bigint;
+  srcIova: bigint;
+}
+
+/** IOMMU_IOAS_COPY: map the pages behind a source range again, in another (or the same) IOAS. */
+export function ioasCopyIoctl(ctx: IommufdCtx, cmd: IoasCopyCmd): { dstIova: bigint } {
+  const { flags, length, srcIova, dstIova } = cmd;
+  if (length >= U64_MAX || srcIova >= U64_MAX || dstIova >= U64_MAX) {
+    throw new IommufdError('EOVERFLOW', 'length, src_iova or dst_iova is U64_MAX');
+  }
+  if ((flags & ACCESS) === 0) throw new IommufdError('EINVAL', 'a copy must be READABLE or WRITEABLE');
+  const src = ctx.table.get<Ioas>(cmd.srcIoasId, 'IOAS');
+  const slices = src.slicesOf(srcIova, length);
+  const dst = ctx.table.get<Ioas>(cmd.dstIoasId, 'IOAS');
+  return { dstIova: dst.mapSlices(flags, slices, length, dstIova) };
+}
+
+/**
+ * IOMMU_IOAS_IOVA_RANGES: the ranges automatic IOVAs may come from. EMSGSIZE when they do not fit
+ * in `numIovas`, with the count and the first ranges written back all the same.
+ */
+export function ioasIovaRangesIoctl(
+  ctx: IommufdCtx,
+  cmd: { ioasId: number; numIovas: number },
+): { numIovas: number; allowedIovas: IovaRange[]; iovaAlignment: bigint } {
+  const ioas = ctx.table.get<Ioas>(cmd.ioasId, 'IOAS');
+  const ranges = ioas.iovaRanges();
+  const out = {
+    numIovas: ranges.length,
+    allowedIovas: ranges.slice(0, cmd.numIovas),
+    iovaAlignment: ioas.iovaAlignment,
+  };
+  if (ranges.length > cmd.numIovas) {
+    throw new IommufdError('EMSGSIZE', `${ranges.length} ranges do not fit in ${cmd.numIovas}`, out);
+  }
+  return out;
+}
+
+/** IOMMU_IOAS_ALLOW_IOVAS: replace the list automatic IOVAs are limited to (empty: no limit). */
+export function ioasAllowIovasIoctl(
+  ctx: IommufdCtx,
+  cmd: { ioasId: number; allowedIovas: IovaRange[] },
+): void {
+  ctx.table.get<Ioas>(cmd.ioasId, 'IOAS').allowIovas(cmd.allowedIovas);
+}

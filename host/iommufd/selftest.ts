@@ -1,5 +1,5 @@
 /**
- * The selftest mock driver (drivers/iommu/iommufd/selftest.c, iommufd-model.md section 10): a fake
+ * The selftest mock driver (drivers/iommu/iommufd/selftest.c, docs/registry.md): a fake
  * IOMMU whose constants the kernel's selftests observe, so those tests port case by case. Its
  * domains remember their mappings; nested domains carry a 4-slot IOTLB and devices a 4-slot cache
  * that invalidation clears.

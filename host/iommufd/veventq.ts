@@ -1,5 +1,5 @@
 /**
- * The VEVENTQ object (iommufd eventq.c; iommufd-model.md 8): a vIOMMU's queue of driver events of
+ * The VEVENTQ object (iommufd eventq.c; docs/registry.md): a vIOMMU's queue of driver events of
  * one type, read by userspace as `iommufd_vevent_header` + data, in order.
  *
  * Every report takes the next sequence number, queued or not. A report that finds the queue full
@@ -8,10 +8,15 @@
  * element: a normal event queued behind it removes it, since the gap in sequence numbers already
  * tells userspace how many were lost.
  */
+import type { IommufdCtx } from './context.ts';
 import { IommufdError } from './errors.ts';
 import { encodeVeventHeader, IOMMU_VEVENTQ_FLAG_LOST_EVENTS, VEVENT_HEADER_BYTES } from './eventq-records.ts';
 import type { FaultInjector } from './fault-injector.ts';
 import { IommufdObject } from './object.ts';
+import type { ViommuObject } from './viommu.ts';
+
+/** The deepest queue VEVENTQ_ALLOC accepts (IOMMU_VEVENTQ_MAX_DEPTH). */
+export const VEVENTQ_MAX_DEPTH = 1 << 19;
 
 /** Sequence numbers are an int: after INT_MAX comes 0. */
 const SEQUENCE_MASK = 0x7fff_ffff;
@@ -199,4 +204,38 @@ export class VeventqObject extends IommufdObject {
       this.head = 0;
     }
   }
+}
+
+export interface VeventqAllocCmd {
+  flags: number;
+  viommuId: number;
+  type: number;
+  veventqDepth: number;
+}
+
+/**
+ * IOMMU_VEVENTQ_ALLOC (eventq.c): a vIOMMU's queue for the events of one type, and the fd
+ * userspace reads them on; a second queue of a type is EEXIST.
+ */
+export function veventqAllocIoctl(
+  ctx: IommufdCtx,
+  cmd: VeventqAllocCmd,
+): { veventqId: number; veventqFd: VeventqFd } {
+  const { type } = cmd;
+  const viommu = ctx.table.get<ViommuObject>(cmd.viommuId, 'VIOMMU');
+  if (viommu.veventqs.has(type))
+    throw new IommufdError('EEXIST', `the vIOMMU already has a vEVENTQ of type 0x${type.toString(16)}`);
+  let fd: VeventqFd | undefined;
+  const veventq = ctx.table.create(() => {
+    const object = new VeventqObject(viommu, type, cmd.veventqDepth, ctx.injector);
+    try {
+      fd = ctx.wrapFd(object.openFd());
+    } catch (error) {
+      object.destroy();
+      throw error;
+    }
+    return object;
+  });
+  viommu.veventqs.set(type, veventq);
+  return { veventqId: veventq.id, veventqFd: fd as VeventqFd };
 }
