@@ -1,6 +1,6 @@
 /**
  * The guest driver's side of a VT-d page request queue, in the order Linux's prq_event_thread
- * keeps (fault-queues.md 2.2):
+ * keeps (docs/queues.md):
  *
  * 1. Write PPR=1 to clear it first. The host raises the next interrupt only on a write that finds
  *    PPR (and PRO) clear, so clearing after the drain could swallow the interrupt of a request
@@ -12,8 +12,13 @@
  */
 
 import type { RegisterMirror } from '../shared/posted-link.ts';
+import { queueIndex } from '../shared/queue-index.ts';
 import type { VtdPageRequest } from '../shared/records/vtd-prq-entry.ts';
-import { decodeVtdPageRequest, newVtdPageRequest } from '../shared/records/vtd-prq-entry.ts';
+import {
+  decodeVtdPageRequest,
+  newVtdPageRequest,
+  VTD_PRQ_ENTRY_BYTES,
+} from '../shared/records/vtd-prq-entry.ts';
 import type { RingConsumer, RingMirror } from '../shared/ring.ts';
 import { type PageRequestStatus, PRS_PPR, PRS_PRO, vtdPrqConsumer } from '../shared/vtd-prq-registers.ts';
 
@@ -26,14 +31,11 @@ export interface VtdPrqDriverStats {
   overflowsCleared: number;
 }
 
-const DESCRIPTOR_BYTES = 32;
-
 export class VtdPrqDriver {
   readonly stats: VtdPrqDriverStats = { handled: 0, passes: 0, overflowsCleared: 0 };
   readonly status: PageRequestStatus;
 
   readonly ring: RingConsumer;
-  private readonly indexMask: number;
   private readonly request = newVtdPageRequest();
 
   constructor(
@@ -45,17 +47,16 @@ export class VtdPrqDriver {
     const { ring, status } = vtdPrqConsumer(buffer, byteOffset, log2Size, mirror);
     this.ring = ring;
     this.status = status;
-    this.indexMask = ring.size - 1;
   }
 
   /** PQH, as a byte offset into the queue. */
   get head(): number {
-    return (this.ring.index & this.indexMask) * DESCRIPTOR_BYTES;
+    return queueIndex(this.ring.index, this.ring.log2Size) * VTD_PRQ_ENTRY_BYTES;
   }
 
   /** PQT (a fresh load), as a byte offset into the queue. */
   get tail(): number {
-    return ((this.ring.index + this.ring.poll()) & this.indexMask) * DESCRIPTOR_BYTES;
+    return queueIndex(this.ring.index + this.ring.poll(), this.ring.log2Size) * VTD_PRQ_ENTRY_BYTES;
   }
 
   /** Descriptors between PQH and PQT (a fresh load of PQT). */

@@ -1,11 +1,11 @@
 /**
- * The mirrored single-producer/single-consumer ring of fault-queues.md 7.3, over a SharedArrayBuffer.
+ * The mirrored single-producer/single-consumer ring (SMMU spec 3.5; docs/queues.md) in shared memory.
  * One implementation serves every queue in the project: page-request and event queues (host to
  * guest), command queues and DMA descriptor queues (guest to host), completion queues.
  *
  * Rules it keeps (SMMUv3 spec 3.5, 7.4):
  * - 2^n fixed-size slots, all usable. PROD and CONS hold index + wrap bit in bits [n:0]; empty is
- *   "equal including wrap", full is "equal index, different wrap".
+ *   "equal including wrap", full is "equal index, different wrap" (the arithmetic: queue-index.ts).
  * - Each side writes only its own index and keeps the authoritative copy in thread-local state; the
  *   other side's index is read from shared memory and validated, never trusted (a guest may write
  *   anything there). An index that claims more than 2^n records in flight is counted in
@@ -20,6 +20,20 @@
  *   ring full and sleeps is woken only once the consumer has brought it to at most half full.
  */
 import { DOORBELL_BYTES, Doorbell } from './doorbell.ts';
+import {
+  MAX_QUEUE_LOG2_SIZE,
+  QUEUE_OVERFLOW,
+  queueAdvance,
+  queueEmpty,
+  queueFree,
+  queueHasSpace,
+  queueIndex,
+  queueIndexWrap,
+  queueOverflowFlag,
+  queueOverflowPending,
+  queueToggleOverflow,
+  queueUsed,
+} from './queue-index.ts';
 
 export interface RingGeometry {
   /** log2 of the number of slots, 1..19 (SMMUv3 caps queue sizes at 2^19 entries). */
@@ -46,9 +60,9 @@ export const CONS = 16;
 const SPACE_BELL_BYTE = 128;
 const HEADER_BYTES = 256;
 
-/** OVFLG in PROD, OVACKFLG in CONS. */
-export const FLAG = 1 << 31;
-export const MAX_LOG2_SIZE = 19;
+/** OVFLG in PROD, OVACKFLG in CONS (queue-index.ts). */
+export const FLAG = QUEUE_OVERFLOW;
+export const MAX_LOG2_SIZE = MAX_QUEUE_LOG2_SIZE;
 
 export function ringBytes(geometry: RingGeometry): number {
   checkGeometry(geometry);
@@ -66,10 +80,8 @@ function checkGeometry({ log2Size, recordWords }: RingGeometry): void {
 
 /** What both endpoints know about one ring: where it lives and its shape. */
 class RingView {
+  readonly log2Size: number;
   readonly size: number;
-  /** Mask over index + wrap. */
-  readonly mask: number;
-  readonly indexMask: number;
   readonly recordWords: number;
   /** Word offset of slot 0 in `words`. */
   readonly slotBase: number;
@@ -83,9 +95,8 @@ class RingView {
     if (byteOffset + bytes > buffer.byteLength) {
       throw new RangeError(`ring of ${bytes} bytes at ${byteOffset} exceeds buffer of ${buffer.byteLength}`);
     }
+    this.log2Size = geometry.log2Size;
     this.size = 1 << geometry.log2Size;
-    this.mask = (2 << geometry.log2Size) - 1;
-    this.indexMask = this.size - 1;
     this.recordWords = geometry.recordWords;
     this.slotBase = HEADER_BYTES / 4;
     this.words = new Int32Array(buffer, byteOffset, bytes / 4);
@@ -93,7 +104,7 @@ class RingView {
   }
 
   slot(indexWithWrap: number): number {
-    return this.slotBase + (indexWithWrap & this.indexMask) * this.recordWords;
+    return this.slotBase + queueIndex(indexWithWrap, this.log2Size) * this.recordWords;
   }
 }
 
@@ -102,6 +113,7 @@ if (SPACE_BELL_BYTE + DOORBELL_BYTES > HEADER_BYTES) throw new Error('ring heade
 
 export class RingProducer {
   readonly words: Int32Array;
+  readonly log2Size: number;
   readonly size: number;
   /** Times the consumer's index claimed an impossible fill level (counted, treated as full). */
   corruptIndex = 0;
@@ -126,6 +138,7 @@ export class RingProducer {
   ) {
     this.view = new RingView(buffer, byteOffset, geometry);
     this.words = this.view.words;
+    this.log2Size = this.view.log2Size;
     this.size = this.view.size;
   }
 
@@ -140,7 +153,7 @@ export class RingProducer {
 
   /** Take the claimed slot into the batch; it is not visible until `publish()`. */
   commit(): void {
-    this.prod = (this.prod + 1) & this.view.mask;
+    this.prod = queueAdvance(this.prod, 1, this.view.log2Size);
     this.free--;
   }
 
@@ -156,7 +169,7 @@ export class RingProducer {
     Atomics.store(this.view.words, PROD, this.prod | this.overflowFlag);
     this.mirror?.store(this.view.words, PROD, 1);
     // SC atomics: a consumer that stored CONS == before has drained everything and may sleep.
-    const wasEmpty = (Atomics.load(this.view.words, CONS) & this.view.mask) === before;
+    const wasEmpty = queueEmpty(before, Atomics.load(this.view.words, CONS), this.view.log2Size);
     if (wasEmpty) this.doorbell?.ring();
     return wasEmpty;
   }
@@ -172,8 +185,7 @@ export class RingProducer {
    * corrupt index reads as no room), for a host deciding whether it has work before it sleeps.
    */
   hasRoom(): boolean {
-    const cons = Atomics.load(this.view.words, CONS) & this.view.mask;
-    return ((this.prod - cons) & this.view.mask) < this.size;
+    return queueHasSpace(this.prod, Atomics.load(this.view.words, CONS), this.view.log2Size, 1);
   }
 
   /** Records published or committed and not yet consumed, as far as the consumer's index says. */
@@ -192,7 +204,7 @@ export class RingProducer {
     this.discarded++;
     if (this.overflowPending()) return false;
     this.publish();
-    this.overflowFlag ^= FLAG;
+    this.overflowFlag = queueToggleOverflow(this.overflowFlag);
     Atomics.store(this.view.words, PROD, this.published | this.overflowFlag);
     this.mirror?.store(this.view.words, PROD, 1);
     return true;
@@ -202,8 +214,8 @@ export class RingProducer {
   private mirrorRecords(from: number, to: number): void {
     const mirror = this.mirror as RingMirror;
     const view = this.view;
-    const count = (to - from) & view.mask;
-    const first = from & view.indexMask;
+    const count = queueUsed(to, from, view.log2Size);
+    const first = queueIndex(from, view.log2Size);
     const head = Math.min(count, view.size - first);
     mirror.store(view.words, view.slot(from), head * view.recordWords);
     if (count > head) mirror.store(view.words, view.slotBase, (count - head) * view.recordWords);
@@ -211,7 +223,7 @@ export class RingProducer {
 
   /** OVFLG differs from the consumer's OVACKFLG: an overflow has not been acknowledged yet. */
   overflowPending(): boolean {
-    return (Atomics.load(this.view.words, CONS) & FLAG) !== this.overflowFlag;
+    return queueOverflowPending(this.overflowFlag, Atomics.load(this.view.words, CONS));
   }
 
   /**
@@ -233,13 +245,12 @@ export class RingProducer {
   }
 
   private refreshFree(): number {
-    const cons = Atomics.load(this.view.words, CONS) & this.view.mask;
-    const used = (this.prod - cons) & this.view.mask;
-    if (used > this.size) {
+    const free = queueFree(this.prod, Atomics.load(this.view.words, CONS), this.view.log2Size);
+    if (free < 0) {
       this.corruptIndex++;
       this.free = 0;
     } else {
-      this.free = this.size - used;
+      this.free = free;
     }
     return this.free;
   }
@@ -247,6 +258,7 @@ export class RingProducer {
 
 export class RingConsumer {
   readonly words: Int32Array;
+  readonly log2Size: number;
   readonly size: number;
   /** Times the producer's index claimed an impossible fill level (counted, nothing consumed). */
   corruptIndex = 0;
@@ -264,6 +276,7 @@ export class RingConsumer {
   ) {
     this.view = new RingView(buffer, byteOffset, geometry);
     this.words = this.view.words;
+    this.log2Size = this.view.log2Size;
     this.size = this.view.size;
   }
 
@@ -272,9 +285,8 @@ export class RingConsumer {
    * `at(i)` until `release()`.
    */
   poll(): number {
-    const prod = Atomics.load(this.view.words, PROD);
-    const p = prod & this.view.mask;
-    const ready = (p - this.cons) & this.view.mask;
+    const p = queueIndexWrap(Atomics.load(this.view.words, PROD), this.view.log2Size);
+    const ready = queueUsed(p, this.cons, this.view.log2Size);
     if (ready > this.size) {
       this.corruptIndex++;
       return 0;
@@ -291,11 +303,11 @@ export class RingConsumer {
   /** Hand `n` consumed slots back to the producer with one CONS store. */
   release(n: number): void {
     if (n <= 0) return;
-    this.cons = (this.cons + n) & this.view.mask;
+    this.cons = queueAdvance(this.cons, n, this.view.log2Size);
     Atomics.store(this.view.words, CONS, this.cons | this.ackFlag);
     this.mirror?.store(this.view.words, CONS, 1);
     // A producer sleeping on a full ring is woken once, when at most half the ring is in use.
-    const left = (this.prodSeen - this.cons) & this.view.mask;
+    const left = queueUsed(this.prodSeen, this.cons, this.view.log2Size);
     if (left <= this.size >>> 1) {
       if (this.mirror) this.mirror.ringIfSleeping(this.view.words, SPACE_BELL_BYTE / 4);
       else this.view.spaceBell.ringIfSleeping();
@@ -304,12 +316,12 @@ export class RingConsumer {
 
   /** True when the producer has raised OVFLG and this side has not acknowledged it yet. */
   overflowPending(): boolean {
-    return (Atomics.load(this.view.words, PROD) & FLAG) !== this.ackFlag;
+    return queueOverflowPending(Atomics.load(this.view.words, PROD), this.ackFlag);
   }
 
   /** Copy OVFLG into OVACKFLG: the overflow condition ends and the producer may signal again. */
   acknowledgeOverflow(): void {
-    this.ackFlag = Atomics.load(this.view.words, PROD) & FLAG;
+    this.ackFlag = queueOverflowFlag(Atomics.load(this.view.words, PROD));
     Atomics.store(this.view.words, CONS, this.cons | this.ackFlag);
     this.mirror?.store(this.view.words, CONS, 1);
   }

@@ -1,4 +1,7 @@
 /**
+ * One concept, a PCIe function's DMA op state machine (its PRI capability is pri-capability.ts, a
+ * PRI shared between the interfaces of one function shared-pri.ts).
+ *
  * A DMA-capable PCIe function with ATS/PRI: it takes descriptors from its work queue, moves the
  * bytes between guest memory and its own buffer through the IOMMU's translation, and recovers from
  * stage-1 translation faults with page requests (one request per group, Last set).
@@ -12,16 +15,19 @@
 import { type GuestMemory, PAGE_SIZE, PAGE_WORDS } from '../../shared/guest-memory.ts';
 import {
   DMA_FLAG_VERIFY,
+  DMA_KNOWN_FLAGS,
   DMA_OP_READ,
   DMA_STATUS_BAD_DESCRIPTOR,
   DMA_STATUS_FAULT,
   DMA_STATUS_OK,
   DMA_STATUS_PAGE_INVALID,
   decodeDmaDescriptor,
+  dmaDescriptorReserved,
   encodeDmaCompletion,
   newDmaDescriptor,
 } from '../../shared/records/dma-descriptor.ts';
 import { F_ACCESS, F_PERMISSION, F_TRANSLATION } from '../../shared/records/event-types.ts';
+import { PRG_INDICES } from '../../shared/records/page-request.ts';
 import type { RingConsumer, RingProducer } from '../../shared/ring.ts';
 import { STAGE_IOMMU, STAGE_IOPF, STAGE_ORACLE, stageClock } from '../../shared/stage-clock.ts';
 import type { Iommu } from '../iommu/iommu.ts';
@@ -34,7 +40,6 @@ import type { SharedPri } from './shared-pri.ts';
 /** Longest transfer one descriptor may ask for. */
 export const MAX_DMA_LENGTH = 1 << 20;
 const PASID_LIMIT = 1 << 20;
-const KNOWN_FLAGS = DMA_FLAG_VERIFY;
 
 const FREE = 0;
 const READY = 1;
@@ -184,7 +189,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
   private readonly runQueue: Int32Array;
   private runHead = 0;
   private runCount = 0;
-  private readonly prgOp = new Int32Array(512).fill(-1);
+  private readonly prgOp = new Int32Array(PRG_INDICES).fill(-1);
   private readonly stoppedPasids = new Set<number>();
   private readonly staging = new Int32Array(PAGE_WORDS);
   private readonly stagingBytes = new Uint8Array(this.staging.buffer);
@@ -661,7 +666,7 @@ function validDescriptor(
     length <= MAX_DMA_LENGTH &&
     pasid >= 0 &&
     pasid < PASID_LIMIT &&
-    (flags & ~KNOWN_FLAGS) === 0 &&
-    words[at + 7] === 0
+    (flags & ~DMA_KNOWN_FLAGS) === 0 &&
+    dmaDescriptorReserved(words, at) === 0
   );
 }

@@ -1,5 +1,5 @@
 /**
- * A PCIe function's PRI capability (fault-queues.md 3): the Outstanding Page Request Allocation
+ * A PCIe function's PRI capability (PCIe PRI; docs/queues.md): the Outstanding Page Request Allocation
  * (credits), 9-bit PRG indices, and the status bits a response can latch.
  * - A request holds one credit until its group's response arrives.
  * - Success: the pages should be resident, the function retries.
@@ -7,7 +7,7 @@
  * - Response Failure: latches Status.RF and stops page requests until PRI is reset.
  * - A response whose PRG index matches no outstanding group is ignored and latches Status.UPRGI.
  */
-export const PRG_INDICES = 512;
+import { PRG_INDEX_MASK, PRG_INDICES } from '../../shared/records/page-request.ts';
 
 export class PriCapability {
   enabled = true;
@@ -41,11 +41,11 @@ export class PriCapability {
   /** Take `requests` credits and a PRG index for one group (call only after `canRequest()`). */
   allocate(requests = 1): number {
     for (let n = 0; n < PRG_INDICES; n++) {
-      const index = (this.cursor + n) & (PRG_INDICES - 1);
+      const index = (this.cursor + n) & PRG_INDEX_MASK;
       if (this.inUse[index] === 0) {
         // The index remembers how many credits its group holds; the response returns them all.
         this.inUse[index] = requests;
-        this.cursor = (index + 1) & (PRG_INDICES - 1);
+        this.cursor = (index + 1) & PRG_INDEX_MASK;
         this.outstanding += requests;
         this.groups++;
         return index;

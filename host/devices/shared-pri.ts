@@ -4,8 +4,9 @@
  * Outstanding Page Request Allocation and one PRG index space, so its interfaces share them; a PRG
  * response reaches the interface whose request took that index. The IOMMU sees one endpoint.
  */
+import { PRG_INDICES } from '../../shared/records/page-request.ts';
 import { PRG_FAILURE, type PriEndpoint } from '../iommu/page-request.ts';
-import { PRG_INDICES, PriCapability } from './pri-capability.ts';
+import { PriCapability } from './pri-capability.ts';
 
 export class SharedPri implements PriEndpoint {
   readonly capability: PriCapability;

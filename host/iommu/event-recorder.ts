@@ -1,6 +1,6 @@
 /**
  * Event recording for translation faults, the terminate model's half of SMMU spec 3.12
- * (fault-queues.md 1.3, 1.4): given a classified fault, decide whether it becomes an event record
+ * (SMMU spec 7.3; docs/fault-path.md): given a classified fault, decide whether it becomes an event record
  * and with which fields.
  *
  * - Only F_TRANSLATION, F_ADDR_SIZE, F_ACCESS and F_PERMISSION are configurable (terminate or
@@ -18,10 +18,8 @@
  * like the record's fields, to an EventSink.
  */
 import { F_ACCESS, F_ADDR_SIZE, F_PERMISSION, F_TRANSLATION } from '../../shared/records/event-types.ts';
-import { type EvtqEntry, newEvtqEntry } from '../../shared/records/evtq-entry.ts';
+import { type EvtqEntry, newEvtqEntry, STAG_MASK } from '../../shared/records/evtq-entry.ts';
 import { ACCESS_EXEC, ACCESS_PRIV, ACCESS_WRITE } from './stage1-walker.ts';
-
-const STAG_MASK = 0xffff;
 
 /** The four translation-related faults whose fault model (terminate or stall) is configurable. */
 export function isConfigurableFault(type: number): boolean {

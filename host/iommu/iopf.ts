@@ -1,5 +1,5 @@
 /**
- * The generic I/O page-fault layer (Linux io-pgfault.c, fault-queues.md 5): requests without Last
+ * The generic I/O page-fault layer (Linux io-pgfault.c; docs/queues.md): requests without Last
  * wait on a per-device partial list; the Last one closes the group, which goes to the handler that
  * owns the faulting address space. Every group is answered exactly once, by its handler or here
  * (no handler: INVALID at once); an answer to a group that was already answered is a counted no-op.
@@ -10,8 +10,9 @@
  * or the pool once answered.
  *
  * Teardown (flushPartial) and deadlines (expire) are the two ways the layer takes groups back
- * from where they wait; see fault-queues.md 5 and the README's "Teardown" section.
+ * from where they wait; see docs/teardown.md.
  */
+import { isStopMarker, PRG_INDICES } from '../../shared/records/page-request.ts';
 import { MAX_GROUP_REQUESTS, type PageRequest, PRG_INVALID, type PriEndpoint } from './page-request.ts';
 
 export class IopfGroup {
@@ -71,7 +72,7 @@ export interface IopfHandler {
 
 export interface IopfStats {
   requests: number;
-  /** Stop PASID markers: filtered here, never grouped, never answered (fault-queues.md 3, 5). */
+  /** Stop PASID markers: filtered here, never grouped, never answered (PCIe PRI; docs/queues.md). */
   stopMarkers: number;
   groups: number;
   answered: number;
@@ -139,12 +140,12 @@ export class IopfQueue {
   report(r: PageRequest): void {
     // A Stop Marker (Last, no R/W, with a PASID) needs no response; Linux has the IOMMU driver drop
     // it before the IOPF core, and flushes its queues before a PASID is freed instead.
-    if (r.last && !r.read && !r.write && r.ssv) {
+    if (isStopMarker(r)) {
       this.stats.stopMarkers++;
       return;
     }
     this.stats.requests++;
-    const key = r.streamId * 512 + r.prgIndex;
+    const key = r.streamId * PRG_INDICES + r.prgIndex;
     // Most groups are one request with Last: no lookup while nothing is open.
     let group = this.partial.size === 0 ? undefined : this.partial.get(key);
     if (!group) {

@@ -1,5 +1,5 @@
 /**
- * The host's physical PRI queue (SMMUv3 PRIQ, fault-queues.md 1.1, 1.5, 7.1): 2^n 16-byte entries
+ * The host's physical PRI queue (SMMUv3 PRIQ, SMMU spec 3.5 and 8; docs/queues.md): 2^n 16-byte entries
  * in the PRIQ entry layout (shared/records/priq-entry.ts), written by the IOMMU for every device
  * behind it and consumed by the host driver's IRQ thread (priq-thread.ts).
  *
@@ -14,6 +14,7 @@
  * entry discarded until the acknowledgement counts as lost to others for a requester that held less
  * than its fair share (capacity / sharers), and as its own loss otherwise.
  */
+import { isStopMarker } from '../../shared/records/page-request.ts';
 import {
   encodePriqEntry,
   newPriqEntry,
@@ -183,7 +184,7 @@ export class PhysicalPriQueue extends QueueRegisters {
       if (this.victim[requester] !== 0) this.lostOthers[requester]++;
       else this.lostSelf[requester]++;
     }
-    if (r.last && !r.read && !r.write && r.ssv) {
+    if (isStopMarker(r)) {
       this.stats.stopMarkersDiscarded++;
       return false;
     }

@@ -1,6 +1,6 @@
 /**
  * The host model of a guest's VT-d page request queue: what a vIOMMU does with a page request
- * (fault-queues.md 2.2, 7.1; QEMU vtd_pri_request_page, which cites VT-d spec 7.5). It differs from
+ * (docs/queues.md; QEMU vtd_pri_request_page, which cites VT-d spec 7.5). It differs from
  * the SMMUv3 queues on every point that matters:
  *
  * - Capacity is 2^n - 1: the queue is full when (PQT + 1) mod size == PQH, one slot always empty.
@@ -25,7 +25,12 @@
  */
 import type { Doorbell } from '../../shared/doorbell.ts';
 import type { RegisterMirror } from '../../shared/posted-link.ts';
-import { encodeVtdPageRequest, type VtdPageRequest } from '../../shared/records/vtd-prq-entry.ts';
+import { queueIndex } from '../../shared/queue-index.ts';
+import {
+  encodeVtdPageRequest,
+  VTD_PRQ_ENTRY_BYTES,
+  type VtdPageRequest,
+} from '../../shared/records/vtd-prq-entry.ts';
 import type { RingMirror, RingProducer } from '../../shared/ring.ts';
 import { type PageRequestStatus, PRS_PPR, PRS_PRO, vtdPrqProducer } from '../../shared/vtd-prq-registers.ts';
 
@@ -41,8 +46,6 @@ export interface VtdPrqStats {
   overflows: number;
 }
 
-const DESCRIPTOR_BYTES = 32;
-
 export class VtdPageRequestQueue {
   readonly stats: VtdPrqStats = {
     written: 0,
@@ -55,7 +58,6 @@ export class VtdPageRequestQueue {
   readonly capacity: number;
 
   private readonly ring: RingProducer;
-  private readonly indexMask: number;
   private tailIndex = 0;
 
   /**
@@ -74,17 +76,16 @@ export class VtdPageRequestQueue {
     this.ring = ring;
     this.status = status;
     this.capacity = ring.size - 1;
-    this.indexMask = ring.size - 1;
   }
 
   /** PQT, as a byte offset into the queue. */
   get tail(): number {
-    return this.tailIndex * DESCRIPTOR_BYTES;
+    return this.tailIndex * VTD_PRQ_ENTRY_BYTES;
   }
 
   /** PQH as software last wrote it, as a byte offset into the queue. */
   get head(): number {
-    return ((this.tailIndex - this.ring.used()) & this.indexMask) * DESCRIPTOR_BYTES;
+    return queueIndex(this.tailIndex - this.ring.used(), this.ring.log2Size) * VTD_PRQ_ENTRY_BYTES;
   }
 
   /** Times the guest's PQH claimed an impossible fill level (counted by the ring, treated as full). */
@@ -115,7 +116,7 @@ export class VtdPageRequestQueue {
     }
     encodeVtdPageRequest(this.ring.words, at, request);
     this.ring.push();
-    this.tailIndex = (this.tailIndex + 1) & this.indexMask;
+    this.tailIndex = queueIndex(this.tailIndex + 1, this.ring.log2Size);
     this.stats.written++;
     // PPR after PQT; a PPR already set needs no read-modify-write (software clears it before it
     // reads PQT, so a handler that cleared it after this load will see the new tail).

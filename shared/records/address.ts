@@ -1,7 +1,7 @@
 /**
  * 64-bit addresses travel as two Int32 words (low, high) in records and page tables; in JS they are
  * plain numbers, exact below 2^53, which covers every 48-bit VA, IPA and PA the sandbox models.
- * BigInt stays off the hot path (perf-notes.md: boxed 64-bit values are ~14x slower).
+ * BigInt stays off the hot path (docs/bench.md: boxed 64-bit values are ~14x slower).
  */
 const TWO_32 = 0x1_0000_0000;
 

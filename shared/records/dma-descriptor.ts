@@ -14,6 +14,8 @@ export const DMA_OP_READ = 1;
 
 /** Ask the sandbox's oracle to check every byte read against the workload's pattern. */
 export const DMA_FLAG_VERIFY = 1 << 0;
+/** Every flag a descriptor may set: any other bit makes it malformed. */
+export const DMA_KNOWN_FLAGS = DMA_FLAG_VERIFY;
 
 export const DMA_STATUS_OK = 0;
 /** A page request for the access was answered Invalid Request: the access failed. */
@@ -45,6 +47,11 @@ export function encodeDmaDescriptor(words: Int32Array, at: number, d: DmaDescrip
   words[at + 5] = addressHigh(d.va);
   words[at + 6] = d.flags;
   words[at + 7] = 0;
+}
+
+/** w7 of a descriptor: reserved, so anything but zero makes the descriptor malformed. */
+export function dmaDescriptorReserved(words: Int32Array, at: number): number {
+  return words[at + 7];
 }
 
 /** Decodes without judging; the device validates (a guest may submit anything). */

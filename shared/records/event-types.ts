@@ -1,4 +1,4 @@
-/** SMMUv3 event record types and classes (SMMU spec 7.3, fault-queues.md 1.3). */
+/** SMMUv3 event record types and classes (SMMU spec 7.3; docs/queues.md). */
 export const F_TRANSLATION = 0x10;
 export const F_ADDR_SIZE = 0x11;
 export const F_ACCESS = 0x12;

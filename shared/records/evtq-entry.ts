@@ -1,5 +1,5 @@
 /**
- * SMMUv3 event record (32 bytes, 8 words), SMMU spec 7.3 / fault-queues.md 1.3:
+ * SMMUv3 event record (32 bytes, 8 words), SMMU spec 7.3 (docs/queues.md):
  *   dword0 [7:0] EventType, [11] SSV, [31:12] SubstreamID, [63:32] StreamID
  *   dword1 [15:0] STAG, [31] Stall, [33] PnU, [34] InD, [35] RnW, [39] S2, [41:40] CLASS
  *   dword2 [63:0] InputAddr
@@ -18,7 +18,9 @@ const EVENT_TYPE_MASK = 0xff;
 const SSV = 1 << 11;
 const SSID_SHIFT = 12;
 const SSID_MASK = 0xf_ffff;
-const STAG_MASK = 0xffff;
+/** Stall tags a stream can have: STAG is 16 bits here and in CMD_RESUME (cmdq-entry.ts). */
+export const STAGS = 1 << 16;
+export const STAG_MASK = STAGS - 1;
 const STALL = 1 << 31;
 // dword1 bits 32 and up, as bits of its high word.
 const PNU = 1 << 1;

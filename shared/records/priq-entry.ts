@@ -1,11 +1,15 @@
 /**
- * SMMUv3 PRI queue entry (16 bytes, 4 words), fault-queues.md 1.5 / SMMU spec 8.1:
+ * SMMUv3 PRI queue entry (16 bytes, 4 words), SMMU spec 8.1 (docs/queues.md):
  *   dword0 [31:0] StreamID, [51:32] SubstreamID, [58] Priv, [59] Exec, [60] Read, [61] Write,
  *          [62] Last, [63] SSV
  *   dword1 [8:0] PRGIndex, [63:12] page address
  * The host's vSMMU model writes it into a guest's PRI queue; the guest's SMMUv3 driver decodes it.
  */
 import { addressHigh, addressLow, joinAddress } from './address.ts';
+import { PRG_INDEX_MASK } from './page-request.ts';
+
+/** The Stop Marker rule and the PRG index width belong to every page request: page-request.ts. */
+export { isStopMarker, PRG_INDEX_MASK } from './page-request.ts';
 
 export const PRIQ_ENTRY_WORDS = 4;
 
@@ -16,7 +20,6 @@ const READ = 1 << 28;
 const WRITE = 1 << 29;
 const LAST = 1 << 30;
 const SSV = 1 << 31;
-export const PRG_INDEX_MASK = 0x1ff;
 const PAGE_MASK = ~0xfff;
 
 export interface PriqEntry {
@@ -77,9 +80,4 @@ export function decodePriqEntry(words: Int32Array, at: number, out: PriqEntry): 
   out.prgIndex = w2 & PRG_INDEX_MASK;
   out.address = joinAddress(w2 & PAGE_MASK, words[at + 3]);
   return out;
-}
-
-/** A Stop PASID marker: Last with neither Read nor Write, and a PASID (spec 8.1). */
-export function isStopMarker(e: PriqEntry): boolean {
-  return e.last && !e.read && !e.write && e.ssv;
 }

@@ -1,6 +1,6 @@
 /**
  * Intel VT-d invalidation queue descriptors in scalable mode (256 bits, 8 words each; Linux
- * iommu.h QI_*, fault-queues.md 2.2). The guest's driver writes them; the host's vIOMMU model
+ * iommu.h QI_*; docs/queues.md). The guest's driver writes them; the host's vIOMMU model
  * carries them out. The page group response (type 0x9) is in vtd-prq-entry.ts.
  *   invalidation wait (type 0x5)
  *     qw0 [3:0] type, [4] IF, [5] SW (status write), [6] FN (fence), [7] PD, [63:32] status data
@@ -68,7 +68,8 @@ export function encodeVtdInvWait(
 /** The status write of an invalidation wait: its address (0: no SW bit) and data. */
 export function vtdInvWaitAddress(words: Int32Array, at: number): number {
   if ((words[at] & WAIT_SW) === 0) return 0;
-  return joinAddress(words[at + 2], words[at + 3]);
+  // Status Address is bits 127:66: a dword address, its bits 1:0 reserved (VT-d spec, Invalidation Wait Descriptor).
+  return joinAddress(words[at + 2] & ~3, words[at + 3]);
 }
 
 export function vtdInvWaitData(words: Int32Array, at: number): number {

@@ -1,6 +1,6 @@
 /**
  * Intel VT-d page request descriptor and page group response descriptor (32 bytes, 8 words each),
- * fault-queues.md 2.2 (Linux prq.c `struct page_req_dsc`, iommu.h QI_PGRP_*):
+ * docs/queues.md (Linux prq.c `struct page_req_dsc`, iommu.h QI_PGRP_*):
  *   page request (type 0x1, written by the IOMMU into the page request queue)
  *     qw0 [7:0] type, [8] PASID present, [31:16] RID, [51:32] PASID, [52] exec requested,
  *         [53] privileged-mode requested
@@ -13,8 +13,11 @@
  * Every other bit is RES0 and written as zero.
  */
 import { addressHigh, addressLow, joinAddress } from './address.ts';
+import { PRG_INDEX_MASK } from './page-request.ts';
 
 export const VTD_PRQ_ENTRY_WORDS = 8;
+/** PQH and PQT count bytes: a descriptor is 32 of them. */
+export const VTD_PRQ_ENTRY_BYTES = VTD_PRQ_ENTRY_WORDS * 4;
 
 export const VTD_PAGE_REQUEST_TYPE = 0x1;
 export const VTD_PAGE_GROUP_RESPONSE_TYPE = 0x9;
@@ -23,6 +26,8 @@ export const VTD_PAGE_GROUP_RESPONSE_TYPE = 0x9;
 export const QI_RESP_SUCCESS = 0x0;
 export const QI_RESP_INVALID = 0x1;
 export const QI_RESP_FAILURE = 0xf;
+/** The first reserved response code (2..0xe are reserved): a vIOMMU must refuse it. */
+export const QI_RESP_RESERVED = 0x2;
 
 const REQUEST_TYPE_MASK = 0xff;
 const REQUEST_PASID_PRESENT = 1 << 8;
@@ -36,7 +41,7 @@ const READ = 1 << 0;
 const WRITE = 1 << 1;
 const LPIG = 1 << 2;
 const PRG_INDEX_SHIFT = 3;
-export const VTD_PRG_INDEX_MASK = 0x1ff;
+export const VTD_PRG_INDEX_MASK = PRG_INDEX_MASK;
 const PAGE_MASK = ~0xfff;
 
 const RESPONSE_TYPE_MASK = 0xf;
