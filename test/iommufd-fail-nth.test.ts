@@ -1,12 +1,12 @@
 /**
- * Fail-nth sweep of the iommufd registry (host/iommufd/fail-nth.ts; the kernel's iommufd_fail_nth
- * selftest; iommufd-model.md sections 2 and 12): every scenario sweeps clean and reaches the fail
+ * Fail-nth sweep of the iommufd registry (host/testing/fail-nth.ts; the kernel's iommufd_fail_nth
+ * selftest; docs/registry.md, fail-nth and invariants): every scenario sweeps clean and reaches the fail
  * points it exists for, and the sweep's checks catch bugs planted in the registry.
  */
 import { afterEach, describe, expect, test, vi } from 'vitest';
 import { IommufdError } from '../host/iommufd/errors.ts';
-import { FAIL_NTH_SCENARIOS, type FailNthReport, runFailNthSweep } from '../host/iommufd/fail-nth.ts';
 import { Iommufd } from '../host/iommufd/iommufd.ts';
+import { FAIL_NTH_SCENARIOS, type FailNthReport, runFailNthSweep } from '../host/testing/fail-nth.ts';
 
 /** Fewest fail points an unfailed run of each scenario consults; fewer means calls went missing. */
 const MIN_POINTS: Record<string, number> = {
@@ -18,7 +18,7 @@ const MIN_POINTS: Record<string, number> = {
 
 const checksBroken = (report: FailNthReport) => new Set(report.failures.map((f) => f.check));
 
-describe('fail-nth: every injected failure is clean, and close() leaves nothing (iommufd-model.md 12)', () => {
+describe('fail-nth: every injected failure is clean, and close() leaves nothing (docs/registry.md)', () => {
   test('every scenario has a minimum number of fail points here', () => {
     expect(Object.keys(MIN_POINTS)).toEqual([...FAIL_NTH_SCENARIOS]);
   });

@@ -6,14 +6,13 @@ import { ACCESS_EXEC, ACCESS_PRIV, ACCESS_READ, ACCESS_WRITE } from '../host/iom
 import {
   NO_STAG,
   newStalledTransaction,
-  STALL_RESP_TERMINATE,
   type StallEndpoint,
   type StallFault,
-  StallIopfBridge,
   StallModel,
   type StallModelOptions,
   type StallOutcome,
 } from '../host/iommu/stall.ts';
+import { STALL_RESP_TERMINATE, StallIopfBridge } from '../host/iommu/stall-iopf-bridge.ts';
 import { C_BAD_CD, CLASS_CD, CLASS_IN, F_PERMISSION, F_TRANSLATION } from '../shared/records/event-types.ts';
 
 const S1_FAULT: StallFault = { fault: F_TRANSLATION, stage2: false, faultClass: CLASS_IN, fetchAddress: 0 };

@@ -1,6 +1,9 @@
 /**
+ * One concept, the floors (the peer thread's side is floor-peer.ts, their shared channel
+ * floor-channel.ts).
+ *
  * Floors: what this machine allows between two threads, with no sandbox logic on the path. The
- * sandbox's own figures are read against these (perf-notes.md).
+ * sandbox's own figures are read against these (docs/bench.md).
  *
  * - spin: round trip of one 32-byte record while both sides busy-poll a sequence word.
  * - sleep: the same round trip while both sides block in Atomics.wait between records. The main

@@ -15,7 +15,8 @@ import type { TransportKind } from '../../shared/channel-side.ts';
 import { makeLogger } from '../../shared/logger.ts';
 import { STAGE_NAMES, type StageName, stageClock } from '../../shared/stage-clock.ts';
 import { Sandbox } from '../vmm/sandbox.ts';
-import { parseTopology, type Topology } from '../vmm/topology.ts';
+import type { Topology } from '../vmm/topology.ts';
+import { parseTopology } from '../vmm/topology-file.ts';
 
 export interface Percentiles {
   p50: number;

@@ -6,11 +6,12 @@
 import { randomInt } from 'node:crypto';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { makeLogger } from '../../shared/logger.ts';
-import { FAIL_NTH_SCENARIOS, formatFailNth, runFailNthSweep } from '../iommufd/fail-nth.ts';
+import { runBench } from '../bench/bench-report.ts';
 import { formatCampaign, progressBar, runCampaign, type Shard, shardIndices } from '../stress/campaign.ts';
+import { FAIL_NTH_SCENARIOS, formatFailNth, runFailNthSweep } from '../testing/fail-nth.ts';
 import { runTopology } from '../vmm/sandbox.ts';
-import { loadTopology, TopologyError } from '../vmm/topology.ts';
-import { formatBench, runBench } from './bench.ts';
+import { loadTopology, TopologyError } from '../vmm/topology-file.ts';
+import { formatBench } from './bench.ts';
 import { checkEnvironment, checkTraceTarget, PreflightError, runContext } from './preflight.ts';
 import { runProgress, showsProgress } from './run-progress.ts';
 import { summary } from './summary.ts';
@@ -47,7 +48,7 @@ class ParsedOnly extends Error {}
 
 /**
  * `parseOnly`: check the command line against the commands and their flags, and run nothing
- * (how the tests check the README's command lines).
+ * (how the tests check the command lines of the README and docs/).
  */
 export async function main(argv: string[], options: { parseOnly?: boolean } = {}): Promise<number> {
   let exitCode = EXIT_OK;

@@ -7,7 +7,7 @@ import { closeSync, openSync, statSync, unlinkSync } from 'node:fs';
 import { logLevel } from '../../shared/logger.ts';
 import { parsePlantedBugs } from '../vmm/plant.ts';
 import { DEFAULT_DURATION_MS } from '../vmm/sandbox.ts';
-import type { RunContext } from '../vmm/topology.ts';
+import type { RunContext } from '../vmm/topology-file.ts';
 
 export class PreflightError extends Error {
   override readonly name = 'PreflightError';

@@ -1,5 +1,8 @@
 /**
- * The SMMUv3 stall fault model (SMMU spec 3.12.2, 4.7; fault-queues.md 1.4). A transaction whose
+ * One concept, the stall model: its typed-array slots and the commands that resolve them. The slot
+ * index (slot-index.ts) and the driver-side bridge (stall-iopf-bridge.ts) have files of their own.
+ *
+ * The SMMUv3 stall fault model (SMMU spec 3.12.2, 4.7; docs/queues.md). A transaction whose
  * translation fault is configured to stall gets no response: the SMMU holds it, records an event
  * with Stall=1 and a STAG, and waits for software.
  *
@@ -28,14 +31,11 @@
  * command that resolves it. Outcomes are delivered after the model's state is updated, so an
  * endpoint may stall again from inside the callback.
  *
- * Stalls live in fixed typed-array slots with open-addressing indexes; the hot path allocates
- * nothing (one small object per StreamID, made on its first stall or binding).
+ * Stalls live in fixed typed-array slots with open-addressing indexes (slot-index.ts); the hot
+ * path allocates nothing (one small object per StreamID, made on its first stall or binding).
  *
- * StallIopfBridge, at the end, is the driver side: it turns a recorded stall into a one-request
- * IOPF group and the group's answer into a RESUME, as Linux's arm-smmu-v3 does: SUCCESS retries,
- * INVALID and FAILURE abort, and STALL_RESP_TERMINATE terminates with Ab=0. Linux's fault fd
- * cannot carry that third answer from a VMM; the sandbox's can (IOMMUFD_PAGE_RESP_TERMINATE), so
- * a guest's vSMMU can run either terminate model.
+ * The driver side, which turns a recorded stall into an IOPF group and the group's answer into a
+ * RESUME, is StallIopfBridge (stall-iopf-bridge.ts).
  *
  * A guest sees a stall through its vSMMU (host/vmm/vsmmu.ts) as a Stall=1 event. That record is
  * never dropped and never answered by the vSMMU on its own: when the guest's event queue is full it
@@ -44,18 +44,11 @@
  */
 import { PAGE_SIZE } from '../../shared/guest-memory.ts';
 import { isConfigurableFault } from './event-recorder.ts';
-import { type IopfGroup, type IopfHandler, IopfQueue } from './iopf.ts';
-import { newPageRequest, PRG_INVALID, PRG_SUCCESS, type PriEndpoint } from './page-request.ts';
+import { finish, mix, SlotIndex } from './slot-index.ts';
 import { ACCESS_EXEC, ACCESS_PRIV, ACCESS_WRITE } from './stage1-walker.ts';
 
 /** `StallResult.stag` of a transaction that could not stall and was terminated. */
 export const NO_STAG = -1;
-/**
- * The answer to a stall's group that terminates it without the abort bit (CMD_RESUME Ac=0 Ab=0):
- * RAZ/WI with TERM_MODEL=0, abort with 1. Not a PCIe PRG code (2 is reserved there); the fault fd
- * carries it as IOMMUFD_PAGE_RESP_TERMINATE, for stall groups only.
- */
-export const STALL_RESP_TERMINATE = 2;
 /** STAGs are 16 bits. */
 export const STAG_LIMIT = 1 << 16;
 
@@ -180,63 +173,6 @@ class StreamStalls {
   inUse = 0;
   /** First recorded stall of the stream (list through prev/next), -1 when none. */
   head = -1;
-}
-
-/**
- * Open-addressing index of slot numbers; the keys live in the model's slot arrays, so the table
- * only needs their hash. Linear probing with backward-shift deletion: no tombstones to decay.
- */
-class SlotIndex {
-  readonly cells: Int32Array;
-  readonly mask: number;
-
-  constructor(
-    slots: number,
-    private readonly hashOf: (slot: number) => number,
-  ) {
-    let size = 2;
-    while (size < slots * 2) size *= 2;
-    this.cells = new Int32Array(size).fill(-1);
-    this.mask = size - 1;
-  }
-
-  insert(slot: number): void {
-    const { cells, mask } = this;
-    let i = this.hashOf(slot) & mask;
-    while (cells[i] >= 0) i = (i + 1) & mask;
-    cells[i] = slot;
-  }
-
-  remove(slot: number): void {
-    const { cells, mask } = this;
-    let i = this.hashOf(slot) & mask;
-    while (cells[i] !== slot) {
-      if (cells[i] < 0) return;
-      i = (i + 1) & mask;
-    }
-    for (let j = (i + 1) & mask; cells[j] >= 0; j = (j + 1) & mask) {
-      const home = this.hashOf(cells[j]) & mask;
-      // The entry at j may fill the hole at i unless its home lies cyclically in (i, j].
-      const reachable = i <= j ? home > i && home <= j : home > i || home <= j;
-      if (!reachable) {
-        cells[i] = cells[j];
-        i = j;
-      }
-    }
-    cells[i] = -1;
-  }
-}
-
-function mix(h: number, value: number): number {
-  const x = Math.imul(h ^ value, 0x9e3779b1);
-  return x ^ (x >>> 16);
-}
-
-/** MurmurHash3's finaliser: every input bit reaches the low bits that pick the home cell. */
-function finish(h: number): number {
-  let x = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
-  x = Math.imul(x ^ (x >>> 13), 0xc2b2ae35);
-  return x ^ (x >>> 16);
 }
 
 function tagHash(streamId: number, stag: number): number {
@@ -604,178 +540,5 @@ export class StallModel {
     const endpoint = this.streams.get(streamId)?.endpoint;
     if (endpoint) endpoint.stallResolved(token, outcome);
     else this.stats.unclaimed++;
-  }
-}
-
-export interface StallIopfStats {
-  /** Stalls handed to the IOPF layer as groups. */
-  raised: number;
-  /** Group answers turned into RESUME(Retry) / RESUME(Abort) / RESUME(Terminate, Ab=0). */
-  retried: number;
-  aborted: number;
-  terminated: number;
-  /** Pending groups answered here because their stall went away first (STALL_TERM, disable, ...). */
-  cancelled: number;
-  /** Stage-2 stalls: the host's own, never reported as IOPF, aborted instead. */
-  stage2Aborted: number;
-  /** toIopf() for a (StreamID, STAG) that names no stall. */
-  unknown: number;
-}
-
-/**
- * The driver side of the stall model (Linux arm_smmu_handle_evt / arm_smmu_page_response,
- * fault-queues.md 1.4 and 5): a recorded stage-1 stall becomes a one-request IOPF group (grpid =
- * STAG, Last set, PASID when SSV, perm from RnW/InD/PnU) for the handler of its address space; the
- * answer becomes a RESUME: SUCCESS -> Retry, INVALID or FAILURE -> Abort, STALL_RESP_TERMINATE ->
- * Terminate with Ab=0.
- *
- * It owns an IopfQueue of its own: STAGs are 16-bit while the PRI queue keys groups by a 9-bit PRG
- * index, and its groups' answers go back to the stall model rather than to a device's PRI.
- *
- * Exactly once, both ways: the queue answers each group once; and when a stall is released by
- * anything but its group's answer (a RESUME from elsewhere, STALL_TERM, SMMUEN -> 0), its pending
- * group is answered INVALID here first, so a late answer from the handler is a no-op and can never
- * resume a newer stall that reused the STAG.
- */
-export class StallIopfBridge {
-  readonly iopf: IopfQueue;
-  readonly stats: StallIopfStats = {
-    raised: 0,
-    retried: 0,
-    aborted: 0,
-    terminated: 0,
-    cancelled: 0,
-    stage2Aborted: 0,
-    unknown: 0,
-  };
-  /** The pending group of each stall slot, its generation, and the handler holding it. */
-  private readonly groupOf: (IopfGroup | undefined)[];
-  private readonly groupGeneration: Int32Array;
-  private readonly holderOf: (IopfHandler | undefined)[];
-  private readonly responders = new Map<number, PriEndpoint>();
-  private readonly request = newPageRequest();
-  private readonly found = newStalledTransaction();
-  private cancelling = false;
-  /**
-   * Stands between the queue and the real handler to note which group belongs to which stall; a
-   * group the queue takes back (its deadline) is taken back from the real handler.
-   */
-  private readonly capture: IopfHandler = {
-    handleGroup: (group) => this.hold(group),
-    revoke: (group) => {
-      const handle = this.model.handleOf(group.streamId, group.grpid);
-      if (handle >= 0) this.holderOf[handle]?.revoke?.(group);
-    },
-  };
-
-  constructor(
-    private readonly model: StallModel,
-    /** The handler of (StreamID, PASID)'s faults; a request without PASID asks for PASID 0. */
-    private readonly handlerFor: (streamId: number, pasid: number) => IopfHandler | undefined,
-  ) {
-    this.groupOf = new Array<IopfGroup | undefined>(model.capacity).fill(undefined);
-    this.groupGeneration = new Int32Array(model.capacity);
-    this.holderOf = new Array<IopfHandler | undefined>(model.capacity).fill(undefined);
-    model.setReleaseListener({ stallReleased: (handle) => this.cancel(handle) });
-    this.iopf = new IopfQueue(
-      // No handler: the queue answers INVALID at once, which aborts the stall (Linux: "nobody cared").
-      (streamId, pasid) => (this.handlerFor(streamId, pasid) ? this.capture : undefined),
-      (streamId) => this.responder(streamId),
-      true,
-    );
-  }
-
-  /** Groups raised and not answered yet. */
-  get pending(): number {
-    return this.iopf.pending;
-  }
-
-  /**
-   * Report the recorded stall (streamId, stag) as a one-request IOPF group. Returns false when it
-   * was not raised: no such stall, a group already pending for it, or a stage-2 stall (aborted).
-   */
-  toIopf(streamId: number, stag: number): boolean {
-    const t = this.found;
-    if (!this.model.find(streamId, stag, t)) {
-      this.stats.unknown++;
-      return false;
-    }
-    if (this.groupOf[t.handle] !== undefined) return false;
-    if (t.stage2) {
-      // Linux reports only stage-1 stalls; stage 2 is the host's and pinned, so no page-in helps.
-      this.stats.stage2Aborted++;
-      this.model.resume(streamId, stag, false, true);
-      return false;
-    }
-    const r = this.request;
-    r.streamId = streamId;
-    r.pasid = t.ssv ? t.ssid : 0;
-    r.ssv = t.ssv;
-    r.address = t.address - (t.address % PAGE_SIZE);
-    r.prgIndex = stag;
-    // RnW=1 is a read, RnW=0 a write; InD is exec; PnU is privileged.
-    r.write = (t.access & ACCESS_WRITE) !== 0;
-    r.read = !r.write;
-    r.exec = (t.access & ACCESS_EXEC) !== 0;
-    r.privileged = (t.access & ACCESS_PRIV) !== 0;
-    r.last = true;
-    this.stats.raised++;
-    this.iopf.report(r);
-    return true;
-  }
-
-  private hold(group: IopfGroup): void {
-    const handle = this.model.handleOf(group.streamId, group.grpid);
-    const handler = this.handlerFor(group.streamId, group.pasid);
-    if (handle >= 0) {
-      this.groupOf[handle] = group;
-      this.groupGeneration[handle] = group.generation;
-      this.holderOf[handle] = handler;
-    }
-    if (handler) handler.handleGroup(group);
-    else group.respond(PRG_INVALID);
-  }
-
-  private responder(streamId: number): PriEndpoint {
-    let responder = this.responders.get(streamId);
-    if (!responder) {
-      responder = { prgResponse: (_pasid, _ssv, grpid, code) => this.answer(streamId, grpid, code) };
-      this.responders.set(streamId, responder);
-    }
-    return responder;
-  }
-
-  /** The queue's one answer for a group: RESUME the stall it stands for. */
-  private answer(streamId: number, stag: number, code: number): void {
-    // Our own cancellation: the stall is already gone.
-    if (this.cancelling) return;
-    const handle = this.model.handleOf(streamId, stag);
-    if (handle >= 0) {
-      this.groupOf[handle] = undefined;
-      this.holderOf[handle] = undefined;
-    }
-    const retry = code === PRG_SUCCESS;
-    // Terminate without the abort bit: RAZ/WI, unless TERM_MODEL=1 makes every termination abort.
-    const abort = !retry && code !== STALL_RESP_TERMINATE;
-    if (retry) this.stats.retried++;
-    else if (abort) this.stats.aborted++;
-    else this.stats.terminated++;
-    this.model.resume(streamId, stag, retry, abort);
-  }
-
-  /**
-   * A stall went away while its group was pending: take the group back from its holder (the fault
-   * queue must not keep a group that is about to be freed) and answer it, so no later answer counts.
-   */
-  private cancel(handle: number): void {
-    const group = this.groupOf[handle];
-    if (group === undefined) return;
-    const holder = this.holderOf[handle];
-    this.groupOf[handle] = undefined;
-    this.holderOf[handle] = undefined;
-    if (group.generation === this.groupGeneration[handle]) holder?.revoke?.(group);
-    this.cancelling = true;
-    if (this.iopf.respond(group, this.groupGeneration[handle], PRG_INVALID)) this.stats.cancelled++;
-    this.cancelling = false;
   }
 }

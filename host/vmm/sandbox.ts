@@ -1,22 +1,23 @@
 /**
  * Launch a topology, run its workloads, take it down, and say what happened. The host owns the
  * physical IOMMUs (one unless the topology lists `iommus`); each VM gets its own guest RAM, channel,
- * worker thread, fault queue and devices.
+ * worker thread, fault queue and devices. This file is the wiring and the lifecycle; the checks
+ * made once the run is down are end-of-run-checks.ts, and the report is built by run-report.ts.
  */
 import { type Logger, makeLogger } from '../../shared/logger.ts';
 import type { PciFunction } from '../devices/pci-function.ts';
 import { SharedPri } from '../devices/shared-pri.ts';
 import { Iommu } from '../iommu/iommu.ts';
-import type { PhysicalPriqStats } from '../iommu/physical-queue.ts';
 import { Smmuv3Ops } from '../iommu/smmuv3-ops.ts';
 import { VtdOps } from '../iommu/vtd-ops.ts';
-import { guestDamage } from './damage.ts';
 import { type DeviceOwner, DmaOracle } from './dma-oracle.ts';
+import { checkEndOfRun } from './end-of-run-checks.ts';
 import { InvariantChecker } from './invariants.ts';
 import { LatencyHistogram } from './latency.ts';
 import { type PlantedBugs, parsePlantedBugs } from './plant.ts';
 import { Reactor, type ReactorStats, type Ticker } from './reactor.ts';
-import type { PhysicalIommuReport, RunReport, VmIsolation } from './report.ts';
+import type { RunReport } from './report.ts';
+import { buildRunReport, faultsRaised } from './run-report.ts';
 import { iommuIndexOf, physicalIommus, type TeardownOp, type Topology } from './topology.ts';
 import { FaultTrace } from './trace.ts';
 import { type DevicePlacement, Vm } from './vm.ts';
@@ -295,7 +296,7 @@ export class Sandbox {
   }
 
   /**
-   * A VMM teardown operation on every device of a running VM, now (README "Teardown"): detach,
+   * A VMM teardown operation on every device of a running VM, now (docs/teardown.md): detach,
    * replace, fault-fd-close, hwpt-destroy, unbind, or guest-death. Its faults in flight are
    * answered exactly once; the outcome ('done' or the registry's errno) is in the VM's report.
    */
@@ -333,16 +334,26 @@ export class Sandbox {
 
   /** Page-request groups and stalls raised so far (the report's `faults.raised`): cheap to poll. */
   faultsRaised(): number {
-    const { iommu } = this;
-    // A group whose Last a physical PRI queue discarded was raised, and answered Success by it.
-    let raised = iommu.iopf.stats.groups + iommu.stallIopf.iopf.stats.groups;
-    for (const instance of iommu.instances) raised += instance.priq.stats.autoResponded;
-    return raised;
+    return faultsRaised(this.iommu);
   }
 
   /** The report so far (live while running; final after stop). */
   report(): RunReport {
-    return this.buildReport(this.state === 'stopped' ? this.elapsed : performance.now() - this.started);
+    const stopped = this.state === 'stopped';
+    return buildRunReport({
+      topology: this.topology,
+      transport: this.options.transport ?? this.topology.transport,
+      seed: this.options.seed,
+      elapsedMs: stopped ? this.elapsed : performance.now() - this.started,
+      launchMs: this.launched > 0 ? this.launched - this.started : 0,
+      stopped,
+      vms: this.vms,
+      iommu: this.iommu,
+      oracle: this.oracle,
+      invariants: this.invariants,
+      latency: this.latency,
+      vmLatency: this.vmLatency,
+    });
   }
 
   /** Stop the guests (in-flight DMA may finish), take everything down, and report. */
@@ -353,38 +364,9 @@ export class Sandbox {
     await this.teardown();
     // What the PRI queues still hold reaches the IOPF layer, where teardown left no handler: INVALID.
     this.iommu.drainPageRequests();
-    // Page-request groups and stalled transactions both travel as IOPF groups; none may be left.
-    const lost = this.iommu.iopf.pending + this.iommu.stallIopf.pending;
-    if (lost > 0) {
-      this.invariants.violation({
-        rule: 'group-lost',
-        detail: `${lost} page-request group(s) ended the run unanswered`,
-      });
-    }
-    this.checkDevicesAnswered();
-    this.checkTeardownOracle();
+    checkEndOfRun(this.iommu, this.vms, this.invariants);
     if (this.trace && this.options.trace) this.trace.write(this.options.trace);
     return this.report();
-  }
-
-  /**
-   * Once everything is torn down every group has had its one answer, so no device may still hold
-   * a PRG index: one that does sent a group whose answer never reached it.
-   */
-  private checkDevicesAnswered(): void {
-    const seen = new Set<object>();
-    for (const vm of this.vms) {
-      for (const device of vm.devices) {
-        if (seen.has(device.pri) || device.pri.groups === 0) continue;
-        seen.add(device.pri);
-        this.invariants.violation({
-          rule: 'group-unanswered',
-          vm: vm.name,
-          device: device.name,
-          detail: `${device.pri.groups} page-request group(s) (${device.pri.outstanding} requests) never got a response at the device`,
-        });
-      }
-    }
   }
 
   /**
@@ -394,44 +376,6 @@ export class Sandbox {
   private threadException(error: unknown): void {
     this.invariants.violation({ rule: 'host-exception', detail: (error as Error).stack ?? String(error) });
     this.log.error({ err: error }, 'an IRQ thread turn or a reactor deadline threw');
-  }
-
-  /** A VM's share of the physical PRI queues' losses, and its own fault round trips. */
-  private isolationOf(vm: Vm): VmIsolation {
-    const { p50, p99, max, count } = this.vmLatency[vm.index].summary();
-    const behind = this.iommu.instances.filter((i) => i.requesters.has(vm.index));
-    return {
-      iommus: behind.map((i) => i.name),
-      lostToOthers: behind.reduce((n, i) => n + i.priq.lostToOthers(vm.index), 0),
-      lostOwn: behind.reduce((n, i) => n + i.priq.lostOwn(vm.index), 0),
-      // HDR reports a bucket's highest equivalent value; no percentile is above the max recorded.
-      latencyP50Us: Math.min(p50, max),
-      latencyP99Us: Math.min(p99, max),
-      latencyMaxUs: max,
-      faultsTimed: count,
-    };
-  }
-
-  private physicalIommuReport(): PhysicalIommuReport[] {
-    return this.iommu.instances.map((i) => ({
-      name: i.name,
-      priqLog2: i.priq.log2Size,
-      vms: [...i.requesters].map((r) => this.vms[r].name),
-      ...i.priq.stats,
-      threadPasses: i.thread.stats.passes,
-      deferredPasses: i.thread.stats.deferredPasses,
-      partialsDiscarded: i.thread.stats.partialsDiscarded,
-      eventQueue: {
-        evtqLog2: i.evtq.log2Size,
-        ...i.evtq.stats,
-        threadPasses: i.evtqThread.stats.passes,
-        deferredPasses: i.evtqThread.stats.deferredPasses,
-      },
-    }));
-  }
-
-  private iopfTimeouts(): number {
-    return this.iommu.iopf.stats.timeouts + this.iommu.stallIopf.iopf.stats.timeouts;
   }
 
   /**
@@ -461,39 +405,6 @@ export class Sandbox {
     this.timers.length = 0;
   }
 
-  /**
-   * The generation oracle and the PRI rule, once everything is torn down: no pooled group was
-   * touched after it was freed, and no response reached a device after its PRI was disabled.
-   */
-  private checkTeardownOracle(): void {
-    const stale = this.iommu.iopf.stats.staleAnswers + this.iommu.stallIopf.iopf.stats.staleAnswers;
-    if (stale > 0) {
-      this.invariants.violation({
-        rule: 'freed-group-touched',
-        detail: `${stale} answer(s) named a page-request group generation that had already been freed`,
-      });
-    }
-    for (const vm of this.vms) {
-      const touches = vm.registry.fault.stats.staleTouches;
-      if (touches > 0) {
-        this.invariants.violation({
-          rule: 'freed-group-touched',
-          vm: vm.name,
-          detail: `the VM's fault queue held ${touches} group(s) freed behind its back`,
-        });
-      }
-      for (const device of vm.devices) {
-        if (device.stats.responsesAfterDisable === 0) continue;
-        this.invariants.violation({
-          rule: 'response-after-pri-disabled',
-          vm: vm.name,
-          device: device.name,
-          detail: `${device.stats.responsesAfterDisable} PRG response(s) reached the device after its PRI was disabled`,
-        });
-      }
-    }
-  }
-
   private async teardown(): Promise<void> {
     this.stopTimers();
     if (this.state === 'stopped') return;
@@ -501,112 +412,6 @@ export class Sandbox {
     await this.reactor.stop();
     this.elapsed = performance.now() - this.started;
     this.state = 'stopped';
-  }
-
-  private buildReport(elapsed: number): RunReport {
-    const { vms, iommu, oracle, invariants, latency, topology } = this;
-    const lost = this.state === 'stopped' ? iommu.iopf.pending + iommu.stallIopf.pending : 0;
-    const sum = (f: (vm: Vm) => number) => vms.reduce((n, vm) => n + f(vm), 0);
-    const sumDevices = (f: (d: Vm['devices'][number]) => number) =>
-      sum((vm) => vm.devices.reduce((n, d) => n + f(d), 0));
-    const priq = (key: keyof PhysicalPriqStats) => iommu.instances.reduce((n, i) => n + i.priq.stats[key], 0);
-    return {
-      topology: topology.name,
-      routing: topology.routing,
-      transport: this.options.transport ?? topology.transport,
-      seed: this.options.seed ?? null,
-      durationMs: Math.round(elapsed),
-      launchMs: Math.round(this.launched > 0 ? this.launched - this.started : 0),
-      vms: vms.map((vm) => ({
-        name: vm.name,
-        flavour: vm.config.viommu,
-        faultsByKind: {
-          pageRequest: vm.model.stats.delivered,
-          stall: vm.model.stats.stallsDelivered,
-          terminate: vm.model.stats.eventsDelivered,
-        },
-        bytesVerified: oracle.verifiedByVm.get(vm.name) ?? 0,
-        staleTranslationUses: oracle.staleByVm.get(vm.name) ?? 0,
-        unmaps: vm.guestStats?.unmaps ?? 0,
-        invalidations: vm.model.stats.invalidations,
-        faultsDelivered: vm.model.stats.delivered + vm.model.stats.stallsDelivered,
-        responses: { ...vm.model.stats.responses },
-        dmaOps: vm.devices.reduce((n, d) => n + d.stats.ops, 0),
-        crashed: vm.crashed,
-        iommufdObjects: vm.registry.objectCount,
-        damage: guestDamage(vm.model),
-        ...(vm.crashReason ? { crashReason: vm.crashReason } : {}),
-        pageRequests: vm.devices.reduce((n, d) => n + d.stats.pageRequests, 0),
-        pagesMapped: vm.guestStats?.pagesMapped ?? 0,
-        dmaCompleted: vm.devices.reduce((n, d) => n + d.stats.completed, 0),
-        dmaCycleUs: vm.guestStats?.dmaCycleUs ?? { p50: 0, p99: 0, max: 0, count: 0 },
-        dmaFailed: vm.devices.reduce((n, d) => n + d.stats.failed, 0),
-        badDescriptors: vm.devices.reduce((n, d) => n + d.stats.badDescriptors, 0),
-        foreignPasidDescriptors: vm.devices.reduce((n, d) => n + d.stats.foreignPasids, 0),
-        dropped: vm.model.stats.dropped,
-        overflows: vm.model.stats.overflows,
-        unknownResponses: vm.model.stats.unknownResponses,
-        illegalCommands: vm.model.stats.illegalCommands,
-        commandErrorsAcknowledged: vm.guestStats?.commandErrors ?? 0,
-        workloadDone: vm.guestStats?.workloadDone ?? false,
-        overflowsAcknowledged: vm.guestStats?.overflowsAcknowledged ?? 0,
-        unrecoverableFaults: { ...(oracle.byVm.get(vm.name) ?? { stage1: 0, stage2: 0 }) },
-        eventsDelivered: vm.model.stats.eventsDelivered,
-        eventsDropped: vm.model.stats.eventsDropped,
-        eventsHandled: vm.guestStats?.events ?? 0,
-        eventOverflowsAcknowledged: vm.guestStats?.eventOverflowsAcknowledged ?? 0,
-        stallsDelivered: vm.model.stats.stallsDelivered,
-        resumes: vm.model.stats.resumes,
-        injected: vm.devices.reduce((n, d) => n + d.stats.injected, 0),
-        injectedEvents: vm.devices.reduce((n, d) => n + d.stats.injectedEvents, 0),
-        bytesMoved: vm.devices.reduce((n, d) => n + d.stats.bytesMoved, 0),
-        razReads: oracle.razReadsByVm.get(vm.name) ?? 0,
-        faultQueue: {
-          read: vm.registry.fault.stats.read,
-          responded: vm.registry.fault.stats.responded,
-          autoResponded: vm.registry.fault.stats.autoResponded,
-          refusedResponses: vm.registry.fault.stats.refusedResponses,
-          lateResponses: vm.registry.fault.stats.lateResponses,
-          revoked: vm.registry.fault.stats.revoked,
-          staleTouches: vm.registry.fault.stats.staleTouches,
-        },
-        iopfTimeouts: iommu.timeoutsOf(vm.index),
-        refaults: iommu.refaults.figures(vm.index),
-        ...(vm.teardown ? { teardown: { ...vm.teardown } } : {}),
-        isolation: this.isolationOf(vm),
-      })),
-      faults: {
-        raised: this.faultsRaised(),
-        delivered: sum((vm) => vm.model.stats.delivered + vm.model.stats.stallsDelivered),
-        responded: sum((vm) => vm.model.stats.guestAnswered),
-        autoResponded:
-          sum((vm) => vm.model.stats.autoResponded + vm.registry.fault.stats.autoResponded) +
-          iommu.iopf.stats.answeredWithoutHandler +
-          iommu.stallIopf.iopf.stats.answeredWithoutHandler +
-          this.iopfTimeouts() +
-          priq('autoResponded'),
-        dropped: sum((vm) => vm.model.stats.dropped) + priq('discarded'),
-        lost,
-        iopfTimeouts: this.iopfTimeouts(),
-        unrouted: iommu.iopf.stats.answeredWithoutHandler + iommu.stallIopf.iopf.stats.answeredWithoutHandler,
-      },
-      dma: {
-        ops: sumDevices((d) => d.stats.ops),
-        completed: sumDevices((d) => d.stats.completed),
-        failed: sumDevices((d) => d.stats.failed),
-        bytesVerified: oracle.bytesVerified,
-        razReads: oracle.razReads,
-        unrecoverableFaults: oracle.unrecoverableFaults,
-      },
-      latencyUs: LatencyHistogram.merged([latency, ...this.vmLatency]).summary(),
-      iommu: iommu.stats,
-      physicalIommus: this.physicalIommuReport(),
-      invariants: {
-        ok: invariants.ok,
-        violations: invariants.violations,
-        counts: Object.fromEntries(invariants.counts),
-      },
-    };
   }
 }
 
