@@ -18,14 +18,13 @@ import { GuestMemory } from '../shared/guest-memory.ts';
 import { VmSignal } from '../shared/host-signal.ts';
 import type { Logger } from '../shared/logger.ts';
 import { PostedLink } from '../shared/posted-link.ts';
-import type { RingConsumer, RingProducer } from '../shared/ring.ts';
+import type { RingProducer } from '../shared/ring.ts';
 import { channelLayout } from '../shared/vm-channel.ts';
+import { GUEST_FLAVOURS, type IommuDriver } from './flavours.ts';
 import { Misbehaviour } from './misbehave.ts';
 import { AddressSpaces } from './mm/address-spaces.ts';
 import { DemandPager } from './mm/demand-pager.ts';
 import { PageAllocator } from './mm/page-allocator.ts';
-import { Smmuv3Driver } from './smmuv3-driver.ts';
-import { VtdDriver } from './vtd-driver.ts';
 import { createWorkload, type DeviceQueues, type Workload } from './workloads/workload.ts';
 
 /** postMessage: busy iterations between visits to the event loop, where the link's messages arrive. */
@@ -36,18 +35,6 @@ const SLICE_MS = 1;
 const SLEEP_MS = 1000;
 /** Longest wait for room in the command queue (the host drains it on every pass). */
 const SPACE_WAIT_MS = 10;
-
-/** What the main loop and the memory manager need of a vIOMMU driver, whatever its flavour. */
-interface IommuDriver {
-  poll(): number;
-  readonly blockedOnCommandQueue: boolean;
-  /** Its fault queues hold something. */
-  readonly pending: boolean;
-  readonly pageRequestRing: RingConsumer;
-  readonly eventRing?: RingConsumer;
-  invalidateVa(pasid: number, va: number): number;
-  syncCompleted(): number;
-}
 
 export function emptyStats(): GuestStats {
   return {
@@ -128,35 +115,22 @@ export class GuestVm implements GuestControl {
     this.commandError = new CommandErrorRegister(config.channel, layout.commandError, this.link);
     const syncWord = pages.allocZeroed();
     if (syncWord < 0) throw new Error('guest RAM exhausted before boot');
-    if (layout.prq) {
-      this.driver = new VtdDriver(
-        config.channel,
-        layout.prq,
-        this.cmdq,
-        this.pager,
-        this.counters,
-        this.memory,
-        syncWord,
-        this.link,
-        misbehave,
-      );
-    } else if (layout.priq && layout.evtq) {
-      this.driver = new Smmuv3Driver(
-        side.consumer(layout.priq),
-        side.consumer(layout.evtq),
-        this.cmdq,
-        this.pager,
-        this.counters,
-        this.memory,
-        syncWord,
-        misbehave,
-        { hostBell, idr0: config.smmuIdr0 },
-      );
-    } else {
-      throw new Error(`channel layout has no fault queues for ${config.channelConfig.flavour}`);
-    }
+    const flavour = GUEST_FLAVOURS[config.channelConfig.flavour];
+    this.driver = flavour.driver({
+      boot: config,
+      layout,
+      side,
+      link: this.link,
+      hostBell,
+      commands: this.cmdq,
+      pager: this.pager,
+      stats: this.counters,
+      memory: this.memory,
+      syncWordGpa: syncWord,
+      misbehave,
+    });
     misbehave?.attach({
-      flavour: config.channelConfig.flavour,
+      forger: flavour.forger(this.cmdq),
       commands: this.cmdq,
       pageRequests: this.driver.pageRequestRing,
       events: this.driver.eventRing,

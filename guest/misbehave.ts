@@ -31,6 +31,13 @@ import type { Misbehaviour as MisbehaviourKind } from '../shared/control.ts';
 import type { Doorbell } from '../shared/doorbell.ts';
 import { type GuestMemory, PAGE_SIZE } from '../shared/guest-memory.ts';
 import { Prng } from '../shared/prng.ts';
+import {
+  QUEUE_OVERFLOW,
+  queueEmpty,
+  queueIndexWrap,
+  queueIndexWrapMask,
+  queueOverflowFlag,
+} from '../shared/queue-index.ts';
 import { addressHigh, addressLow } from '../shared/records/address.ts';
 import {
   encodePriResp,
@@ -38,17 +45,21 @@ import {
   newPriRespCommand,
   newResumeCommand,
   PRI_RESP_INVALID,
+  PRI_RESP_RESERVED,
   PRI_RESP_SUCCESS,
   RESUME_ABORT,
   RESUME_RETRY,
 } from '../shared/records/cmdq-entry.ts';
+import { STAGS } from '../shared/records/evtq-entry.ts';
+import { PRG_INDICES } from '../shared/records/page-request.ts';
 import {
   encodeVtdPageGroupResponse,
   newVtdPageGroupResponse,
   QI_RESP_INVALID,
+  QI_RESP_RESERVED,
   QI_RESP_SUCCESS,
 } from '../shared/records/vtd-prq-entry.ts';
-import { CONS, FLAG, PROD, type RingConsumer, type RingMirror, type RingProducer } from '../shared/ring.ts';
+import { CONS, PROD, type RingConsumer, type RingMirror, type RingProducer } from '../shared/ring.ts';
 import {
   LEVELS,
   PTE_ADDR_LOW_MASK,
@@ -58,7 +69,6 @@ import {
   PTE_VALID,
   writeEntry,
 } from '../shared/stage1-format.ts';
-import type { Flavour } from '../shared/vm-channel.ts';
 import type { Stage1Table } from './mm/stage1-table.ts';
 
 /** Faults (page requests and stall events) between two corruptions of the ring indices. */
@@ -78,18 +88,13 @@ const FOREIGN_PASID_EVERY = 4;
 /** Forged PASIDs stay in the topology's PASID range (1..255) and PASID 0. */
 const TOPOLOGY_PASIDS = 256;
 
-const PRG_INDICES = 512;
-const STAGS = 1 << 16;
 /** StreamIDs and RIDs forged for devices the guest does not have stay below this. */
 const STREAM_IDS = 1 << 16;
 
-/** CMD_PRI_RESP Resp 3 and VT-d response code 2 are reserved encodings the vIOMMU must refuse. */
-const PRI_RESP_RESERVED = 3;
-const QI_RESP_RESERVED = 2;
-
 /** The queues a misbehaviour writes into, once the driver has been built. */
 export interface MisbehaviourQueues {
-  flavour: Flavour;
+  /** Forges commands in the flavour's encoding (guest/flavours.ts). */
+  forger: CommandForger;
   /** The command queue (VT-d: invalidation queue). */
   commands: RingProducer;
   /** The PRI queue (VT-d: the page request queue's ring). */
@@ -141,8 +146,7 @@ export class Misbehaviour {
 
   /** Connect the queues the behaviours write into. */
   attach(queues: MisbehaviourQueues): void {
-    const { commands } = queues;
-    this.forger = queues.flavour === 'vtd' ? new VtdForger(commands) : new Smmuv3Forger(commands);
+    this.forger = queues.forger;
     if (this.corrupt) this.corruption = new IndexCorruption(queues, this.prng);
   }
 
@@ -253,7 +257,7 @@ function forgeAnswer(
 }
 
 /** Commands in the driver's format, committed only if the queue has room (never waiting). */
-interface CommandForger {
+export interface CommandForger {
   /** A page response for PRG `prgIndex` of `streamId` (`pasid` -1: none). */
   group(streamId: number, pasid: number, prgIndex: number, success: boolean): boolean;
   /** A resume of stall `stag` of `streamId` (false for a flavour without stalls). */
@@ -262,7 +266,7 @@ interface CommandForger {
   illegal(streamId: number, prgIndex: number): boolean;
 }
 
-class Smmuv3Forger implements CommandForger {
+export class Smmuv3Forger implements CommandForger {
   private readonly response = newPriRespCommand();
   private readonly resumeCommand = newResumeCommand();
 
@@ -303,7 +307,7 @@ class Smmuv3Forger implements CommandForger {
   }
 }
 
-class VtdForger implements CommandForger {
+export class VtdForger implements CommandForger {
   private readonly response = newVtdPageGroupResponse();
 
   constructor(private readonly iq: RingProducer) {}
@@ -379,7 +383,7 @@ class IndexCorruption {
   afterPoll(faults: number): void {
     if (faults >= this.nextEpisode) {
       this.nextEpisode = faults + CORRUPT_EVERY;
-      for (const c of this.consumed) c.corrupt(this.noise(c.ring.size));
+      for (const c of this.consumed) c.corrupt(this.noise(c.ring.log2Size));
       this.prodOwed = true;
     }
     if (this.prodOwed) this.corruptProd();
@@ -392,15 +396,15 @@ class IndexCorruption {
   private corruptProd(): void {
     const ring = this.commands;
     const words = ring.words;
-    const mask = 2 * ring.size - 1;
     const prod = Atomics.load(words, PROD);
     if (prod === this.garbageProd) {
       this.prodOwed = false;
       return;
     }
-    if ((Atomics.load(words, CONS) & mask) !== (prod & mask)) return;
+    if (!queueEmpty(prod, Atomics.load(words, CONS), ring.log2Size)) return;
     const claimed = ring.size + 1 + this.prng.below(ring.size - 1);
-    this.garbageProd = (prod & FLAG) | this.noise(ring.size) | ((prod + claimed) & mask);
+    this.garbageProd =
+      queueOverflowFlag(prod) | this.noise(ring.log2Size) | queueIndexWrap(prod + claimed, ring.log2Size);
     Atomics.store(words, PROD, this.garbageProd);
     this.mirror?.store(words, PROD, 1);
     this.hostBell.ring();
@@ -408,8 +412,8 @@ class IndexCorruption {
   }
 
   /** Random bits above a ring's index and wrap bit, below the overflow flag: the host masks them off. */
-  private noise(size: number): number {
-    return this.prng.nextU32() & ~(2 * size - 1) & ~FLAG;
+  private noise(log2Size: number): number {
+    return this.prng.nextU32() & ~queueIndexWrapMask(log2Size) & ~QUEUE_OVERFLOW;
   }
 }
 
@@ -438,7 +442,7 @@ class HeldCons {
     const words = ring.words;
     const cons = Atomics.load(words, CONS);
     const prod = Atomics.load(words, PROD);
-    this.garbage = (cons & FLAG) | noise | ((prod - ring.size - 1) & (2 * ring.size - 1));
+    this.garbage = queueOverflowFlag(cons) | noise | queueIndexWrap(prod - ring.size - 1, ring.log2Size);
     this.real = cons;
     this.since = performance.now();
     Atomics.store(words, CONS, this.garbage);

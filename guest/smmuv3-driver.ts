@@ -5,7 +5,7 @@
  * CMD_RESUME) and acknowledges its overflows; and invalidates the IOTLB for the memory manager
  * (CMD_TLBI_NH_VA, then a CMD_SYNC whose completion the SMMU writes into guest RAM).
  *
- * Ordering rules it keeps (fault-queues.md 1.5-1.7):
+ * Ordering rules it keeps (SMMU spec 8; docs/queues.md):
  * - A group is answered after its Last entry; until then its members are partial.
  * - Stop markers need no response.
  * - After the producer reports an overflow, the driver processes every entry up to PROD, drops the
@@ -36,14 +36,21 @@ import { decodeEvtqEntry, newEvtqEntry } from '../shared/records/evtq-entry.ts';
 import { decodePriqEntry, isStopMarker, newPriqEntry } from '../shared/records/priq-entry.ts';
 import type { RingConsumer, RingProducer } from '../shared/ring.ts';
 import { IDR0_TERM_MODEL, termModelOf } from '../shared/smmuv3-idr.ts';
+import {
+  type CompletionWaitEncoder,
+  CompletionWaits,
+  FaultGroups,
+  GROUP_INVALID,
+  GROUP_SUCCESS,
+} from './fault-groups.ts';
 import type { Misbehaviour } from './misbehave.ts';
 import { type DemandPager, PAGE_IN_OK } from './mm/demand-pager.ts';
 
 /** PASID used for requests without one (SSV=0): the RID's own address space. */
 const RID_PASID = 0;
 
-/** Answers published at a time while the PRI queue drains (a power of two). */
-const ANSWER_BATCH = 8;
+/** CMD_SYNC with an MSI write of the sequence number: the SMMUv3 completion wait. */
+const SYNC_ENCODER: CompletionWaitEncoder = { encodeWait: encodeSync };
 
 export interface Smmuv3DriverOptions {
   /** The VM's line to the host (host-signal.ts): rung when the driver frees event-queue slots. */
@@ -63,12 +70,8 @@ export class Smmuv3Driver {
   private readonly event = newEvtqEntry();
   private readonly resume = newResumeCommand();
   private readonly command = newPriRespCommand();
-  /** Partial groups by (StreamID, PRGIndex): the worst page-in outcome so far. */
-  private readonly partial = new Map<number, number>();
-
-  /** Sequence number of the last CMD_SYNC issued; the SMMU writes it to `syncWordGpa` on completion. */
-  private syncSequence = 0;
-  private syncOwed = false;
+  private readonly groups: FaultGroups;
+  private readonly waits: CompletionWaits;
 
   constructor(
     private readonly priq: RingConsumer,
@@ -76,13 +79,15 @@ export class Smmuv3Driver {
     private readonly cmdq: RingProducer,
     private readonly pager: DemandPager,
     private readonly stats: GuestStats,
-    private readonly memory: GuestMemory,
+    memory: GuestMemory,
     /** A word of guest RAM that CMD_SYNC completions are written to (MSI address). */
-    private readonly syncWordGpa: number,
+    syncWordGpa: number,
     /** A hostile guest's hooks (misbehave.ts); absent for a well-behaved one. */
     private readonly misbehave?: Misbehaviour,
     options: Smmuv3DriverOptions = {},
   ) {
+    this.groups = new FaultGroups(pager, stats, misbehave);
+    this.waits = new CompletionWaits(cmdq, SYNC_ENCODER, memory, syncWordGpa);
     this.hostBell = options.hostBell;
     this.termModel = termModelOf(options.idr0 ?? IDR0_TERM_MODEL);
   }
@@ -112,32 +117,18 @@ export class Smmuv3Driver {
     if (at < 0) return -1;
     encodeTlbiNhVa(this.cmdq.words, at, va);
     this.cmdq.commit();
-    this.syncOwed = true;
-    this.issueSync();
-    this.cmdq.publish();
-    return this.syncSequence + (this.syncOwed ? 1 : 0);
+    return this.waits.afterInvalidation();
   }
 
   /** The sequence number of the last CMD_SYNC the SMMU completed. */
   syncCompleted(): number {
-    return Atomics.load(this.memory.words, this.syncWordGpa >>> 2) >>> 0;
-  }
-
-  /** Issue the CMD_SYNC an invalidation still owes, if the command queue has room. */
-  private issueSync(): void {
-    if (!this.syncOwed) return;
-    const at = this.cmdq.claim();
-    if (at < 0) return;
-    this.syncSequence++;
-    encodeSync(this.cmdq.words, at, this.syncWordGpa, this.syncSequence);
-    this.cmdq.commit();
-    this.syncOwed = false;
+    return this.waits.completed();
   }
 
   /** Drain both output queues once; returns the number of records consumed. */
   poll(): number {
     this.blockedOnCommandQueue = false;
-    this.issueSync();
+    this.waits.issue();
     const consumed = this.pollEvents() + (this.blockedOnCommandQueue ? 0 : this.pollPageRequests());
     this.cmdq.publish();
     return consumed;
@@ -205,8 +196,6 @@ export class Smmuv3Driver {
         }
         this.handle();
         done++;
-        // Answers go out in small batches: the host retries these while the rest are paged in.
-        if ((done & (ANSWER_BATCH - 1)) === 0) this.cmdq.publish();
       }
       this.priq.release(done);
       consumed += done;
@@ -214,10 +203,8 @@ export class Smmuv3Driver {
     }
     if (!this.blockedOnCommandQueue && this.priq.overflowPending() && this.priq.empty()) {
       // Every entry up to PROD is processed: partials whose Last was discarded are gone for good.
-      this.stats.partialGroupsDropped += this.partial.size;
-      this.partial.clear();
+      this.groups.dropPartials();
       this.priq.acknowledgeOverflow();
-      this.stats.overflowsAcknowledged++;
     }
     return consumed;
   }
@@ -228,33 +215,24 @@ export class Smmuv3Driver {
       this.stats.stopMarkers++;
       return;
     }
-    if (this.misbehave && !this.misbehave.onFault()) return;
-    this.stats.pageRequests++;
-    const key = e.streamId * 512 + e.prgIndex;
-    const outcome = this.pager.pageIn(e.ssv ? e.substreamId : RID_PASID, e.address);
-    const worst = Math.max(outcome, this.partial.get(key) ?? PAGE_IN_OK);
-    if (!e.last) {
-      this.partial.set(key, worst);
-      return;
-    }
-    this.partial.delete(key);
+    const group = this.groups.request(
+      e.streamId,
+      e.prgIndex,
+      e.ssv ? e.substreamId : RID_PASID,
+      e.address,
+      e.last,
+    );
+    if (group !== GROUP_SUCCESS && group !== GROUP_INVALID) return;
     const c = this.command;
     c.streamId = e.streamId;
     c.ssv = e.ssv;
     c.substreamId = e.substreamId;
     c.prgIndex = e.prgIndex;
-    c.resp = worst === PAGE_IN_OK ? PRI_RESP_SUCCESS : PRI_RESP_INVALID;
+    c.resp = group === GROUP_SUCCESS ? PRI_RESP_SUCCESS : PRI_RESP_INVALID;
     encodePriResp(this.cmdq.words, this.cmdq.claim(), c);
     this.cmdq.commit();
-    this.stats.groupsAnswered++;
-    if (c.resp === PRI_RESP_SUCCESS) this.stats.responses.success++;
-    else this.stats.responses.invalid++;
-    this.misbehave?.answered(
-      false,
-      c.streamId,
-      c.ssv ? c.substreamId : -1,
-      c.prgIndex,
-      c.resp === PRI_RESP_SUCCESS,
-    );
+    // Answers go out in small batches: the host retries these while the rest are paged in.
+    if (this.groups.answered(c.streamId, c.ssv ? c.substreamId : -1, c.prgIndex, group === GROUP_SUCCESS))
+      this.cmdq.publish();
   }
 }

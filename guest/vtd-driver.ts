@@ -2,7 +2,7 @@
  * The guest's VT-d driver (scalable mode): the page request interrupt handler over the page
  * request queue, page group responses and stage-1 invalidation on the invalidation queue.
  *
- * Rules it keeps (fault-queues.md 2.2, Linux prq_event_thread):
+ * Rules it keeps (docs/queues.md, Linux prq_event_thread):
  * - PPR is cleared before PQT is read; PQH is written after the descriptors are handled; PRO is
  *   cleared only when head == tail, and partial groups are discarded just before (their Last may
  *   have been dropped with the overflow). All of this is VtdPrqDriver.
@@ -31,16 +31,23 @@ import {
   type VtdPageRequest,
 } from '../shared/records/vtd-prq-entry.ts';
 import type { RingConsumer, RingMirror, RingProducer } from '../shared/ring.ts';
+import { PRS_PPR, PRS_PRO } from '../shared/vtd-prq-registers.ts';
+import {
+  type CompletionWaitEncoder,
+  CompletionWaits,
+  FaultGroups,
+  GROUP_INVALID,
+  GROUP_SUCCESS,
+} from './fault-groups.ts';
 import type { Misbehaviour } from './misbehave.ts';
-import { type DemandPager, PAGE_IN_OK } from './mm/demand-pager.ts';
+import type { DemandPager } from './mm/demand-pager.ts';
 import { VtdPrqDriver } from './vtd-prq.ts';
 
 /** Requests without a PASID translate in the RID's own address space (RID_PASID). */
 const RID_PASID = 0;
-const PRG_INDICES = 512;
 
-/** Answers published at a time while the page request queue drains (a power of two). */
-const ANSWER_BATCH = 8;
+/** An invalidation wait with a status write of the sequence number: VT-d's completion wait. */
+const WAIT_ENCODER: CompletionWaitEncoder = { encodeWait: encodeVtdInvWait };
 
 export class VtdDriver {
   /** True when the last poll stopped because the invalidation queue was full. */
@@ -49,31 +56,27 @@ export class VtdDriver {
   private readonly prq: VtdPrqDriver;
   private readonly response = newVtdPageGroupResponse();
   private readonly invalidation = newVtdPasidIotlbInvalidation();
-  /** Partial groups by (RID, PRG index): the worst page-in outcome so far. */
-  private readonly partial = new Map<number, number>();
+  private readonly groups: FaultGroups;
+  private readonly waits: CompletionWaits;
   private readonly onRequest = (request: VtdPageRequest): boolean => this.handle(request);
-  private readonly onOverflowCleared = (): void => {
-    this.stats.partialGroupsDropped += this.partial.size;
-    this.partial.clear();
-    this.stats.overflowsAcknowledged++;
-  };
-  private waitSequence = 0;
-  private waitOwed = false;
+  private readonly onOverflowCleared = (): void => this.groups.dropPartials();
 
   constructor(
     channel: SharedArrayBuffer,
     prq: { offset: number; log2Size: number },
     private readonly iq: RingProducer,
-    private readonly pager: DemandPager,
+    pager: DemandPager,
     private readonly stats: GuestStats,
-    private readonly memory: GuestMemory,
+    memory: GuestMemory,
     /** A word of guest RAM that invalidation waits write their status data to. */
-    private readonly statusWordGpa: number,
+    statusWordGpa: number,
     mirror?: RingMirror & RegisterMirror,
     /** A hostile guest's hooks (misbehave.ts); absent for a well-behaved one. */
-    private readonly misbehave?: Misbehaviour,
+    misbehave?: Misbehaviour,
   ) {
     this.prq = new VtdPrqDriver(channel, prq.offset, prq.log2Size, mirror);
+    this.groups = new FaultGroups(pager, stats, misbehave);
+    this.waits = new CompletionWaits(iq, WAIT_ENCODER, memory, statusWordGpa);
   }
 
   /** The page request queue's ring, as the driver consumes it. */
@@ -83,13 +86,13 @@ export class VtdDriver {
 
   /** Requests wait in the page request queue, or an overflow waits to be cleared. */
   get pending(): boolean {
-    return this.prq.pending() > 0 || (this.prq.status.read() & 3) !== 0;
+    return this.prq.pending() > 0 || (this.prq.status.read() & (PRS_PPR | PRS_PRO)) !== 0;
   }
 
   /** Drain the page request queue once; returns the number of descriptors consumed. */
   poll(): number {
     this.blockedOnCommandQueue = false;
-    this.issueWait();
+    this.waits.issue();
     const handled = this.prq.service(this.onRequest, this.onOverflowCleared);
     this.iq.publish();
     return handled;
@@ -104,37 +107,26 @@ export class VtdDriver {
       this.blockedOnCommandQueue = true;
       return false;
     }
-    if (this.misbehave && !this.misbehave.onFault()) return true;
-    this.stats.pageRequests++;
-    const key = r.rid * PRG_INDICES + r.prgIndex;
-    const outcome = this.pager.pageIn(r.pasidPresent ? r.pasid : RID_PASID, r.address);
-    const worst = Math.max(outcome, this.partial.get(key) ?? PAGE_IN_OK);
-    if (!r.lpig) {
-      this.partial.set(key, worst);
-      return true;
-    }
-    this.partial.delete(key);
+    const group = this.groups.request(
+      r.rid,
+      r.prgIndex,
+      r.pasidPresent ? r.pasid : RID_PASID,
+      r.address,
+      r.lpig,
+    );
+    if (group !== GROUP_SUCCESS && group !== GROUP_INVALID) return true;
     const p = this.response;
     p.rid = r.rid;
     p.pasidPresent = r.pasidPresent;
     p.pasid = r.pasid;
     p.prgIndex = r.prgIndex;
     p.lpig = true;
-    p.code = worst === PAGE_IN_OK ? QI_RESP_SUCCESS : QI_RESP_INVALID;
+    p.code = group === GROUP_SUCCESS ? QI_RESP_SUCCESS : QI_RESP_INVALID;
     encodeVtdPageGroupResponse(this.iq.words, this.iq.claim(), p);
     this.iq.commit();
-    this.stats.groupsAnswered++;
     // Answers go out in small batches: the host retries these while the rest are paged in.
-    if ((this.stats.groupsAnswered & (ANSWER_BATCH - 1)) === 0) this.iq.publish();
-    if (p.code === QI_RESP_SUCCESS) this.stats.responses.success++;
-    else this.stats.responses.invalid++;
-    this.misbehave?.answered(
-      false,
-      p.rid,
-      p.pasidPresent ? p.pasid : -1,
-      p.prgIndex,
-      p.code === QI_RESP_SUCCESS,
-    );
+    if (this.groups.answered(p.rid, p.pasidPresent ? p.pasid : -1, p.prgIndex, group === GROUP_SUCCESS))
+      this.iq.publish();
     return true;
   }
 
@@ -154,24 +146,11 @@ export class VtdDriver {
     d.address = va;
     encodeVtdPasidIotlb(this.iq.words, at, d);
     this.iq.commit();
-    this.waitOwed = true;
-    this.issueWait();
-    this.iq.publish();
-    return this.waitSequence + (this.waitOwed ? 1 : 0);
+    return this.waits.afterInvalidation();
   }
 
   /** The status data of the last invalidation wait the IOMMU completed. */
   syncCompleted(): number {
-    return Atomics.load(this.memory.words, this.statusWordGpa >>> 2) >>> 0;
-  }
-
-  private issueWait(): void {
-    if (!this.waitOwed) return;
-    const at = this.iq.claim();
-    if (at < 0) return;
-    this.waitSequence++;
-    encodeVtdInvWait(this.iq.words, at, this.statusWordGpa, this.waitSequence);
-    this.iq.commit();
-    this.waitOwed = false;
+    return this.waits.completed();
   }
 }

@@ -6,7 +6,7 @@
  * StreamIDs are unique across instances, so one table serves them all.
  *
  * It never imports the registry: whoever owns an address space registers an IopfHandler for it
- * (design.md: the hardware reports faults through a handler interface).
+ * (docs/architecture.md: the hardware reports faults through a handler interface).
  */
 import { PAGE_SIZE } from '../../shared/guest-memory.ts';
 import { CLASS_IN, F_STREAM_DISABLED, F_TRANSLATION } from '../../shared/records/event-types.ts';
@@ -36,7 +36,8 @@ import {
   walkLeaf,
   walkStage1,
 } from './stage1-walker.ts';
-import { StallIopfBridge, StallModel } from './stall.ts';
+import { StallModel } from './stall.ts';
+import { StallIopfBridge } from './stall-iopf-bridge.ts';
 import { WALK_RECORD, WALK_STALL } from './walk-cache.ts';
 
 export interface TranslationStats {

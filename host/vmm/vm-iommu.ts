@@ -8,6 +8,7 @@
  */
 import type { DeviceContext } from '../../shared/control.ts';
 import type { GuestMemory } from '../../shared/guest-memory.ts';
+import { CMDQ_ENTRY_BYTES } from '../../shared/records/cmdq-entry.ts';
 import { termModelOf } from '../../shared/smmuv3-idr.ts';
 import {
   encodeVste,
@@ -18,12 +19,10 @@ import {
   type Smmuv3Ops,
 } from '../iommu/smmuv3-ops.ts';
 import { IommufdError } from '../iommufd/errors.ts';
-import type { FaultFd, FaultObject } from '../iommufd/fault.ts';
-import { IOMMU_HWPT_ALLOC_NEST_PARENT, IOMMU_HWPT_FAULT_ID_VALID } from '../iommufd/hwpt.ts';
-import { Iommufd } from '../iommufd/iommufd.ts';
+import { IOMMU_HWPT_FAULT_ID_VALID } from '../iommufd/hwpt.ts';
 import type { VeventqFd } from '../iommufd/veventq.ts';
-import { mapGuestRam } from './guest-ram.ts';
-import { errnoOutcome, type RegistryTeardownOp, type VmRegistry } from './viommu-model.ts';
+import { errnoOutcome } from './viommu-model.ts';
+import { type AttachmentTeardownOp, VmIommufd } from './vm-iommufd.ts';
 import type { VdeviceMap } from './vsmmu.ts';
 
 /** Events the host queues for the VMM before it reads them; more are lost (and say so). */
@@ -40,22 +39,13 @@ export interface AssignedDevice {
   stall: boolean;
 }
 
-export class VmIommu implements VdeviceMap, VmRegistry {
-  readonly fd = new Iommufd();
-  readonly faultFd: FaultFd;
-  readonly fault: FaultObject;
+export class VmIommu extends VmIommufd implements VdeviceMap {
   /** The vIOMMU's event queue: the stage-1 events of terminated transactions. */
   readonly veventqFd: VeventqFd;
-  private readonly devIds: number[];
   /** The nested HWPT each device is attached to (after installContexts), and its vSTE. */
   private readonly nested: number[] = [];
   private readonly vstes: Uint8Array[] = [];
-  private faultFdOpen = true;
-  private unbound = false;
   private readonly viommuId: number;
-  private readonly faultId: number;
-  /** Host-physical base of the VM's RAM. */
-  private readonly ramBase: number;
   /**
    * The host SMMU's IDR0.TERM_MODEL, from IOMMU_GET_HW_INFO: a vSMMU can give its guest RAZ/WI
    * terminations only where the host can (QEMU's smmuv3-accel copies the field the same way).
@@ -63,32 +53,24 @@ export class VmIommu implements VdeviceMap, VmRegistry {
   readonly termModel: 0 | 1;
 
   constructor(
-    private readonly ops: Smmuv3Ops,
+    ops: Smmuv3Ops,
     memory: GuestMemory,
     private readonly assigned: readonly AssignedDevice[],
   ) {
-    const fd = this.fd;
-    const { ioasId, ramBase } = mapGuestRam(fd, ops.iommu.host, memory);
-    this.ramBase = ramBase;
-    this.devIds = assigned.map(
-      (d) => fd.bindDevice({ device: ops.device(d.streamId, d.hasPasids ? 20 : 0, d.stall) }).devId,
+    super(
+      ops.iommu.host,
+      memory,
+      assigned.map((d) => d.streamId),
+      (streamId, i) => ops.device(streamId, assigned[i].hasPasids ? 20 : 0, assigned[i].stall),
     );
+    const fd = this.fd;
     const hwInfo = new Uint8Array(HW_INFO_BYTES);
     fd.getHwInfo({ devId: this.devIds[0], dataLen: HW_INFO_BYTES, data: hwInfo });
     this.termModel = termModelOf(new DataView(hwInfo.buffer).getUint32(HW_INFO_IDR0, true));
-    const { hwptId: s2 } = fd.hwptAlloc({
-      flags: IOMMU_HWPT_ALLOC_NEST_PARENT,
-      devId: this.devIds[0],
-      ptId: ioasId,
-    });
-    const { faultId, faultFd } = fd.faultQueueAlloc();
-    this.faultId = faultId;
-    this.faultFd = faultFd;
-    this.fault = fd.lookup<FaultObject>(faultId, 'FAULT');
     this.viommuId = fd.viommuAlloc({
       type: IOMMU_VIOMMU_TYPE_ARM_SMMUV3,
       devId: this.devIds[0],
-      hwptId: s2,
+      hwptId: this.s2,
     }).viommuId;
     for (const [vsid, devId] of this.devIds.entries()) {
       fd.vdeviceAlloc({ viommuId: this.viommuId, devId, virtId: BigInt(vsid) });
@@ -98,10 +80,6 @@ export class VmIommu implements VdeviceMap, VmRegistry {
       type: IOMMU_VEVENTQ_TYPE_ARM_SMMUV3,
       veventqDepth: VEVENTQ_DEPTH,
     }).veventqFd;
-  }
-
-  get devices(): number {
-    return this.devIds.length;
   }
 
   /** The guest installed its STEs: a nested HWPT per device with its vSTE, attached to the RID. */
@@ -124,15 +102,11 @@ export class VmIommu implements VdeviceMap, VmRegistry {
     }).hwptId;
   }
 
-  /**
-   * A teardown operation on every device while its faults are in flight; returns its outcome
-   * ('done', or the errno the registry answered).
-   */
-  teardownOp(op: RegistryTeardownOp): string {
+  protected attachmentOp(op: AttachmentTeardownOp): string {
     const fd = this.fd;
     switch (op) {
       case 'detach':
-        for (const devId of this.devIds) fd.detachDevice({ devId });
+        this.detachAll();
         return 'done';
       case 'replace':
         // A fresh nested HWPT with the same vSTE: the device goes on, its faults in flight do not.
@@ -142,32 +116,19 @@ export class VmIommu implements VdeviceMap, VmRegistry {
           fd.destroy({ id: old });
         });
         return 'done';
-      case 'fault-fd-close':
-        this.closeFaultFd();
-        return 'done';
       case 'hwpt-destroy':
         return errnoOutcome(() => {
           for (const id of this.nested) fd.destroy({ id });
         });
-      case 'unbind':
-        for (const devId of this.devIds) fd.unbindDevice({ devId });
-        this.unbound = true;
-        return 'done';
     }
   }
 
-  private closeFaultFd(): void {
-    if (!this.faultFdOpen) return;
-    this.faultFdOpen = false;
-    this.faultFd.close();
+  protected detachAll(): void {
+    for (const devId of this.devIds) this.fd.detachDevice({ devId });
   }
 
-  get objectCount(): number {
-    return this.fd.objects().length;
-  }
-
-  vsidOf(devId: number): number {
-    return this.devIds.indexOf(devId);
+  protected override closeFlavour(): void {
+    this.veventqFd.close();
   }
 
   /**
@@ -179,7 +140,7 @@ export class VmIommu implements VdeviceMap, VmRegistry {
       this.fd.hwptInvalidate({
         hwptId: this.viommuId,
         dataType: IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
-        entryLen: 16,
+        entryLen: CMDQ_ENTRY_BYTES,
         entryNum: 1,
         data: command,
       });
@@ -193,20 +154,5 @@ export class VmIommu implements VdeviceMap, VmRegistry {
   stalls(devId: number): boolean {
     const vsid = this.devIds.indexOf(devId);
     return vsid >= 0 && this.assigned[vsid].stall;
-  }
-
-  streamIdOf(devId: number): number {
-    const vsid = this.devIds.indexOf(devId);
-    return vsid < 0 ? -1 : this.assigned[vsid].streamId;
-  }
-
-  /** Detach every device (pending groups are answered INVALID), then close the fd and the registry. */
-  teardown(): void {
-    if (!this.fd.objects().length) return;
-    if (!this.unbound) for (const devId of this.devIds) this.fd.detachDevice({ devId });
-    this.closeFaultFd();
-    this.veventqFd.close();
-    this.fd.close();
-    this.ops.iommu.host.unregister(this.ramBase);
   }
 }

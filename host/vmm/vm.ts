@@ -2,15 +2,14 @@
  * The host's side of one VM: its guest RAM and data-plane channel (SharedArrayBuffers shared with
  * this VM only), its worker thread and comlink control plane, its vSMMU model, fault queue and
  * devices, and `pump()`, the pass over all of it that the host's reactor runs whenever the VM's
- * pending bit is set (reactor.ts).
+ * pending bit is set (reactor.ts). The control plane's calls (control-plane.ts), the response
+ * watchdog (response-watchdog.ts) and the injectors (injector.ts) have files of their own.
  */
 import type { Worker } from 'node:worker_threads';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
-import * as Comlink from 'comlink';
-import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { ChannelSide, type TransportKind } from '../../shared/channel-side.ts';
 import { CommandErrorRegister } from '../../shared/command-error.ts';
-import type { DeviceContext, GuestBoot, GuestControl, GuestStats } from '../../shared/control.ts';
+import type { DeviceContext, GuestBoot, GuestStats } from '../../shared/control.ts';
 import type { Doorbell } from '../../shared/doorbell.ts';
 import { GuestMemory } from '../../shared/guest-memory.ts';
 import type { Logger } from '../../shared/logger.ts';
@@ -24,17 +23,16 @@ import type { SharedPri } from '../devices/shared-pri.ts';
 import type { Iommu } from '../iommu/iommu.ts';
 import type { Smmuv3Ops } from '../iommu/smmuv3-ops.ts';
 import type { VtdOps } from '../iommu/vtd-ops.ts';
+import { CONTROL_TIMEOUT_MS, ControlPlane, type GuestControlRemote } from './control-plane.ts';
+import { FLAVOURS } from './flavours.ts';
 import { guestWorkerEntry } from './guest-bundle.ts';
+import { Injector } from './injector.ts';
 import type { InvariantChecker } from './invariants.ts';
 import type { Reactor, ReactorClient, Ticker } from './reactor.ts';
+import { ResponseWatchdog } from './response-watchdog.ts';
 import type { TeardownOp, Topology, VmConfig } from './topology.ts';
 import type { FaultTrace } from './trace.ts';
 import type { ViommuModel, VmRegistry } from './viommu-model.ts';
-import { VmIommu } from './vm-iommu.ts';
-import { Vsmmu } from './vsmmu.ts';
-import { VtdPageRequestQueue } from './vtd-prq-model.ts';
-import { VtdVmIommu } from './vtd-vm-iommu.ts';
-import { Vvtd } from './vvtd.ts';
 
 /**
  * Ops each device runs per pump, per VM of the topology. The faults a pump raises reach the guest
@@ -44,15 +42,6 @@ import { Vvtd } from './vvtd.ts';
  * faults/s with 16 ops per pump and 65 K with no bound.
  */
 const DEVICE_BATCH_PER_VM = 16;
-/** How often injectors refill their budget and send. */
-const INJECT_TICK_MS = 5;
-/**
- * Longest an injector's tick may send for: the host's one thread serves every VM between ticks,
- * so an injector faster than the host takes a share of the thread, never all of it.
- */
-const INJECT_SLICE_MS = 1;
-/** A control-plane call that takes longer than this means the guest is hung. */
-const CONTROL_TIMEOUT_MS = 10_000;
 /**
  * How long past its grace the host waits for a stopping guest's answer (the message's way there
  * and back) before it treats the guest as hung: the run ends by its duration plus the two.
@@ -116,6 +105,8 @@ export class Vm implements ReactorClient {
   readonly registry: VmRegistry;
   /** The host side of the guest-visible vIOMMU queues. */
   readonly model: ViommuModel;
+  /** What the guest driver of this flavour is told at boot (the vSMMU's IDR0, ...). */
+  private readonly flavourBoot: Partial<GuestBoot>;
   /** Pattern seed of this VM's workload. */
   readonly seed: number;
   crashed = false;
@@ -139,8 +130,7 @@ export class Vm implements ReactorClient {
   private readonly submitQueues: RingConsumer[];
   private readonly log: Logger;
   private worker: Worker | undefined;
-  private control: Comlink.Remote<GuestControl> | undefined;
-  private exited: Promise<never> | undefined;
+  private control: ControlPlane | undefined;
   private readonly injectors: Ticker[] = [];
   private watchdog: Ticker | undefined;
   /** The host is ending the worker on purpose: its exit is not a crash. */
@@ -204,54 +194,26 @@ export class Vm implements ReactorClient {
           () => wiring.reactor.wake(index),
         ),
     );
-    if (layout.prq) {
-      const registry = new VtdVmIommu(
-        wiring.vtd,
-        this.memory,
-        wiring.devices.map((d) => ({ streamId: d.streamId, ownsRid: d.ownsRid })),
-        wiring.routing,
-      );
-      this.registry = registry;
-      this.model = new Vvtd(
-        config.name,
-        new VtdPageRequestQueue(this.channel, layout.prq.offset, layout.prq.log2Size, guestBell, this.link),
-        this.cmdq,
-        registry,
-        registry.faultFd,
-        wiring.invariants,
-        wiring.ownerOf,
-        this.memory,
-        commandError,
-      );
-    } else if (layout.priq && layout.evtq) {
-      const registry = new VmIommu(
-        wiring.smmu,
-        this.memory,
-        this.devices.map((d, i) => ({
-          streamId: d.streamId,
-          hasPasids: config.devices[i].pasids.length > 0,
-          stall: config.devices[i].stall,
-        })),
-      );
-      this.registry = registry;
-      this.model = new Vsmmu(
-        config.name,
-        side.producer(layout.priq, guestBell),
-        side.producer(layout.evtq, guestBell),
-        this.cmdq,
-        registry,
-        registry.faultFd,
-        registry.veventqFd,
-        wiring.invariants,
-        wiring.ownerOf,
-        this.memory,
-        commandError,
-        // The guest gets RAZ/WI terminations only where the host SMMU has them (QEMU smmuv3-accel).
-        { termModel: registry.termModel },
-      );
-    } else {
-      throw new Error(`no vIOMMU model for flavour ${config.viommu}`);
-    }
+    const flavour = FLAVOURS[config.viommu]({
+      config,
+      memory: this.memory,
+      channel: this.channel,
+      layout,
+      side,
+      link: this.link,
+      guestBell,
+      cmdq: this.cmdq,
+      commandError,
+      devices: wiring.devices,
+      smmu: wiring.smmu,
+      vtd: wiring.vtd,
+      routing: wiring.routing,
+      invariants: wiring.invariants,
+      ownerOf: wiring.ownerOf,
+    });
+    this.registry = flavour.registry;
+    this.model = flavour.model;
+    this.flavourBoot = flavour.boot;
     if (wiring.trace) {
       const trace = wiring.trace;
       trace.nameVm(index, config.name);
@@ -285,43 +247,19 @@ export class Vm implements ReactorClient {
       spinNs: this.link ? 0 : this.wiring.spinNs,
       // Over postMessage the guest rings the host through its link, never through shared memory.
       hostSignal: this.link ? undefined : this.wiring.reactor.buffer,
-      ...(this.model instanceof Vsmmu ? { smmuIdr0: this.model.idr0 } : {}),
+      ...this.flavourBoot,
     };
     const worker = spawnWorker(guestWorkerEntry(), {
       workerData: boot,
       transferList: this.guestPort ? [this.guestPort] : [],
     });
     this.worker = worker;
-    this.control = Comlink.wrap<GuestControl>(this.controlEndpoint(worker));
-    this.exited = new Promise<never>((_, reject) => {
-      worker.once('error', (error) => {
-        this.markCrashed(`uncaught exception in the guest: ${error.message}`);
-        reject(error);
-      });
-      worker.once('exit', (code) => {
-        if (!this.terminating) this.markCrashed(`guest worker exited with code ${code}`);
-        reject(new Error(`guest ${this.name} exited with code ${code}`));
-      });
+    worker.once('error', (error) => this.markCrashed(`uncaught exception in the guest: ${error.message}`));
+    worker.once('exit', (code) => {
+      if (!this.terminating) this.markCrashed(`guest worker exited with code ${code}`);
     });
-    this.exited.catch(() => {});
-  }
-
-  /**
-   * The control plane's end at the host. Over `sab` the guest's data plane is a synchronous loop
-   * that may be blocked in Atomics.wait: each message posted to it also raises CONTROL on its
-   * doorbell, so that it returns to its event loop and reads the message.
-   */
-  private controlEndpoint(worker: Worker): Comlink.Endpoint {
-    const endpoint = nodeEndpoint(worker);
-    if (this.link) return endpoint;
-    const bell = this.guestBell;
-    return {
-      ...endpoint,
-      postMessage(message: unknown, transfer?: Parameters<Comlink.Endpoint['postMessage']>[1]) {
-        endpoint.postMessage(message, transfer);
-        bell.ringControl();
-      },
-    };
+    // Over postMessage the guest wakes on every message; over `sab` it is told on its doorbell.
+    this.control = new ControlPlane(this.name, worker, this.link ? undefined : this.guestBell);
   }
 
   /** Let the guest build its tables, then install its streams in the IOMMU. */
@@ -360,30 +298,11 @@ export class Vm implements ReactorClient {
     this.startInjectors();
   }
 
-  /**
-   * With `responseTimeoutMs`, a guest that holds faults and answers none of them for that long is
-   * treated as dead: the VMM gives up on it the way it would on a crashed one.
-   */
+  /** With `responseTimeoutMs`, a guest that sits on its faults is given up on (response-watchdog.ts). */
   private startWatchdog(): void {
     const timeout = this.config.responseTimeoutMs;
     if (timeout === undefined) return;
-    // Only the guest's own answers count as progress: the model's overflow auto-answers do not.
-    const stats = this.model.stats;
-    const answers = () => stats.guestAnswered + stats.stallsTerminated;
-    let answered = answers();
-    let since = performance.now();
-    this.watchdog = this.wiring.reactor.every(Math.max(5, Math.min(50, timeout / 4)), (now) => {
-      const awaiting = stats.delivered + stats.stallsDelivered - answers();
-      if (awaiting <= 0 || answers() !== answered) {
-        answered = answers();
-        since = now;
-        return;
-      }
-      if (now - since < timeout) return;
-      this.giveUp(
-        `answered none of ${awaiting} fault(s) for ${Math.round(now - since)} ms (responseTimeoutMs ${timeout})`,
-      );
-    });
+    this.watchdog = new ResponseWatchdog(this.model.stats, timeout, this).start(this.wiring.reactor);
   }
 
   /**
@@ -416,43 +335,13 @@ export class Vm implements ReactorClient {
     this.worker?.terminate().catch(() => {});
   }
 
-  /**
-   * Devices with an `inject` section raise page-request groups (or stage-1 fault events) on the
-   * host's own initiative, at their configured rate (a token bucket refilled every few ms). A group
-   * that finds no credit waits for the next tick: the injector is paced by the guest's answers like
-   * any PRI device. Events need no credit.
-   *
-   * Paced against the clock, never catching up: the bucket holds one tick's worth, so a tick that
-   * comes late skips what it missed instead of sending it in one burst, and a tick sends for at most
-   * INJECT_SLICE_MS. A rate faster than the host can raise is sent as fast as the host can.
-   */
+  /** Devices with an `inject` section raise faults on the host's own initiative (injector.ts). */
   private startInjectors(): void {
     this.config.devices.forEach((config, i) => {
-      const inject = config.inject;
-      if (!inject) return;
-      const device = this.devices[i];
-      let last = performance.now();
-      let budget = 0;
-      let next = 0;
-      const perTick = Math.max(1, (inject.ratePerSec * INJECT_TICK_MS) / 1000);
-      const ticker = this.wiring.reactor.every(INJECT_TICK_MS, (now) => {
-        budget = Math.min(budget + ((now - last) * inject.ratePerSec) / 1000, perTick);
-        last = now;
-        const end = now + INJECT_SLICE_MS;
-        let sent = 0;
-        while (budget >= 1) {
-          const address = inject.base + (next % inject.pages) * 4096;
-          if (inject.kind === 'event')
-            device.injectEvents(inject.pasid, address, inject.write, inject.groupSize);
-          else if (!device.injectPageRequest(inject.pasid, address, inject.write, inject.groupSize)) break;
-          next += inject.groupSize;
-          budget--;
-          sent++;
-          if ((sent & 15) === 0 && performance.now() >= end) break;
-        }
-        if (sent > 0) this.wiring.reactor.wake(this.index);
-      });
-      this.injectors.push(ticker);
+      if (!config.inject) return;
+      this.injectors.push(
+        new Injector(this.devices[i], config.inject, this.wiring.reactor, this.index).start(),
+      );
     });
   }
 
@@ -486,7 +375,7 @@ export class Vm implements ReactorClient {
     this.registry.teardown();
     this.model.forgetDelivered();
     for (const device of this.devices) device.service();
-    this.control?.[Comlink.releaseProxy]();
+    this.control?.release();
     this.terminating = true;
     await this.worker?.terminate();
     this.link?.close();
@@ -515,23 +404,10 @@ export class Vm implements ReactorClient {
     this.injectors.length = 0;
   }
 
-  private async call<T>(
-    fn: (control: Comlink.Remote<GuestControl>) => Promise<T>,
-    timeoutMs = CONTROL_TIMEOUT_MS,
-  ): Promise<T> {
-    if (!this.control || !this.exited) throw new Error(`guest ${this.name} is not launched`);
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new Error(`guest ${this.name} did not answer in ${timeoutMs} ms`)),
-        timeoutMs,
-      );
-    });
-    try {
-      return await Promise.race([fn(this.control), this.exited, timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
+  /** A control-plane call (control-plane.ts): rejects on the guest's exit or after `timeoutMs`. */
+  private async call<T>(fn: (control: GuestControlRemote) => Promise<T>, timeoutMs?: number): Promise<T> {
+    if (!this.control) throw new Error(`guest ${this.name} is not launched`);
+    return this.control.call(fn, timeoutMs);
   }
 
   /**

@@ -16,7 +16,13 @@
  */
 import type { DeviceContext } from '../../shared/control.ts';
 import type { GuestMemory } from '../../shared/guest-memory.ts';
-import { CD_BYTES, CD_HIGH_RES0, CD_VALID, PTE_ADDR_LOW_MASK } from '../../shared/stage1-format.ts';
+import {
+  CD_BYTES,
+  CD_HIGH_RES0,
+  CD_VALID,
+  PTE_ADDR_LOW_MASK,
+  PTE_HIGH_ADDR_MASK,
+} from '../../shared/stage1-format.ts';
 import {
   encodeVtdS1,
   encodeVtdS1Invalidate,
@@ -25,15 +31,9 @@ import {
   type VtdOps,
 } from '../iommu/vtd-ops.ts';
 import { IommufdError } from '../iommufd/errors.ts';
-import type { FaultFd, FaultObject } from '../iommufd/fault.ts';
-import {
-  IOMMU_HWPT_ALLOC_NEST_PARENT,
-  IOMMU_HWPT_ALLOC_PASID,
-  IOMMU_HWPT_FAULT_ID_VALID,
-} from '../iommufd/hwpt.ts';
-import { Iommufd } from '../iommufd/iommufd.ts';
-import { mapGuestRam } from './guest-ram.ts';
-import { errnoOutcome, type RegistryTeardownOp, type VmRegistry } from './viommu-model.ts';
+import { IOMMU_HWPT_ALLOC_PASID, IOMMU_HWPT_FAULT_ID_VALID } from '../iommufd/hwpt.ts';
+import { errnoOutcome } from './viommu-model.ts';
+import { type AttachmentTeardownOp, VmIommufd } from './vm-iommufd.ts';
 
 export interface VtdAssignedDevice {
   /** Physical StreamID (the function's RID). */
@@ -46,47 +46,27 @@ export interface VtdAssignedDevice {
 const MAX_PASID_LOG2 = 8;
 const TWO_32 = 0x1_0000_0000;
 
-export class VtdVmIommu implements VmRegistry {
-  readonly fd = new Iommufd();
-  readonly faultFd: FaultFd;
-  readonly fault: FaultObject;
+export class VtdVmIommu extends VmIommufd {
   /** PASID-table entries the registry refused (another VM's PASID, a bad table address). */
   rejectedEntries = 0;
-  private readonly devIds: number[];
-  private readonly s2: number;
-  private readonly faultId: number;
-  private readonly ramBase: number;
   /** Nested HWPT of (guest device index, PASID), as index * 2^20 + PASID. */
   private readonly hwpts = new Map<number, number>();
   /** First-stage table address of each (device, PASID) with a nested HWPT, keyed the same way. */
   private readonly ttbs = new Map<number, number>();
-  private faultFdOpen = true;
-  private unbound = false;
   private readonly invalidation = new Uint8Array(24);
 
   constructor(
-    private readonly ops: VtdOps,
+    ops: VtdOps,
     private readonly memory: GuestMemory,
     private readonly assigned: readonly VtdAssignedDevice[],
     private readonly routing: 'ioasid-owner' | 'device-owner',
   ) {
-    const fd = this.fd;
-    const { ioasId, ramBase } = mapGuestRam(fd, ops.iommu.host, memory);
-    this.ramBase = ramBase;
-    this.devIds = assigned.map((d) => fd.bindDevice({ device: ops.device(d.streamId, 20) }).devId);
-    this.s2 = fd.hwptAlloc({
-      flags: IOMMU_HWPT_ALLOC_NEST_PARENT,
-      devId: this.devIds[0],
-      ptId: ioasId,
-    }).hwptId;
-    const { faultId, faultFd } = fd.faultQueueAlloc();
-    this.faultId = faultId;
-    this.faultFd = faultFd;
-    this.fault = fd.lookup<FaultObject>(faultId, 'FAULT');
-  }
-
-  get devices(): number {
-    return this.devIds.length;
+    super(
+      ops.iommu.host,
+      memory,
+      assigned.map((d) => d.streamId),
+      (streamId) => ops.device(streamId, 20),
+    );
   }
 
   /** Shadow each device's PASID table: a nested HWPT per valid entry, attached to its PASID. */
@@ -103,7 +83,11 @@ export class VtdVmIommu implements VmRegistry {
           this.rejectedEntries++;
           continue;
         }
-        this.attachPasid(index, pasid, ((low & PTE_ADDR_LOW_MASK) >>> 0) + (high & 0xffff) * TWO_32);
+        this.attachPasid(
+          index,
+          pasid,
+          ((low & PTE_ADDR_LOW_MASK) >>> 0) + (high & PTE_HIGH_ADDR_MASK) * TWO_32,
+        );
       }
     });
   }
@@ -144,12 +128,12 @@ export class VtdVmIommu implements VmRegistry {
     }).hwptId;
   }
 
-  /** See VmRegistry.teardownOp: every attached (device, PASID) at once. */
-  teardownOp(op: RegistryTeardownOp): string {
+  /** Every attached (device, PASID) at once. */
+  protected attachmentOp(op: AttachmentTeardownOp): string {
     const fd = this.fd;
     switch (op) {
       case 'detach':
-        for (const key of this.hwpts.keys()) fd.detachDevice(this.attachTarget(key));
+        this.detachAll();
         return 'done';
       case 'replace':
         for (const [key, old] of this.hwpts) {
@@ -163,18 +147,15 @@ export class VtdVmIommu implements VmRegistry {
           this.hwpts.set(key, hwptId);
         }
         return 'done';
-      case 'fault-fd-close':
-        this.closeFaultFd();
-        return 'done';
       case 'hwpt-destroy':
         return errnoOutcome(() => {
           for (const id of this.hwpts.values()) fd.destroy({ id });
         });
-      case 'unbind':
-        for (const devId of this.devIds) fd.unbindDevice({ devId });
-        this.unbound = true;
-        return 'done';
     }
+  }
+
+  protected detachAll(): void {
+    for (const key of this.hwpts.keys()) this.fd.detachDevice(this.attachTarget(key));
   }
 
   /** The DEVICE and PASID (none for the RID) of a (device, PASID) key. */
@@ -182,25 +163,6 @@ export class VtdVmIommu implements VmRegistry {
     const devId = this.devIds[Math.floor(key / 0x10_0000)];
     const pasid = key % 0x10_0000;
     return pasid === 0 ? { devId } : { devId, pasid };
-  }
-
-  private closeFaultFd(): void {
-    if (!this.faultFdOpen) return;
-    this.faultFdOpen = false;
-    this.faultFd.close();
-  }
-
-  get objectCount(): number {
-    return this.fd.objects().length;
-  }
-
-  vsidOf(devId: number): number {
-    return this.devIds.indexOf(devId);
-  }
-
-  streamIdOf(devId: number): number {
-    const index = this.devIds.indexOf(devId);
-    return index < 0 ? -1 : this.assigned[index].streamId;
   }
 
   /**
@@ -231,12 +193,8 @@ export class VtdVmIommu implements VmRegistry {
     return done;
   }
 
-  teardown(): void {
-    if (!this.fd.objects().length) return;
-    if (!this.unbound) for (const key of this.hwpts.keys()) this.fd.detachDevice(this.attachTarget(key));
+  override teardown(): void {
+    super.teardown();
     this.hwpts.clear();
-    this.closeFaultFd();
-    this.fd.close();
-    this.ops.iommu.host.unregister(this.ramBase);
   }
 }
