@@ -1,12 +1,12 @@
 /**
  * The doorbell: one interrupt line between threads, over two Int32 words of a SharedArrayBuffer.
  *
- * A producer rings it on its queue's trigger edge (empty -> non-empty, fault-queues.md 1.6); the
+ * A producer rings it on its queue's trigger edge (empty -> non-empty, SMMU spec 3.18); the
  * consumer sleeps on it with Atomics.wait. Like a wired edge interrupt it carries no pending state
  * beyond a sequence number: a consumer must drain, re-read the producer index, and only then sleep
  * on the sequence value it read before that final check.
  *
- * Notify is issued once per sleep (perf-notes.md): the sleeper raises SLEEPING before it waits, and
+ * Notify is issued once per sleep (docs/bench.md): the sleeper raises SLEEPING before it waits, and
  * a ringer only pays for Atomics.notify when it wins the compareExchange that clears the flag.
  */
 

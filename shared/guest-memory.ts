@@ -41,7 +41,7 @@ export class GuestMemory {
 
   /**
    * Write every page once so the kernel's first-touch cost is paid at start-up, not inside the
-   * first faults' latency (perf-notes.md).
+   * first faults' latency (docs/bench.md).
    */
   touch(): void {
     for (let w = 0; w < this.words.length; w += PAGE_WORDS) this.words[w] = 0;

@@ -1,7 +1,7 @@
 /**
  * Structured logs on stderr (stdout stays clean for --json), one binding set per VM. Sync
  * destinations everywhere: pino only flushes on exit on the main thread, and a worker that is
- * terminated would lose its async buffer (stack-notes.md 5).
+ * terminated would lose its async buffer (docs/development.md).
  */
 import { threadId } from 'node:worker_threads';
 import { type Logger, pino } from 'pino';

@@ -1,5 +1,5 @@
 /**
- * The shared-memory region of one VT-d page request queue (fault-queues.md 2.2, 7.1, 7.3): a
+ * The shared-memory region of one VT-d page request queue (docs/queues.md): a
  * 64-byte register line followed by the project's ring of 8-word descriptors.
  *
  *   PQT / PQH   the ring's PROD / CONS. VT-d keeps byte offsets without a wrap bit; the ring keeps

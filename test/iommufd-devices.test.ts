@@ -1,7 +1,7 @@
 /**
  * Conformance of the registry's device side with the Linux iommufd selftests
  * (tools/testing/selftests/iommu/iommufd.c and iommufd_fail_nth.c, 6.17/6.18 trees) and with
- * iommufd-model.md sections 4 to 10: mock domains and devices, attach/replace/detach by RID and
+ * docs/registry.md: mock domains and devices, attach/replace/detach by RID and
  * PASID, HWPT_ALLOC, GET_HW_INFO, FAULT queues and the IOPF round trip, vIOMMU, vDEVICE, vEVENTQ,
  * HWPT_INVALIDATE and DESTROY. Each test is named after the kernel test it ports (or the model row
  * it checks) and the rule it holds the registry to.
@@ -1274,7 +1274,7 @@ describe('basic_fail_nth', () => {
   });
 });
 
-// --- iommufd-model.md rows the selftests leave out ---------------------------------------------------------
+// --- docs/registry.md rules the selftests leave out --------------------------------------------------------
 
 /** A mock device bound through the VFIO-style API (not MOCK_DOMAIN), so attach can be driven directly. */
 function bindMock(fd: Iommufd, flags = 0, driver: MockIommu = fd.mock) {
@@ -1322,7 +1322,7 @@ function faultSetup(flags = MOCK_FLAGS_DEVICE_PASID) {
   };
 }
 
-describe('iommufd-model.md §4 devices and attachment', () => {
+describe('docs/registry.md: devices and attachment', () => {
   test('DESTROY: a DEVICE is always EBUSY; an auto domain is EBUSY while attached and gone after the last detach', () => {
     const fd = new Iommufd();
     const { ioasId } = fd.ioasAlloc();
@@ -1551,7 +1551,7 @@ describe('iommufd-model.md §4 devices and attachment', () => {
   });
 });
 
-describe('iommufd-model.md §5 HWPT_ALLOC', () => {
+describe('docs/registry.md: HWPT_ALLOC', () => {
   test('check order: data/type mismatch (EINVAL), then dev_id (ENOENT), then pt_id lookup (EINVAL)', () => {
     const fd = new Iommufd();
     const { ioasId } = fd.ioasAlloc();
@@ -1733,7 +1733,7 @@ describe('iommufd-model.md §5 HWPT_ALLOC', () => {
   });
 });
 
-describe('iommufd-model.md §6 FAULT queue and IOPF', () => {
+describe('docs/registry.md: FAULT queue and IOPF', () => {
   test('FAULT_QUEUE_ALLOC: flags are EOPNOTSUPP; destroy is EBUSY while its fd is open', () => {
     const fd = new Iommufd();
     expect(errnoOf(() => fd.faultQueueAlloc({ flags: 1 }))).toBe('EOPNOTSUPP');
@@ -1934,7 +1934,7 @@ describe('iommufd-model.md §6 FAULT queue and IOPF', () => {
   });
 });
 
-describe('iommufd-model.md §7 VIOMMU and VDEVICE', () => {
+describe('docs/registry.md: VIOMMU and VDEVICE', () => {
   test('VIOMMU_ALLOC order: flags/DEFAULT type, then dev (ENOENT), then driver type, then HWPT_PAGING (ENOENT), then NEST_PARENT', () => {
     const f = iommufdViommu(true);
     const { fd, deviceId, hwptId } = f;
@@ -1982,7 +1982,7 @@ describe('iommufd-model.md §7 VIOMMU and VDEVICE', () => {
   });
 });
 
-describe('iommufd-model.md §8 VEVENTQ', () => {
+describe('docs/registry.md: VEVENTQ', () => {
   test('VEVENTQ_ALLOC: flags and DEFAULT type EOPNOTSUPP, depth 0 or over 2^19 EINVAL, no vIOMMU ENOENT, one per type', () => {
     const f = iommufdViommu(true);
     const { fd, viommuId } = f;
@@ -2048,7 +2048,7 @@ describe('iommufd-model.md §8 VEVENTQ', () => {
   });
 });
 
-describe('iommufd-model.md §9 HWPT_INVALIDATE', () => {
+describe('docs/registry.md: HWPT_INVALIDATE', () => {
   test('target: unknown id ENOENT, IOAS or paging HWPT EINVAL, entries without data or entry_len EINVAL, entry_num 0 written back', () => {
     const f = iommufdViommu(true);
     const { fd } = f;
@@ -2145,7 +2145,7 @@ describe('iommufd-model.md §9 HWPT_INVALIDATE', () => {
   });
 });
 
-describe('iommufd-model.md §10 selftest mock facts', () => {
+describe('docs/registry.md: selftest mock facts', () => {
   test('MOCK_DOMAIN: ids come out selftest < device < auto HWPT; the IOAS reports the mock aperture and page size', () => {
     const fd = new Iommufd();
     const { ioasId } = fd.ioasAlloc();

@@ -1,4 +1,4 @@
-// HW_QUEUE_ALLOC (iommufd-model.md section 7), after the kernel selftest iommufd_viommu.hw_queue.
+// HW_QUEUE_ALLOC (docs/registry.md; Linux viommu.c), after the kernel selftest iommufd_viommu.hw_queue.
 import { beforeEach, describe, expect, test } from 'vitest';
 import { IOMMU_HWPT_ALLOC_NEST_PARENT } from '../host/iommufd/hwpt.ts';
 import {

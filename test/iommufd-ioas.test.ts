@@ -2,7 +2,7 @@
  * Conformance suite for object ids, DESTROY, the IOAS ioctls, OPTION and pin accounting, ported
  * case by case from the kernel's iommufd selftest (tools/testing/selftests/iommu/iommufd.c, fixtures
  * `iommufd`, `iommufd_ioas` and `iommufd_mock_domain`), plus one test per errno row of
- * iommufd-model.md sections 2 and 3 and the section 12 invariants those operations touch.
+ * docs/registry.md (object model, IOAS) and the invariants those operations touch.
  *
  * Kernel fixtures become helper functions: `openIoas(n)` is FIXTURE_SETUP(iommufd_ioas) with n mock
  * domains, `teardown()` is teardown_iommufd() (close, then every page of the process unpinned).
@@ -100,7 +100,7 @@ function checkMockIova(fd: Iommufd, hwptIds: number[], userVa: bigint, iova: big
   }
 }
 
-/** Everything a failed ioctl must leave untouched (iommufd-model.md section 12). */
+/** Everything a failed ioctl must leave untouched (docs/registry.md, invariants). */
 function snapshot(fd: Iommufd) {
   const objects = fd.objects();
   return {
@@ -830,9 +830,9 @@ for (const [variant, mockDomains] of [
   });
 }
 
-// --- iommufd-model.md section 2: object ids, DESTROY, close() ------------------------------------------
+// --- docs/registry.md, object model: object ids, DESTROY, close() ------------------------------------------
 
-describe('object model (iommufd-model.md section 2)', () => {
+describe('object model (docs/registry.md)', () => {
   let fd: Iommufd;
   let buffer: bigint;
   beforeEach(() => {
@@ -999,9 +999,9 @@ describe('object model (iommufd-model.md section 2)', () => {
   });
 });
 
-// --- iommufd-model.md section 3: IOAS and the IOVA space --------------------------------------------------
+// --- docs/registry.md: IOAS and the IOVA space ------------------------------------------------------------
 
-describe('IOAS_MAP checks, in order (iommufd-model.md 3.1)', () => {
+describe('IOAS_MAP checks, in order (docs/registry.md)', () => {
   let f: IoasFixture;
   beforeEach(() => {
     f = openIoas(1);
@@ -1114,7 +1114,7 @@ describe('IOAS_MAP checks, in order (iommufd-model.md 3.1)', () => {
   });
 });
 
-describe('automatic IOVA choice (iommufd-model.md 3.2)', () => {
+describe('automatic IOVA choice (docs/registry.md)', () => {
   let fd: Iommufd;
   let ioasId: number;
   let buffer: bigint;
@@ -1186,7 +1186,7 @@ describe('automatic IOVA choice (iommufd-model.md 3.2)', () => {
   });
 });
 
-describe('IOAS_UNMAP (iommufd-model.md 3.3)', () => {
+describe('IOAS_UNMAP (docs/registry.md)', () => {
   let f: IoasFixture;
   beforeEach(() => {
     f = openIoas(1);
@@ -1233,7 +1233,7 @@ describe('IOAS_UNMAP (iommufd-model.md 3.3)', () => {
   });
 });
 
-describe('IOAS_COPY (iommufd-model.md 3.4)', () => {
+describe('IOAS_COPY (docs/registry.md)', () => {
   let f: IoasFixture;
   let src: number;
   let srcIova: bigint;
@@ -1335,7 +1335,7 @@ describe('IOAS_COPY (iommufd-model.md 3.4)', () => {
   });
 });
 
-describe('reserved ranges, allowed list and IOVA alignment (iommufd-model.md 3)', () => {
+describe('reserved ranges, allowed list and IOVA alignment (docs/registry.md)', () => {
   let fd: Iommufd;
   let ioasId: number;
   let buffer: bigint;
@@ -1519,9 +1519,9 @@ describe('reserved ranges, allowed list and IOVA alignment (iommufd-model.md 3)'
   });
 });
 
-// --- iommufd-model.md section 12: failed ioctls leave no trace ------------------------------------------
+// --- docs/registry.md, invariants: failed ioctls leave no trace ------------------------------------------
 
-describe('failed ioctls leave no trace (iommufd-model.md 12, fail-nth sweep)', () => {
+describe('failed ioctls leave no trace (docs/registry.md invariants, fail-nth sweep)', () => {
   type Scenario = {
     name: string;
     setup: (fd: Iommufd, buffer: bigint) => () => unknown;

@@ -1,11 +1,11 @@
 /**
- * Model-based property test of the iommufd registry (iommufd-model.md sections 2, 3, 6 and 12).
+ * Model-based property test of the iommufd registry (docs/registry.md: objects, IOAS, FAULT, invariants).
  *
  * Random sequences of registry calls run against the real `Iommufd` and against a small reference
- * model written here from the model document: which objects exist and their ids (lowest free from
+ * model written here from docs/registry.md: which objects exist and their ids (lowest free from
  * 1), per IOAS its areas, reserved ranges and allowed list, which HWPT_PAGING domains mirror it,
  * the FAULT queues and their groups. Each step compares the outcome (result or errno) with the
- * model's prediction, and then asserts the section 12 invariants against the registry.
+ * model's prediction, and then asserts the invariants of docs/registry.md against the registry.
  */
 import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
@@ -1503,7 +1503,7 @@ function prefix(kind: 'none' | 'ioas' | 'fault'): Step[] {
   ];
 }
 
-describe('iommufd registry against a reference model (iommufd-model.md section 12)', () => {
+describe('iommufd registry against a reference model (docs/registry.md, invariants)', () => {
   test('random call sequences keep ids, areas, domains, pins and fault groups as the model says', () => {
     fc.assert(
       fc.property(

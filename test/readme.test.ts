@@ -1,6 +1,7 @@
-// The README's examples work as written: every topology block passes the real parser, every
-// topology file it names loads, and every command line it shows parses with the real CLI.
-import { readFileSync } from 'node:fs';
+// The README's and docs/*.md's examples work as written: every topology block passes the real
+// parser, every topology file they name loads, and every command line they show parses with the
+// real CLI.
+import { readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, test, vi } from 'vitest';
@@ -8,18 +9,26 @@ import { EXIT_OK, main } from '../host/cli/main.ts';
 import { loadTopology, parseTopology } from '../host/vmm/topology.ts';
 
 const readme = readFileSync('README.md', 'utf8');
+/** The README, then every page of docs/. */
+const documents = [
+  { file: 'README.md', text: readme },
+  ...readdirSync('docs')
+    .filter((name) => name.endsWith('.md'))
+    .sort()
+    .map((name) => ({ file: `docs/${name}`, text: readFileSync(`docs/${name}`, 'utf8') })),
+];
 const startScript: string = JSON.parse(readFileSync('package.json', 'utf8')).scripts.start;
 
 /** The ```yaml fences: each is a topology. */
-function yamlBlocks(): { line: number; text: string }[] {
+function yamlBlocks(doc: string): { line: number; text: string }[] {
   const blocks: { line: number; text: string }[] = [];
-  for (const m of readme.matchAll(/^```yaml\n([\s\S]*?)^```$/gm)) {
-    blocks.push({ line: readme.slice(0, m.index).split('\n').length + 1, text: m[1] });
+  for (const m of doc.matchAll(/^```yaml\n([\s\S]*?)^```$/gm)) {
+    blocks.push({ line: doc.slice(0, m.index).split('\n').length + 1, text: m[1] });
   }
   return blocks;
 }
 
-/** How the README invokes the CLI; `npm start` runs package.json's start script. */
+/** How the README and docs/ invoke the CLI; `npm start` runs package.json's start script. */
 const PREFIXES = [
   'npx ioasid-sandbox ',
   'ioasid-sandbox ',
@@ -28,12 +37,12 @@ const PREFIXES = [
 ];
 
 /**
- * Every command line the README shows, in code fences and in inline code (which may wrap), with
+ * Every command line a document shows, in code fences and in inline code (which may wrap), with
  * `&&` chains split, as the arguments after the command.
  */
-function cliLines(): { shown: string; args: string }[] {
-  const fences = [...readme.matchAll(/^```[a-z]*\n([\s\S]*?)^```$/gm)].flatMap((m) => m[1].split('\n'));
-  const prose = readme.replace(/^```[a-z]*\n[\s\S]*?^```$/gm, '');
+function cliLines(doc: string): { shown: string; args: string }[] {
+  const fences = [...doc.matchAll(/^```[a-z]*\n([\s\S]*?)^```$/gm)].flatMap((m) => m[1].split('\n'));
+  const prose = doc.replace(/^```[a-z]*\n[\s\S]*?^```$/gm, '');
   const inline = [...prose.matchAll(/`([^`]+)`/g)].map((m) => m[1].replace(/\s+/g, ' '));
   const lines: { shown: string; args: string }[] = [];
   for (const candidate of [...fences, ...inline].flatMap((l) => l.split('&&')).map((l) => l.trim())) {
@@ -82,18 +91,20 @@ afterEach(() => {
   vi.restoreAllMocks();
 });
 
-describe('README', () => {
-  test('every topology block is a valid topology', () => {
-    const blocks = yamlBlocks();
-    expect(blocks.length).toBeGreaterThan(0);
-    for (const block of blocks) {
-      expect(() => parseTopology(block.text, `README.md:${block.line}`)).not.toThrow();
+describe('README and docs/', () => {
+  test('every topology block is a valid topology, in the README and in docs/', () => {
+    expect(yamlBlocks(readme).length).toBeGreaterThan(0);
+    for (const { file, text } of documents) {
+      for (const block of yamlBlocks(text)) {
+        expect(() => parseTopology(block.text, `${file}:${block.line}`)).not.toThrow();
+      }
     }
   });
 
-  test('every topology file it names exists and is valid', () => {
+  test('every topology file they name exists and is valid', () => {
     // The example of an error message names a file that is not meant to exist.
-    const named = [...readme.matchAll(/`(?:configs\/)?([\w-]+\.yaml)`|configs\/([\w-]+\.yaml)/g)]
+    const all = documents.map((d) => d.text).join('\n');
+    const named = [...all.matchAll(/`(?:configs\/)?([\w-]+\.yaml)`|configs\/([\w-]+\.yaml)/g)]
       .map((m) => `configs/${m[1] ?? m[2]}`)
       .filter((file) => file !== 'configs/x.yaml');
     const files = new Set(named);
@@ -101,12 +112,17 @@ describe('README', () => {
     for (const file of files) expect(() => loadTopology(file), file).not.toThrow();
   });
 
-  test('every command line it shows parses with the real CLI', async () => {
-    const lines = cliLines();
-    // The synopses of run, validate, bench, fail-nth and stress, and the examples.
+  test('every command line they show parses with the real CLI', async () => {
+    // The README shows the synopsis of every command; docs/ repeats them with more examples.
+    const commandsOf = (lines: { args: string }[]) =>
+      [...new Set(lines.map((l) => l.args.split(' ')[0]))].sort();
+    const every = ['--version', 'bench', 'fail-nth', 'run', 'stress', 'validate'];
+    expect(commandsOf(cliLines(readme))).toEqual(every);
+    const lines = documents.flatMap(({ file, text }) =>
+      cliLines(text).map((line) => ({ ...line, shown: `${file}: ${line.shown}` })),
+    );
     expect(lines.length).toBeGreaterThanOrEqual(10);
-    const commands = new Set(lines.map((l) => l.args.split(' ')[0]));
-    expect([...commands].sort()).toEqual(['--version', 'bench', 'fail-nth', 'run', 'stress', 'validate']);
+    expect(commandsOf(lines)).toEqual(every);
     vi.spyOn(process.stdout, 'write').mockImplementation(() => true);
     const errors: string[] = [];
     vi.spyOn(process.stderr, 'write').mockImplementation((s) => {

@@ -1,7 +1,7 @@
 /**
  * The host driver's threaded interrupt handler for one of a physical IOMMU's queues (Linux
- * arm_smmu_priq_thread, arm_smmu_evtq_thread and VT-d's prq_event_thread; fault-queues.md 1.6,
- * 1.7, 2.2): on the queue's interrupt it consumes entries and keeps re-reading PROD until the queue
+ * arm_smmu_priq_thread, arm_smmu_evtq_thread and VT-d's prq_event_thread; docs/queues.md,
+ * SMMU spec 3.18): on the queue's interrupt it consumes entries and keeps re-reading PROD until the queue
  * is empty (an entry that lands mid-drain raises no new edge). Only then, if an overflow was
  * raised, it recovers (the PRI thread drops partial groups) and acknowledges it.
  *

@@ -1,5 +1,5 @@
 /**
- * Page requests and page-request groups as the IOMMU sees them (PCIe PRI, fault-queues.md 3 and 5),
+ * Page requests and page-request groups as the IOMMU sees them (PCIe PRI; docs/queues.md),
  * and the codes of a PRG response.
  */
 

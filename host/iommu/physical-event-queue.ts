@@ -1,5 +1,5 @@
 /**
- * The host's physical event queue (SMMUv3 EVTQ, fault-queues.md 1.1, 1.2; spec 7.2.1, 7.4): 2^n
+ * The host's physical event queue (SMMUv3 EVTQ, SMMU spec 3.5, 7.2.1, 7.4; docs/queues.md): 2^n
  * 32-byte entries in the event record layout (shared/records/evtq-entry.ts), written by the IOMMU
  * for every stream behind it and consumed by the host driver's event thread (EvtqThread below).
  *

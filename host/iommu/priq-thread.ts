@@ -1,6 +1,6 @@
 /**
  * The host driver's PRI-queue interrupt thread (Linux arm_smmu_priq_thread and prq_event_thread,
- * fault-queues.md 1.7, 2.2): consumes page requests into the IOPF layer (irq-thread.ts has the
+ * docs/queues.md): consumes page requests into the IOPF layer (irq-thread.ts has the
  * draining, budget and teardown rules). Recovering from an overflow it drops the IOPF layer's
  * partial groups of the devices behind its IOMMU (their Last was discarded and answered by the
  * queue) before the acknowledgement; at the end of each pass it wakes the host loops of the VMs

@@ -13,6 +13,12 @@ import {
   CMD_CFGI_CD_ALL,
   CMD_TLBI_NH_ASID,
   CMD_TLBI_NH_VA,
+  CMDQ_ENTRY_BYTES,
+  CMDQ_ENTRY_WORDS,
+  commandOpcode,
+  commandStreamId,
+  commandSubstreamId,
+  tlbiNhVaAddress,
 } from '../../shared/records/cmdq-entry.ts';
 import { EVTQ_ENTRY_WORDS, encodeEvtqEntry, newEvtqEntry } from '../../shared/records/evtq-entry.ts';
 import {
@@ -153,6 +159,9 @@ export class Smmuv3Ops implements IommuOps, Stage2Owner {
   private readonly stage2Of = new Map<number, PagingDomain>();
   /** Host-only memory for every stage-2 table of this SMMU. */
   private readonly pool: TablePool;
+  /** The command being invalidated, as words (the caller's bytes may sit at any offset). */
+  private readonly command = new Int32Array(CMDQ_ENTRY_WORDS);
+  private readonly commandBytes = new Uint8Array(this.command.buffer);
 
   constructor(
     readonly iommu: Iommu,
@@ -295,7 +304,11 @@ export class Smmuv3Ops implements IommuOps, Stage2Owner {
   invalidationFormat(target: NestedDomain | ViommuState): InvalidationFormat | undefined {
     // Guest invalidations go through the vIOMMU as raw 16-byte commands; nested HWPTs take none.
     return target instanceof Smmuv3Viommu
-      ? { type: IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3, minLength: 16, maxLength: 16 }
+      ? {
+          type: IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
+          minLength: CMDQ_ENTRY_BYTES,
+          maxLength: CMDQ_ENTRY_BYTES,
+        }
       : undefined;
   }
 
@@ -308,12 +321,15 @@ export class Smmuv3Ops implements IommuOps, Stage2Owner {
     entry: Uint8Array,
     vdevices: ReadonlyMap<bigint, IommuDevice>,
   ): InvalidateResult {
-    const opcode = entry[0];
+    // invalidationFormat makes the registry pass exactly one command.
+    if (entry.length !== CMDQ_ENTRY_BYTES) return 'EINVAL';
+    const command = this.command;
+    this.commandBytes.set(entry);
+    const opcode = commandOpcode(command, 0);
     if (!INVALIDATE_OPCODES.has(opcode)) return 'EIO';
-    const view = new DataView(entry.buffer, entry.byteOffset, entry.byteLength);
     switch (opcode) {
       case CMD_TLBI_NH_VA: {
-        const va = Number(view.getBigUint64(8, true) & ~0xfffn & ((1n << 52n) - 1n));
+        const va = tlbiNhVaAddress(command, 0);
         for (const device of vdevices.values())
           this.iommu.invalidateStream(device.streamId, ANY_PASID, va, 4096);
         return undefined;
@@ -323,9 +339,9 @@ export class Smmuv3Ops implements IommuOps, Stage2Owner {
         return undefined;
       case CMD_CFGI_CD:
       case CMD_CFGI_CD_ALL: {
-        const device = vdevices.get(BigInt(view.getUint32(4, true)));
+        const device = vdevices.get(BigInt(commandStreamId(command, 0)));
         if (!device) return 'EINVAL';
-        const ssid = (view.getUint32(0, true) >>> 12) & 0xfffff;
+        const ssid = commandSubstreamId(command, 0);
         this.iommu.invalidateStream(device.streamId, opcode === CMD_CFGI_CD ? ssid : ANY_PASID);
         return undefined;
       }

@@ -1,6 +1,6 @@
 /**
  * The host model of a guest's SMMUv3 event queue: what the vSMMU does with an event record it has
- * assembled (SMMU spec 7.2.1, 7.4; fault-queues.md 1.1-1.2, 1.6).
+ * assembled (SMMU spec 7.2.1, 7.4; docs/queues.md).
  *
  * - Records are never overwritten. When the queue is full a non-stall record is discarded, and
  *   OVFLG toggles only if no overflow is pending (the ring's `discard`).
@@ -65,8 +65,7 @@ export class EventQueueModel {
     private readonly ring: RingProducer,
     options: EventQueueOptions = {},
   ) {
-    const log2Size = Math.log2(ring.size);
-    if (ringBytes({ log2Size, recordWords: EVTQ_ENTRY_WORDS }) !== ring.words.byteLength) {
+    if (ringBytes({ log2Size: ring.log2Size, recordWords: EVTQ_ENTRY_WORDS }) !== ring.words.byteLength) {
       throw new RangeError(`event queue ring must hold ${EVTQ_ENTRY_WORDS}-word records (32-byte events)`);
     }
     const capacity = options.stallCapacity ?? DEFAULT_STALL_CAPACITY;

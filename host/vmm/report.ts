@@ -89,11 +89,11 @@ export interface VmReport {
   >;
   /** Groups of this VM the host answered INVALID because their response deadline passed. */
   iopfTimeouts: number;
-  /** How often the same page faulted again (README: "Teardown", re-fault gauge). */
+  /** How often the same page faulted again (docs/report.md, the re-fault gauge). */
   refaults: RefaultFigures;
   /** The teardown operation the topology injected, when, and its outcome ('done' or an errno). */
   teardown?: { op: string; atMs: number; outcome: string };
-  /** What sharing physical IOMMUs cost this VM (README: "What the isolation figure means"). */
+  /** What sharing physical IOMMUs cost this VM (docs/report.md, isolation). */
   isolation: VmIsolation;
 }
 

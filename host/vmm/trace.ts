@@ -10,6 +10,7 @@
  * full, later events are counted and dropped. The JSON is built after the run.
  */
 import { writeFileSync } from 'node:fs';
+import { PRG_INDICES } from '../../shared/records/page-request.ts';
 import type { FaultGroup, FaultTracer } from '../iommufd/fault.ts';
 
 const REQUEST = 0;
@@ -17,8 +18,6 @@ const READ = 1;
 const RESPONDED = 2;
 const ANSWERED = 3;
 const RETRIED = 4;
-
-const PRG_INDICES = 512;
 
 /** Where a device's events go: its VM (process) and track. */
 export interface TraceTrack {
