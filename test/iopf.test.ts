@@ -10,10 +10,10 @@ function setup(withHandler = true) {
   };
   const groups: IopfGroup[] = [];
   const handler: IopfHandler = { handleGroup: (group) => groups.push(group) };
-  const iopf = new IopfQueue(
-    () => (withHandler ? handler : undefined),
-    () => endpoint,
-  );
+  const iopf = new IopfQueue({
+    handlerOf: () => (withHandler ? handler : undefined),
+    endpointOf: () => endpoint,
+  });
   const request = (prgIndex: number, last: boolean, address = 0x1000) => {
     const r = newPageRequest();
     Object.assign(r, { streamId: 1, pasid: 1, ssv: true, prgIndex, last, read: true, address });

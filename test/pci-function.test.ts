@@ -62,7 +62,7 @@ describe('PRI on a PCIe function', () => {
       deviceEnd,
       new RingProducer(buffer, completeOffset, completeGeometry),
       observer,
-      () => {},
+      { interrupt() {} },
     );
     iommu.bindEndpoint(SID, device);
   }
@@ -230,7 +230,7 @@ describe('Stop PASID', () => {
       new RingConsumer(buffer, 0, g),
       new RingProducer(buffer, ringBytes(g), c),
       observer,
-      () => {},
+      { interrupt() {} },
     );
     iommu.bindEndpoint(SID, device);
     encodeDmaDescriptor(submit.words, submit.claim(), {

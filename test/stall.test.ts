@@ -259,7 +259,7 @@ function keeper() {
 function bridged(options: StallModelOptions = {}, withHandler = true) {
   const { model, outcomes, stall } = setup(options);
   const { groups, generations, revoked, handler } = keeper();
-  const bridge = new StallIopfBridge(model, () => (withHandler ? handler : undefined));
+  const bridge = new StallIopfBridge(model, { handlerOf: () => (withHandler ? handler : undefined) });
   /** The handler answers the n-th group it was given. */
   const answer = (n: number, code: number) => bridge.iopf.respond(groups[n], generations[n], code);
   return { model, outcomes, stall, groups, generations, revoked, bridge, answer };

@@ -114,7 +114,7 @@ function setup(options: SetupOptions = {}) {
     new RingConsumer(buffer, offsets.submit, geometry.submit),
     new RingProducer(buffer, offsets.complete, geometry.complete),
     observer,
-    () => {},
+    { interrupt() {} },
   );
   if (stall) iommu.stalls.bindEndpoint(SID, device);
   else iommu.bindEndpoint(SID, device);

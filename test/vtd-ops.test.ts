@@ -123,7 +123,7 @@ function pciFunction(iommu: Iommu, streamId: number, credits = 8): PciFunction {
     new RingConsumer(buffer, 0, submit),
     new RingProducer(buffer, completeAt, complete),
     noObserver,
-    () => {},
+    { interrupt() {} },
   );
   iommu.bindEndpoint(streamId, device);
   return device;

@@ -117,7 +117,7 @@ function vtdVm(options: VmOptions = {}) {
             new RingConsumer(channel, layout.dma[i].submit.offset, layout.dma[i].submit.geometry),
             new RingProducer(channel, layout.dma[i].complete.offset, layout.dma[i].complete.geometry),
             noObserver,
-            () => {},
+            { interrupt() {} },
           );
           iommu.bindEndpoint(streamId, device);
           return device;

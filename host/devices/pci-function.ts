@@ -83,6 +83,16 @@ export interface DeviceTracer {
   retried(prgIndex: number): void;
 }
 
+/** Who services a function: its VM's host loop. */
+export interface FunctionOwner {
+  /**
+   * The function has work for its owner: a response made an op runnable, a credit came back, or
+   * the host's IRQ thread handed this function's page requests on (the VM then reads its fault
+   * queue).
+   */
+  interrupt(): void;
+}
+
 export interface PciFunctionOptions {
   name: string;
   streamId: number;
@@ -203,11 +213,8 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     private readonly submit: RingConsumer,
     private readonly complete: RingProducer,
     private readonly observer: DmaObserver,
-    /**
-     * Wake whoever calls `service()`: a response made an op runnable, or the host's IRQ thread
-     * handed this function's page requests on (its VM's loop then reads its fault queue).
-     */
-    readonly wake: () => void,
+    /** Whoever calls `service()`: its VM, interrupted when the function has work for it. */
+    private readonly owner: FunctionOwner,
   ) {
     this.name = options.name;
     this.streamId = options.streamId;
@@ -292,13 +299,13 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
       }
     }
     // A retry is ready, a completion is written, or a credit came back for a waiting op.
-    this.wake();
+    this.owner.interrupt();
   }
 
   /** PRI Enable cleared (the host unbound the function): no page request is sent any more. */
   disablePri(): void {
     this.pri.enabled = false;
-    this.wake();
+    this.owner.interrupt();
   }
 
   /**
@@ -390,7 +397,7 @@ export class PciFunction implements PriEndpoint, StallEndpoint {
     } else {
       this.finish(token, DMA_STATUS_FAULT);
     }
-    this.wake();
+    this.owner.interrupt();
   }
 
   /**

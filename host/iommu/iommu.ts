@@ -16,6 +16,7 @@ import {
   isConfigurableFault,
   newTranslationFault,
 } from './event-recorder.ts';
+import { FaultRouter } from './fault-router.ts';
 import { HostMemory, REGION_STRIDE } from './host-memory.ts';
 import {
   DEFAULT_IOMMU_NAME,
@@ -133,31 +134,26 @@ export class Iommu {
    */
   private readonly steCache: (StreamEntry | null)[] = new Array(STE_CACHE_SIZE).fill(null);
   private nextTag = 1;
-  private readonly endpoints = new Map<number, PriEndpoint>();
   private readonly placement = new Map<number, IommuInstance>();
   /** Who a page request is attributed to (the sandbox's VM index; -1: nobody), and how to wake it. */
   private requesterOf: (streamId: number, pasid: number) => number = () => -1;
   private wakeRequester: (requester: number) => void = () => {};
-  private readonly handlers = new Map<number, IopfHandler>();
-  /** Streams whose RID is attached to a nested domain with the guest's own PASID (CD) table. */
-  private readonly userPasidTables = new Set<number>();
-  private readonly routePasidsToRid: boolean;
-  /** Test-only planted bugs (host/vmm/plant.ts), and the occurrences they count. */
-  private bugs: PlantedIommuBugs = {};
-  private groupsRouted = 0;
-  private unroutedGroups = 0;
-  private responsesSent = 0;
+  /** Where page-request groups and their answers go. */
+  readonly router: FaultRouter;
+  /** Test-only: from the n-th ranged invalidation on, none takes effect (host/vmm/plant.ts). */
+  private staleFrom: number | undefined;
   private rangeInvalidations = 0;
 
   constructor(options: IommuOptions = {}) {
     this.stalls = new StallModel({ abortOnly: options.termModel === 1 });
+    this.router = new FaultRouter(options.routePasidsToRid);
     const wiring = {
       weight: options.priqWeight,
       report: (r: PageRequest) => this.iopf.report(r),
       discardPartial: (instance: IommuInstance) =>
         this.iopf.discardPartialWhere((streamId) => this.instanceOf(streamId) === instance),
       autoRespond: (streamId: number, pasid: number, ssv: boolean, prgIndex: number) =>
-        this.endpoints.get(streamId)?.prgResponse(pasid, ssv, prgIndex, PRG_SUCCESS),
+        this.router.endpointOf(streamId)?.prgResponse(pasid, ssv, prgIndex, PRG_SUCCESS),
       handleEvent: (event: Readonly<EventRecordFields>) => this.handleEvent(event),
       stallCapacity: this.stalls.capacity,
       wake: (requester: number) => this.wakeRequester(requester),
@@ -180,17 +176,8 @@ export class Iommu {
         ),
     );
     this.iotlb = this.instances[0].iotlb;
-    this.routePasidsToRid = options.routePasidsToRid ?? false;
-    const handlerFor = (streamId: number, pasid: number) => this.faultHandlerOf(streamId, pasid);
-    this.iopf = new IopfQueue(
-      (streamId, pasid) =>
-        this.bugs.misrouteFault === ++this.groupsRouted
-          ? this.otherHandler(streamId)
-          : handlerFor(streamId, pasid),
-      (streamId) =>
-        this.bugs.dropResponse === ++this.responsesSent ? undefined : this.endpoints.get(streamId),
-    );
-    this.stallIopf = new StallIopfBridge(this.stalls, handlerFor);
+    this.iopf = new IopfQueue(this.router);
+    this.stallIopf = new StallIopfBridge(this.stalls, this.router);
     this.iopf.observer = (streamId, pasid, address) =>
       this.refaults.record(this.requesterOf(streamId, pasid), streamId, pasid, address);
     const timedOut = (streamId: number, pasid: number) => {
@@ -268,8 +255,8 @@ export class Iommu {
    * stream's faults (a function whose PASIDs another VM holds).
    */
   disablePri(streamId: number): void {
-    for (const key of this.handlers.keys()) if (streamOfKey(key) === streamId) return;
-    this.endpoints.get(streamId)?.disablePri?.();
+    if (this.router.routesStream(streamId)) return;
+    this.router.endpointOf(streamId)?.disablePri?.();
   }
 
   /** Run every IRQ thread now until its queue (PRI and event) is empty (teardown, tests). */
@@ -366,17 +353,12 @@ export class Iommu {
     return this.streams.get(streamId)?.ctx;
   }
 
-  /** Test only: make the IOMMU misbehave at the n-th occurrence of an event (host/vmm/plant.ts). */
-  plantBugs(bugs: PlantedIommuBugs): void {
-    this.bugs = { ...bugs };
-  }
-
-  /** Planted misroute: the handler of some other stream, if any. */
-  private otherHandler(streamId: number): IopfHandler | undefined {
-    for (const [key, handler] of this.handlers) {
-      if (streamOfKey(key) !== streamId) return handler;
-    }
-    return undefined;
+  /**
+   * Test only (host/vmm/plant.ts): from the n-th ranged IOTLB invalidation on, none takes effect,
+   * so DMA keeps using translations the guest invalidated.
+   */
+  plantStaleTranslations(n: number): void {
+    this.staleFrom = n;
   }
 
   /** Invalidate a stream's cached translations: all, one PASID, or one range of one PASID (or ANY_PASID). */
@@ -384,8 +366,7 @@ export class Iommu {
     const entry = this.streams.get(streamId);
     if (!entry) return;
     if (va !== undefined && length !== undefined) {
-      const stale = this.bugs.staleTranslation;
-      if (stale !== undefined && ++this.rangeInvalidations >= stale) return;
+      if (this.staleFrom !== undefined && ++this.rangeInvalidations >= this.staleFrom) return;
       entry.iotlb.invalidateRange(entry.tag, pasid, va, length);
     } else if (pasid !== ANY_PASID) entry.iotlb.invalidatePasid(entry.tag, pasid);
     else entry.iotlb.invalidateDomain(entry.tag);
@@ -393,7 +374,7 @@ export class Iommu {
 
   /** Connect a device's PRI capability so that PRG responses reach it. */
   bindEndpoint(streamId: number, endpoint: PriEndpoint): void {
-    this.endpoints.set(streamId, endpoint);
+    this.router.bindEndpoint(streamId, endpoint);
   }
 
   /**
@@ -401,8 +382,7 @@ export class Iommu {
    * requests carry no PASID or PASID 0); `undefined` removes the route.
    */
   setFaultHandler(streamId: number, pasid: number | undefined, handler: IopfHandler | undefined): void {
-    if (handler) this.handlers.set(handlerKey(streamId, pasid), handler);
-    else this.handlers.delete(handlerKey(streamId, pasid));
+    this.router.setHandler(streamId, pasid, handler);
   }
 
   /**
@@ -411,27 +391,12 @@ export class Iommu {
    * the RID's attachment (Linux: iommu_ops.user_pasid_table with an IOMMU_DOMAIN_NESTED RID).
    */
   setUserPasidTable(streamId: number, guestOwned: boolean): void {
-    if (guestOwned) this.userPasidTables.add(streamId);
-    else this.userPasidTables.delete(streamId);
+    this.router.setUserPasidTable(streamId, guestOwned);
   }
 
-  /**
-   * Who takes the page requests of (stream, PASID): the PASID's own route; for a PASID without
-   * one, the RID's only under a guest-owned PASID table or device-owner routing. Anything else
-   * has no handler, and the IOPF layer answers the group INVALID at once: a PASID's faults must
-   * never reach whoever holds the RID (on a shared function, another VM).
-   */
+  /** Who takes the page requests of (stream, PASID) (FaultRouter's rule). */
   faultHandlerOf(streamId: number, pasid: number): IopfHandler | undefined {
-    const own = this.handlers.get(handlerKey(streamId, pasid));
-    if (own) return own;
-    if (
-      pasid === 0 ||
-      this.routePasidsToRid ||
-      this.userPasidTables.has(streamId) ||
-      (this.bugs.ridFallback !== undefined && ++this.unroutedGroups >= this.bugs.ridFallback)
-    )
-      return this.handlers.get(handlerKey(streamId, undefined));
-    return undefined;
+    return this.router.handlerOf(streamId, pasid);
   }
 
   /**
@@ -635,23 +600,3 @@ const PERMS_NEEDED = Uint8Array.from({ length: 16 }, (_, access) => {
 
 /** Configuration-cache slots (a power of two): StreamIDs that differ in their low bits never collide. */
 const STE_CACHE_SIZE = 256;
-
-/** Handler key of the RID itself (PASIDs are 0..2^20-1; requests without a PASID use 0). */
-const RID = -1;
-
-function handlerKey(streamId: number, pasid: number | undefined): number {
-  return streamId * 0x10_0001 + (pasid ?? RID) + 1;
-}
-
-/** Bugs a test plants on purpose (vmm/plant.ts says what each is for). */
-export interface PlantedIommuBugs {
-  dropResponse?: number;
-  misrouteFault?: number;
-  staleTranslation?: number;
-  /** From the n-th page-request group of a PASID without a route on, report it through the RID's. */
-  ridFallback?: number;
-}
-
-function streamOfKey(key: number): number {
-  return Math.floor(key / 0x10_0001);
-}

@@ -13,7 +13,8 @@
  * from where they wait; see docs/teardown.md.
  */
 import { isStopMarker, PRG_INDICES } from '../../shared/records/page-request.ts';
-import { MAX_GROUP_REQUESTS, type PageRequest, PRG_INVALID, type PriEndpoint } from './page-request.ts';
+import type { IopfRoutes } from './fault-router.ts';
+import { MAX_GROUP_REQUESTS, type PageRequest, PRG_INVALID } from './page-request.ts';
 
 export class IopfGroup {
   generation = 0;
@@ -126,8 +127,8 @@ export class IopfQueue {
   private outstanding = 0;
 
   constructor(
-    private readonly handlerFor: (streamId: number, pasid: number) => IopfHandler | undefined,
-    private readonly endpointFor: (streamId: number) => PriEndpoint | undefined,
+    /** Where groups and answers go (fault-router.ts); a planted bug may stand in for it. */
+    public routes: IopfRoutes,
     /** Its groups are stalled transactions, one each (the stall bridge's queue), not PRI groups. */
     readonly stalls = false,
   ) {}
@@ -176,7 +177,7 @@ export class IopfQueue {
     if (observer) {
       for (let i = 0; i < group.count; i++) observer(group.streamId, group.pasid, group.addresses[i]);
     }
-    const handler = this.handlerFor(group.streamId, group.pasid);
+    const handler = this.routes.handlerOf(group.streamId, group.pasid);
     if (!handler) {
       this.stats.answeredWithoutHandler++;
       this.respond(group, group.generation, PRG_INVALID);
@@ -203,7 +204,7 @@ export class IopfQueue {
     this.stats.answered++;
     const { streamId, pasid, ssv, prgIndex } = group;
     this.release(group);
-    this.endpointFor(streamId)?.prgResponse(pasid, ssv, prgIndex, code);
+    this.routes.endpointOf(streamId)?.prgResponse(pasid, ssv, prgIndex, code);
     return true;
   }
 

@@ -6,6 +6,7 @@
  * a guest's vSMMU can run either terminate model.
  */
 import { PAGE_SIZE } from '../../shared/guest-memory.ts';
+import type { IopfRoutes } from './fault-router.ts';
 import { type IopfGroup, type IopfHandler, IopfQueue } from './iopf.ts';
 import { newPageRequest, PRG_INVALID, PRG_SUCCESS, type PriEndpoint } from './page-request.ts';
 import { ACCESS_EXEC, ACCESS_PRIV, ACCESS_WRITE } from './stage1-walker.ts';
@@ -47,7 +48,7 @@ export interface StallIopfStats {
  * group is answered INVALID here first, so a late answer from the handler is a no-op and can never
  * resume a newer stall that reused the STAG.
  */
-export class StallIopfBridge {
+export class StallIopfBridge implements IopfRoutes {
   readonly iopf: IopfQueue;
   readonly stats: StallIopfStats = {
     raised: 0,
@@ -80,19 +81,14 @@ export class StallIopfBridge {
 
   constructor(
     private readonly model: StallModel,
-    /** The handler of (StreamID, PASID)'s faults; a request without PASID asks for PASID 0. */
-    private readonly handlerFor: (streamId: number, pasid: number) => IopfHandler | undefined,
+    /** Where (StreamID, PASID)'s faults go; a request without PASID asks for PASID 0. */
+    private readonly router: Pick<IopfRoutes, 'handlerOf'>,
   ) {
     this.groupOf = new Array<IopfGroup | undefined>(model.capacity).fill(undefined);
     this.groupGeneration = new Int32Array(model.capacity);
     this.holderOf = new Array<IopfHandler | undefined>(model.capacity).fill(undefined);
     model.setReleaseListener({ stallReleased: (handle) => this.cancel(handle) });
-    this.iopf = new IopfQueue(
-      // No handler: the queue answers INVALID at once, which aborts the stall (Linux: "nobody cared").
-      (streamId, pasid) => (this.handlerFor(streamId, pasid) ? this.capture : undefined),
-      (streamId) => this.responder(streamId),
-      true,
-    );
+    this.iopf = new IopfQueue(this, true);
   }
 
   /** Groups raised and not answered yet. */
@@ -136,7 +132,7 @@ export class StallIopfBridge {
 
   private hold(group: IopfGroup): void {
     const handle = this.model.handleOf(group.streamId, group.grpid);
-    const handler = this.handlerFor(group.streamId, group.pasid);
+    const handler = this.router.handlerOf(group.streamId, group.pasid);
     if (handle >= 0) {
       this.groupOf[handle] = group;
       this.groupGeneration[handle] = group.generation;
@@ -146,7 +142,17 @@ export class StallIopfBridge {
     else group.respond(PRG_INVALID);
   }
 
-  private responder(streamId: number): PriEndpoint {
+  /**
+   * The bridge's queue sends a group to the bridge's capture when the stream's router has a
+   * handler for it; with none the queue answers INVALID at once, which aborts the stall (Linux:
+   * "nobody cared").
+   */
+  handlerOf(streamId: number, pasid: number): IopfHandler | undefined {
+    return this.router.handlerOf(streamId, pasid) ? this.capture : undefined;
+  }
+
+  /** The answer to a stall group resumes the stalled transaction. */
+  endpointOf(streamId: number): PriEndpoint {
     let responder = this.responders.get(streamId);
     if (!responder) {
       responder = { prgResponse: (_pasid, _ssv, grpid, code) => this.answer(streamId, grpid, code) };

@@ -5,6 +5,7 @@
  * that invalidation clears.
  */
 import { type Errno, ErrnoError } from '../iommu/errno.ts';
+import type { IopfRoutes } from '../iommu/fault-router.ts';
 import type {
   Domain,
   HwInfo,
@@ -133,7 +134,7 @@ export class MockDevice implements IommuDevice, PriEndpoint {
 }
 
 /** The mock IOMMU: one instance serves every mock device of a registry. */
-export class MockIommu implements IommuOps {
+export class MockIommu implements IommuOps, IopfRoutes {
   readonly name = 'mock';
   readonly viommuType = IOMMU_VIOMMU_TYPE_SELFTEST;
   readonly veventqType = IOMMU_VEVENTQ_TYPE_SELFTEST;
@@ -144,10 +145,7 @@ export class MockIommu implements IommuOps {
   private nextStreamId = 1;
 
   constructor() {
-    this.iopf = new IopfQueue(
-      (streamId, pasid) => this.handlerFor(streamId, pasid),
-      (streamId) => this.devices.get(streamId),
-    );
+    this.iopf = new IopfQueue(this);
   }
 
   createDevice(flags: number): MockDevice {
@@ -291,13 +289,17 @@ export class MockIommu implements IommuOps {
    * mock keeps PASID tables in the guest); an attached PASID whose domain takes no faults does not
    * (find_fault_handler() falls back only when the PASID has no attach handle).
    */
-  private handlerFor(streamId: number, pasid: number): IopfHandler | undefined {
+  handlerOf(streamId: number, pasid: number): IopfHandler | undefined {
     const direct = this.handlers.get(`${streamId}/${pasid === 0 ? -1 : pasid}`);
     if (direct || pasid === 0) return direct;
     const device = this.devices.get(streamId);
     if (!device || device.attachedKinds.has(pasid)) return undefined;
     if (device.attachedKinds.get(-1) === 'nested') return this.handlers.get(`${streamId}/-1`);
     return undefined;
+  }
+  /** The mock device answers its own groups (IOMMU_TEST_OP_TRIGGER_IOPF's responses). */
+  endpointOf(streamId: number): MockDevice | undefined {
+    return this.devices.get(streamId);
   }
 }
 

@@ -1,4 +1,7 @@
-import type { PlantedIommuBugs } from '../iommu/iommu.ts';
+import type { FaultRouter, IopfRoutes } from '../iommu/fault-router.ts';
+import type { Iommu } from '../iommu/iommu.ts';
+import type { IopfHandler } from '../iommu/iopf.ts';
+import type { PriEndpoint } from '../iommu/page-request.ts';
 
 /**
  * Test-only bug planting: the checker must be shown to catch what it claims, so a test (or the CLI,
@@ -14,8 +17,16 @@ import type { PlantedIommuBugs } from '../iommu/iommu.ts';
  *   rid-fallback=n       from the n-th page-request group of a PASID without a route on, the group
  *                        goes to the RID's handler (issue 14's leak: on a shared function, another
  *                        VM's; on a PASID nobody owns, the RID holder's): `fault-delivered-to-non-owner`
+ *
+ * The routing bugs are a stand-in for the IOMMU's fault router (PlantedRoutes), installed in front
+ * of the IOPF layer: the router itself has no test-only branch.
  */
-export type PlantedBugs = PlantedIommuBugs;
+export interface PlantedBugs {
+  dropResponse?: number;
+  misrouteFault?: number;
+  staleTranslation?: number;
+  ridFallback?: number;
+}
 
 const KEYS: Record<string, keyof PlantedBugs> = {
   'drop-response': 'dropResponse',
@@ -40,4 +51,35 @@ export function parsePlantedBugs(text: string | undefined): PlantedBugs {
     bugs[key] = n;
   }
   return bugs;
+}
+
+/** The fault router as the planted bugs bend it; every other answer is the real router's. */
+export class PlantedRoutes implements IopfRoutes {
+  private groups = 0;
+  private unrouted = 0;
+  private responses = 0;
+
+  constructor(
+    private readonly router: FaultRouter,
+    private readonly bugs: PlantedBugs,
+  ) {}
+
+  handlerOf(streamId: number, pasid: number): IopfHandler | undefined {
+    if (this.bugs.misrouteFault === ++this.groups) return this.router.otherStreamsHandler(streamId);
+    const handler = this.router.handlerOf(streamId, pasid);
+    const from = this.bugs.ridFallback;
+    if (handler || pasid === 0 || from === undefined || ++this.unrouted < from) return handler;
+    return this.router.ridHandlerOf(streamId);
+  }
+
+  endpointOf(streamId: number): PriEndpoint | undefined {
+    return this.bugs.dropResponse === ++this.responses ? undefined : this.router.endpointOf(streamId);
+  }
+}
+
+/** Plant `bugs` in `iommu`: the routing ones in front of its IOPF layer, a stale IOTLB in it. */
+export function plantBugs(iommu: Iommu, bugs: PlantedBugs): void {
+  if (bugs.misrouteFault !== undefined || bugs.ridFallback !== undefined || bugs.dropResponse !== undefined)
+    iommu.iopf.routes = new PlantedRoutes(iommu.router, bugs);
+  if (bugs.staleTranslation !== undefined) iommu.plantStaleTranslations(bugs.staleTranslation);
 }

@@ -14,7 +14,7 @@ import { type DeviceOwner, DmaOracle } from './dma-oracle.ts';
 import { checkEndOfRun } from './end-of-run-checks.ts';
 import { InvariantChecker } from './invariants.ts';
 import { LatencyHistogram } from './latency.ts';
-import { type PlantedBugs, parsePlantedBugs } from './plant.ts';
+import { type PlantedBugs, parsePlantedBugs, plantBugs } from './plant.ts';
 import { Reactor, type ReactorStats, type Ticker } from './reactor.ts';
 import type { RunReport } from './report.ts';
 import { buildRunReport, faultsRaised } from './run-report.ts';
@@ -164,7 +164,7 @@ export class Sandbox {
     }
     const plant = options.plant ?? parsePlantedBugs(process.env.IOASID_SANDBOX_PLANT);
     if (Object.keys(plant).length > 0) {
-      this.iommu.plantBugs(plant);
+      plantBugs(this.iommu, plant);
       this.log.warn({ plant }, 'test-only bugs planted in the host');
     }
     const smmu = new Smmuv3Ops(this.iommu);

@@ -18,7 +18,12 @@ import type { RingConsumer } from '../../shared/ring.ts';
 import { STAGE_DEVICE, STAGE_VIOMMU, stageClock } from '../../shared/stage-clock.ts';
 import { type ChannelConfig, channelLayout } from '../../shared/vm-channel.ts';
 import { spawnWorker } from '../../shared/worker-spawn.ts';
-import { type DeviceTracer, type DmaObserver, PciFunction } from '../devices/pci-function.ts';
+import {
+  type DeviceTracer,
+  type DmaObserver,
+  type FunctionOwner,
+  PciFunction,
+} from '../devices/pci-function.ts';
 import type { SharedPri } from '../devices/shared-pri.ts';
 import type { Iommu } from '../iommu/iommu.ts';
 import type { Smmuv3Ops } from '../iommu/smmuv3-ops.ts';
@@ -97,7 +102,7 @@ export interface VmWiring {
   log: Logger;
 }
 
-export class Vm implements ReactorClient {
+export class Vm implements ReactorClient, FunctionOwner {
   readonly name: string;
   readonly memory: GuestMemory;
   readonly devices: PciFunction[];
@@ -190,8 +195,7 @@ export class Vm implements ReactorClient {
           this.submitQueues[i],
           side.producer(dma[i].complete, guestBell),
           wiring.observer,
-          // The host's own thread made an op runnable: the VM's bit, for the reactor's next pass.
-          () => wiring.reactor.wake(index),
+          this,
         ),
     );
     const flavour = FLAVOURS[config.viommu]({
@@ -222,6 +226,14 @@ export class Vm implements ReactorClient {
       });
       this.registry.fault.tracer = trace.faultTracer(index);
     }
+  }
+
+  /**
+   * One of the VM's functions has work (the host's own thread made an op runnable): the VM's
+   * pending bit, for the reactor's next pass.
+   */
+  interrupt(): void {
+    this.wiring.reactor.wake(this.index);
   }
 
   /** Spawn the guest's worker thread and connect the control plane. */
