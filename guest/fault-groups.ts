@@ -67,6 +67,22 @@ export class FaultGroups {
     return (this.stats.groupsAnswered & (ANSWER_BATCH - 1)) === 0;
   }
 
+  /**
+   * The driver encoded its answer to a group (`outcome` GROUP_SUCCESS or GROUP_INVALID; `pasid` -1
+   * without one) into the slot it claimed on `commands`: commit it, count it, and publish when a
+   * batch of answers is due (the host retries those while the rest are paged in).
+   */
+  commitAnswer(
+    commands: RingProducer,
+    device: number,
+    pasid: number,
+    prgIndex: number,
+    outcome: number,
+  ): void {
+    commands.commit();
+    if (this.answered(device, pasid, prgIndex, outcome === GROUP_SUCCESS)) commands.publish();
+  }
+
   /** The overflow is acknowledged: partial groups whose Last it discarded are gone for good. */
   dropPartials(): void {
     this.stats.partialGroupsDropped += this.partial.size;

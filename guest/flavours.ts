@@ -11,10 +11,13 @@ import type { GuestMemory } from '../shared/guest-memory.ts';
 import type { PostedLink } from '../shared/posted-link.ts';
 import type { RingConsumer, RingProducer } from '../shared/ring.ts';
 import type { ChannelLayout, Flavour } from '../shared/vm-channel.ts';
-import { type CommandForger, type Misbehaviour, Smmuv3Forger, VtdForger } from './misbehave.ts';
+import type { CommandForger } from './command-forger.ts';
+import type { Misbehaviour } from './misbehave.ts';
 import type { DemandPager } from './mm/demand-pager.ts';
 import { Smmuv3Driver } from './smmuv3-driver.ts';
+import { Smmuv3Forger } from './smmuv3-forger.ts';
 import { VtdDriver } from './vtd-driver.ts';
+import { VtdForger } from './vtd-forger.ts';
 
 /** What the main loop and the memory manager need of a vIOMMU driver, whatever its flavour. */
 export interface IommuDriver {

@@ -230,9 +230,6 @@ export class Smmuv3Driver {
     c.prgIndex = e.prgIndex;
     c.resp = group === GROUP_SUCCESS ? PRI_RESP_SUCCESS : PRI_RESP_INVALID;
     encodePriResp(this.cmdq.words, this.cmdq.claim(), c);
-    this.cmdq.commit();
-    // Answers go out in small batches: the host retries these while the rest are paged in.
-    if (this.groups.answered(c.streamId, c.ssv ? c.substreamId : -1, c.prgIndex, group === GROUP_SUCCESS))
-      this.cmdq.publish();
+    this.groups.commitAnswer(this.cmdq, c.streamId, c.ssv ? c.substreamId : -1, c.prgIndex, group);
   }
 }

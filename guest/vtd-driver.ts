@@ -123,10 +123,7 @@ export class VtdDriver {
     p.lpig = true;
     p.code = group === GROUP_SUCCESS ? QI_RESP_SUCCESS : QI_RESP_INVALID;
     encodeVtdPageGroupResponse(this.iq.words, this.iq.claim(), p);
-    this.iq.commit();
-    // Answers go out in small batches: the host retries these while the rest are paged in.
-    if (this.groups.answered(p.rid, p.pasidPresent ? p.pasid : -1, p.prgIndex, group === GROUP_SUCCESS))
-      this.iq.publish();
+    this.groups.commitAnswer(this.iq, p.rid, p.pasidPresent ? p.pasid : -1, p.prgIndex, group);
     return true;
   }
 

@@ -1,21 +1,17 @@
 /**
- * The host's physical IOMMUs: a stream table (StreamID -> stage-1 context in the owning guest's
- * RAM), the translation walk, and the PRI path from devices to the IOPF layer and back. Each
- * instance (iommu-instance.ts) has its own IOTLB and its own PRI queue, shared by the devices behind
- * it and drained by the host's IRQ thread: device -> physical PRI queue -> IRQ thread -> IOPF layer.
- * StreamIDs are unique across instances, so one table serves them all.
+ * The host's physical IOMMUs: the translate path (IOTLB, then the walk, then terminate or stall)
+ * over the stream table (stream-table.ts), and the PRI path from devices to the IOPF layer and
+ * back. Each instance (iommu-instance.ts) has its own IOTLB and its own PRI queue, shared by the
+ * devices behind it and drained by the host's IRQ thread: device -> physical PRI queue -> IRQ
+ * thread -> IOPF layer. Event records of faulted transactions take event-delivery.ts's road.
  *
  * It never imports the registry: whoever owns an address space registers an IopfHandler for it
  * (docs/architecture.md: the hardware reports faults through a handler interface).
  */
 import { PAGE_SIZE } from '../../shared/guest-memory.ts';
-import { CLASS_IN, F_STREAM_DISABLED, F_TRANSLATION } from '../../shared/records/event-types.ts';
-import {
-  type EventRecordFields,
-  FaultRecorder,
-  isConfigurableFault,
-  newTranslationFault,
-} from './event-recorder.ts';
+import { F_STREAM_DISABLED } from '../../shared/records/event-types.ts';
+import { EventDelivery, type EventHandler } from './event-delivery.ts';
+import { type EventRecordFields, type FaultRecorder, isConfigurableFault } from './event-recorder.ts';
 import { FaultRouter } from './fault-router.ts';
 import { HostMemory, REGION_STRIDE } from './host-memory.ts';
 import {
@@ -25,21 +21,14 @@ import {
   type IommuInstanceOptions,
 } from './iommu-instance.ts';
 import { type IopfHandler, IopfQueue } from './iopf.ts';
-import { ANY_PASID, type Iotlb, TLB_PERM_EXEC, TLB_PERM_UNPRIV, TLB_PERM_WRITE } from './iotlb.ts';
+import { ANY_PASID, type Iotlb } from './iotlb.ts';
 import { type PageRequest, PRG_SUCCESS, type PriEndpoint } from './page-request.ts';
-import { RefaultGauge } from './refault-gauge.ts';
-import {
-  ACCESS_EXEC,
-  ACCESS_PRIV,
-  ACCESS_WRITE,
-  type Stage1Context,
-  type WalkResult,
-  walkLeaf,
-  walkStage1,
-} from './stage1-walker.ts';
+import type { RefaultGauge } from './refault-gauge.ts';
+import { type RequesterOf, Requesters } from './requesters.ts';
+import { permitsAccess, type Stage1Context, type WalkResult } from './stage1-walker.ts';
 import { StallModel } from './stall.ts';
 import { StallIopfBridge } from './stall-iopf-bridge.ts';
-import { WALK_RECORD, WALK_STALL } from './walk-cache.ts';
+import { type StreamEntry, StreamTable } from './stream-table.ts';
 
 export interface TranslationStats {
   translations: number;
@@ -88,14 +77,6 @@ export interface IommuOptions {
   termModel?: 0 | 1;
 }
 
-/** A stream table entry: the stage-1 context, the tag its IOTLB entries carry, and that IOTLB. */
-interface StreamEntry {
-  streamId: number;
-  ctx: Stage1Context;
-  tag: number;
-  iotlb: Iotlb;
-}
-
 export class Iommu {
   readonly iopf: IopfQueue;
   /** The physical IOMMUs; a stream not placed sits behind the first. */
@@ -109,40 +90,18 @@ export class Iommu {
     walks: 0,
     stage1Faults: 0,
     stage2Faults: 0,
-    eventsRecorded: 0,
-    eventsForwarded: 0,
-    eventsHostOnly: 0,
   };
   /** Stalled transactions (the stall model), and the bridge that reports them as IOPF groups. */
   readonly stalls: StallModel;
   readonly stallIopf: StallIopfBridge;
-  /** How often the same page faults again, per requester (refault-gauge.ts). */
-  readonly refaults = new RefaultGauge();
-  private readonly timeouts = new Map<number, number>();
-  /** The terminate model's recording: at most one event record per transaction. */
-  readonly recorder = new FaultRecorder({
-    // Into the event queue of the IOMMU the stream sits behind; its thread hands records on.
-    record: (event) => this.instanceOf(event.streamId).evtq.write(event),
-  });
-  private readonly fault = newTranslationFault();
-  private readonly eventHandlers = new Map<number, (event: Readonly<EventRecordFields>) => void>();
-  private readonly streams = new Map<number, StreamEntry>();
-  /**
-   * The configuration cache (an SMMU's STE cache), direct-mapped by the StreamID's low bits:
-   * translate() reaches a stream's entry without a Map lookup. `streams` stays the truth; a slot
-   * is emptied whenever its stream's STE is installed or removed, before that call returns.
-   */
-  private readonly steCache: (StreamEntry | null)[] = new Array(STE_CACHE_SIZE).fill(null);
-  private nextTag = 1;
+  /** Who each page request is attributed to, and what is counted per requester. */
+  private readonly requesters = new Requesters();
+  /** Event records of faulted transactions: recorded, then to a vIOMMU or kept by the host. */
+  private readonly events = new EventDelivery(this);
+  private readonly streams = new StreamTable();
   private readonly placement = new Map<number, IommuInstance>();
-  /** Who a page request is attributed to (the sandbox's VM index; -1: nobody), and how to wake it. */
-  private requesterOf: (streamId: number, pasid: number) => number = () => -1;
-  private wakeRequester: (requester: number) => void = () => {};
   /** Where page-request groups and their answers go. */
   readonly router: FaultRouter;
-  /** Test-only: from the n-th ranged invalidation on, none takes effect (host/vmm/plant.ts). */
-  private staleFrom: number | undefined;
-  private rangeInvalidations = 0;
 
   constructor(options: IommuOptions = {}) {
     this.stalls = new StallModel({ abortOnly: options.termModel === 1 });
@@ -156,7 +115,7 @@ export class Iommu {
         this.router.endpointOf(streamId)?.prgResponse(pasid, ssv, prgIndex, PRG_SUCCESS),
       handleEvent: (event: Readonly<EventRecordFields>) => this.handleEvent(event),
       stallCapacity: this.stalls.capacity,
-      wake: (requester: number) => this.wakeRequester(requester),
+      wake: (requester: number) => this.requesters.wake(requester),
       onError: options.onThreadError,
       schedule: options.scheduleTurn,
     };
@@ -178,19 +137,26 @@ export class Iommu {
     this.iotlb = this.instances[0].iotlb;
     this.iopf = new IopfQueue(this.router);
     this.stallIopf = new StallIopfBridge(this.stalls, this.router);
-    this.iopf.observer = (streamId, pasid, address) =>
-      this.refaults.record(this.requesterOf(streamId, pasid), streamId, pasid, address);
-    const timedOut = (streamId: number, pasid: number) => {
-      const requester = this.requesterOf(streamId, pasid);
-      if (requester >= 0) this.timeouts.set(requester, (this.timeouts.get(requester) ?? 0) + 1);
-    };
+    const requesters = this.requesters;
+    this.iopf.observer = (streamId, pasid, address) => requesters.faulted(streamId, pasid, address);
+    const timedOut = (streamId: number, pasid: number) => requesters.timedOut(streamId, pasid);
     this.iopf.onTimeout = timedOut;
     this.stallIopf.iopf.onTimeout = timedOut;
   }
 
   /** Groups of `requester` answered INVALID at their response deadline (page requests and stalls). */
   timeoutsOf(requester: number): number {
-    return this.timeouts.get(requester) ?? 0;
+    return this.requesters.timeoutsOf(requester);
+  }
+
+  /** How often the same page faults again, per requester (refault-gauge.ts). */
+  get refaults(): RefaultGauge {
+    return this.requesters.refaults;
+  }
+
+  /** The terminate model's recording: at most one event record per transaction. */
+  get recorder(): FaultRecorder {
+    return this.events.recorder;
   }
 
   get stats(): TranslationStats {
@@ -202,7 +168,16 @@ export class Iommu {
       iotlbMisses += iotlb.stats.misses;
       invalidations += iotlb.stats.invalidations;
     }
-    return { ...this.counts, iotlbHits, iotlbMisses, invalidations };
+    const events = this.events;
+    return {
+      ...this.counts,
+      eventsRecorded: events.recorded,
+      eventsForwarded: events.forwarded,
+      eventsHostOnly: events.hostOnly,
+      iotlbHits,
+      iotlbMisses,
+      invalidations,
+    };
   }
 
   /**
@@ -232,9 +207,8 @@ export class Iommu {
    * queues' noisy-neighbour accounting, and wake a requester's host loop once an IRQ thread has
    * handed its requests on.
    */
-  setRequesters(of: (streamId: number, pasid: number) => number, wake: (requester: number) => void): void {
-    this.requesterOf = of;
-    this.wakeRequester = wake;
+  setRequesters(of: RequesterOf, wake: (requester: number) => void): void {
+    this.requesters.set(of, wake);
   }
 
   /**
@@ -273,35 +247,20 @@ export class Iommu {
    */
   installStream(streamId: number, ctx: Stage1Context): void {
     this.removeStream(streamId);
-    this.streams.set(streamId, {
-      streamId,
-      ctx,
-      tag: this.nextTag++,
-      iotlb: this.instanceOf(streamId).iotlb,
-    });
+    this.streams.install(streamId, ctx, this.instanceOf(streamId).iotlb);
   }
 
   removeStream(streamId: number): void {
-    const entry = this.streams.get(streamId);
-    if (!entry) return;
-    this.streams.delete(streamId);
-    const slot = streamId & (STE_CACHE_SIZE - 1);
-    if (this.steCache[slot] === entry) this.steCache[slot] = null;
-    entry.iotlb.invalidateDomain(entry.tag);
     // The STE is gone: its stalled transactions terminate (CMD_STALL_TERM after the switch).
-    this.stalls.stallTerm(streamId);
+    if (this.streams.remove(streamId)) this.stalls.stallTerm(streamId);
   }
 
   /**
    * Where a stream's stage-1 events go (the driver's vIOMMU reporting); undefined: the host keeps
    * them. Stage-2 events always stay with the host.
    */
-  setEventHandler(
-    streamId: number,
-    handler: ((event: Readonly<EventRecordFields>) => void) | undefined,
-  ): void {
-    if (handler) this.eventHandlers.set(streamId, handler);
-    else this.eventHandlers.delete(streamId);
+  setEventHandler(streamId: number, handler: EventHandler | undefined): void {
+    this.events.setHandler(streamId, handler);
   }
 
   /**
@@ -310,20 +269,7 @@ export class Iommu {
    * R bit for the four translation faults at stage 1).
    */
   terminate(streamId: number, pasid: number, va: number, access: number, walk: Readonly<WalkResult>): void {
-    const f = this.fault;
-    f.transaction = this.counts.translations;
-    f.eventType = walk.fault;
-    f.stage2 = walk.stage2;
-    f.faultClass = walk.faultClass;
-    f.streamId = streamId;
-    f.ssv = pasid !== 0;
-    f.ssid = pasid;
-    f.address = va;
-    f.fetchAddress = walk.fetchAddress;
-    f.access = access;
-    f.stall = false;
-    f.stag = 0;
-    this.recorder.record(f, walk.stage2 || walk.recordFaults);
+    this.events.terminate(this.counts.translations, streamId, pasid, va, access, walk);
   }
 
   /**
@@ -332,25 +278,12 @@ export class Iommu {
    * transaction's (to the stream's vIOMMU if it has one, else kept by the host).
    */
   injectEvent(streamId: number, pasid: number, va: number, access: number): void {
-    const f = this.fault;
-    f.transaction = ++this.counts.translations;
-    f.eventType = F_TRANSLATION;
-    f.stage2 = false;
-    f.faultClass = CLASS_IN;
-    f.streamId = streamId;
-    f.ssv = pasid !== 0;
-    f.ssid = pasid;
-    f.address = va;
-    f.fetchAddress = 0;
-    f.access = access;
-    f.stall = false;
-    f.stag = 0;
-    this.recorder.record(f, true);
+    this.events.inject(++this.counts.translations, streamId, pasid, va, access);
   }
 
   /** A stream's installed configuration (for diagnostics and benchmarks). */
   contextOf(streamId: number): Stage1Context | undefined {
-    return this.streams.get(streamId)?.ctx;
+    return this.streams.contextOf(streamId);
   }
 
   /**
@@ -358,18 +291,12 @@ export class Iommu {
    * so DMA keeps using translations the guest invalidated.
    */
   plantStaleTranslations(n: number): void {
-    this.staleFrom = n;
+    this.streams.plantStaleTranslations(n);
   }
 
   /** Invalidate a stream's cached translations: all, one PASID, or one range of one PASID (or ANY_PASID). */
   invalidateStream(streamId: number, pasid = ANY_PASID, va?: number, length?: number): void {
-    const entry = this.streams.get(streamId);
-    if (!entry) return;
-    if (va !== undefined && length !== undefined) {
-      if (this.staleFrom !== undefined && ++this.rangeInvalidations >= this.staleFrom) return;
-      entry.iotlb.invalidateRange(entry.tag, pasid, va, length);
-    } else if (pasid !== ANY_PASID) entry.iotlb.invalidatePasid(entry.tag, pasid);
-    else entry.iotlb.invalidateDomain(entry.tag);
+    this.streams.invalidate(streamId, pasid, va, length);
   }
 
   /** Connect a device's PRI capability so that PRG responses reach it. */
@@ -414,11 +341,11 @@ export class Iommu {
   ): boolean {
     out.stalled = false;
     this.counts.translations++;
-    const entry = this.streamEntry(streamId);
+    const entry = this.streams.entry(streamId);
     if (entry !== undefined) {
       const iotlb = entry.iotlb;
       const i = iotlb.probe(entry.tag, pasid, va);
-      if (i >= 0 && permits(iotlb.permOf(i), access)) {
+      if (i >= 0 && permitsAccess(iotlb.permOf(i), access)) {
         // The IOTLB holds the final host-physical page of both stages. Offsets are taken by
         // subtraction: `%` of a number past 32 bits is a floating-point remainder (a library
         // call). A hit's va is >= 0 (only successful walks fill), where both forms agree.
@@ -458,59 +385,13 @@ export class Iommu {
       return false;
     }
     this.counts.walks++;
-    if (this.walk(entry, pasid, va, access, out)) {
-      entry.iotlb.insert(entry.tag, pasid, va, Math.floor(out.hpa / PAGE_SIZE) * PAGE_SIZE, out.leafPerm);
-      return true;
-    }
+    if (this.streams.walk(entry, pasid, va, access, out)) return true;
     if (out.stage2) this.counts.stage2Faults++;
     else this.counts.stage1Faults++;
     if (token >= 0 && !out.stage2 && out.stallFaults && entry.ctx.stall && isConfigurableFault(out.fault)) {
       this.stall(streamId, pasid, va, access, out, token);
     }
     return false;
-  }
-
-  /**
-   * A stage-1 walk through the IOTLB's walk cache: a CD-table stream's walk that reached the last
-   * level leaves that table there, and the next walk in the same 2 MiB (the retry after a page
-   * request, the next page of a stream) starts from it. Streams with a host PASID table (VT-d) or
-   * bypassing stage 1 always walk whole.
-   */
-  private walk(entry: StreamEntry, pasid: number, va: number, access: number, out: WalkResult): boolean {
-    const ctx = entry.ctx;
-    if (ctx.s1Bypass || ctx.pasidTable) return walkStage1(ctx, pasid, va, access, out);
-    const walks = entry.iotlb.walks;
-    const hit = walks.lookup(entry.tag, pasid, va);
-    if (hit >= 0) {
-      const flags = walks.flagsOf(hit);
-      return walkLeaf(
-        ctx,
-        walks.tableOf(hit),
-        (flags & WALK_RECORD) !== 0,
-        (flags & WALK_STALL) !== 0,
-        va,
-        access,
-        out,
-      );
-    }
-    const translated = walkStage1(ctx, pasid, va, access, out);
-    if (out.leafTable >= 0) {
-      const flags = (out.recordFaults ? WALK_RECORD : 0) | (out.stallFaults ? WALK_STALL : 0);
-      walks.insert(entry.tag, pasid, va, out.leafTable, flags);
-    }
-    return translated;
-  }
-
-  /** The stream's table entry, through the configuration cache; undefined: no STE (disabled). */
-  private streamEntry(streamId: number): StreamEntry | undefined {
-    const cached = this.steCache[streamId & (STE_CACHE_SIZE - 1)];
-    return cached !== null && cached.streamId === streamId ? cached : this.steMiss(streamId);
-  }
-
-  private steMiss(streamId: number): StreamEntry | undefined {
-    const entry = this.streams.get(streamId);
-    if (entry) this.steCache[streamId & (STE_CACHE_SIZE - 1)] = entry;
-    return entry;
   }
 
   /**
@@ -530,21 +411,8 @@ export class Iommu {
     if (r.stag < 0) return;
     out.stalled = true;
     if (r.suppressed) return;
-    const f = this.fault;
-    f.transaction = this.counts.translations;
-    f.eventType = out.fault;
-    f.stage2 = false;
-    f.faultClass = out.faultClass;
-    f.streamId = streamId;
-    f.ssv = pasid !== 0;
-    f.ssid = pasid;
-    f.address = va;
-    f.fetchAddress = 0;
-    f.access = access;
-    f.stall = true;
-    f.stag = r.stag;
     // The Stall=1 record goes through the event queue; its thread raises the IOPF group.
-    this.recorder.record(f, true);
+    this.events.stalled(this.counts.translations, streamId, pasid, va, access, out, r.stag);
   }
 
   /**
@@ -552,23 +420,10 @@ export class Iommu {
    * stream's VM is woken: a record handled in a turn of the thread's own has nobody else to.
    */
   private handleEvent(event: Readonly<EventRecordFields>): void {
-    this.deliverEvent(event);
+    this.events.deliver(event);
     if (event.stall) this.stallIopf.toIopf(event.streamId, event.stag);
-    const requester = this.requesterOf(event.streamId, event.ssv ? event.substreamId : 0);
-    if (requester >= 0) this.wakeRequester(requester);
-  }
-
-  private deliverEvent(event: Readonly<EventRecordFields>): void {
-    this.counts.eventsRecorded++;
-    // A stall travels as an IOPF group (the fault queue), not as a vIOMMU event.
-    if (event.stall) return;
-    const handler = event.stage2 ? undefined : this.eventHandlers.get(event.streamId);
-    if (!handler) {
-      this.counts.eventsHostOnly++;
-      return;
-    }
-    this.counts.eventsForwarded++;
-    handler(event);
+    const requester = this.requesters.of(event.streamId, event.ssv ? event.substreamId : 0);
+    if (requester >= 0) this.requesters.wake(requester);
   }
 
   /**
@@ -576,27 +431,9 @@ export class Iommu {
    * raises its IRQ thread on the empty -> non-empty edge (or discards it under the overflow rule).
    */
   pageRequest(request: PageRequest): void {
-    this.instanceOf(request.streamId).priq.write(request, this.requesterOf(request.streamId, request.pasid));
+    this.instanceOf(request.streamId).priq.write(
+      request,
+      this.requesters.of(request.streamId, request.pasid),
+    );
   }
 }
-
-/**
- * An entry's permissions allow the access (otherwise the access walks, and faults there): a write
- * needs WRITE, an unprivileged access UNPRIV, an instruction fetch EXEC.
- */
-function permits(perm: number, access: number): boolean {
-  const need = PERMS_NEEDED[access & (ACCESS_WRITE | ACCESS_EXEC | ACCESS_PRIV)];
-  return (perm & need) === need;
-}
-
-/** TLB_PERM_* bits an access needs, by its WRITE, EXEC and PRIV bits (the only ones that matter). */
-const PERMS_NEEDED = Uint8Array.from({ length: 16 }, (_, access) => {
-  let need = 0;
-  if ((access & ACCESS_WRITE) !== 0) need |= TLB_PERM_WRITE;
-  if ((access & ACCESS_PRIV) === 0) need |= TLB_PERM_UNPRIV;
-  if ((access & ACCESS_EXEC) !== 0) need |= TLB_PERM_EXEC;
-  return need;
-});
-
-/** Configuration-cache slots (a power of two): StreamIDs that differ in their low bits never collide. */
-const STE_CACHE_SIZE = 256;

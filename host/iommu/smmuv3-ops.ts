@@ -29,11 +29,10 @@ import {
   IDR0_TERM_MODEL,
   IDR0_TTF_AARCH64,
 } from '../../shared/smmuv3-idr.ts';
-import { type Errno, ErrnoError } from './errno.ts';
-import { TablePool } from './io-pagetable.ts';
+import { ErrnoError } from './errno.ts';
+import { HostIommuDriver, PhysicalDevice } from './host-driver.ts';
 import type { Iommu } from './iommu.ts';
 import type {
-  AddressRange,
   Domain,
   HwInfo,
   InvalidateResult,
@@ -42,13 +41,11 @@ import type {
   IommuOps,
   NestedDomain,
   PagingDomain,
-  PagingFlags,
   ViommuEventSink,
   ViommuState,
 } from './iommu-ops.ts';
-import type { IopfHandler } from './iopf.ts';
 import { ANY_PASID } from './iotlb.ts';
-import { Stage2Domain, type Stage2Owner } from './stage2-domain.ts';
+import type { Stage2Domain, Stage2Owner } from './stage2-domain.ts';
 
 /** uAPI constants for the ARM SMMUv3 flavour (include/uapi/linux/iommufd.h). */
 export const IOMMU_HW_INFO_TYPE_ARM_SMMUV3 = 2;
@@ -80,22 +77,23 @@ const INVALIDATE_OPCODES = new Set([
   CMD_ATC_INV,
 ]);
 
-/** A PCIe function behind the SMMU, as the driver knows it. */
-export class Smmuv3Device implements IommuDevice {
-  readonly group = {};
-  readonly dirtyTracking = false;
-  readonly reservedRegions: readonly AddressRange[] = [];
+/** Guest invalidations go through the vIOMMU as raw 16-byte commands; nested HWPTs take none. */
+const VIOMMU_INVALIDATION: InvalidationFormat = {
+  type: IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
+  minLength: CMDQ_ENTRY_BYTES,
+  maxLength: CMDQ_ENTRY_BYTES,
+};
 
+/** A PCIe function behind the SMMU, as the driver knows it. */
+export class Smmuv3Device extends PhysicalDevice {
   constructor(
-    readonly ops: Smmuv3Ops,
-    readonly streamId: number,
-    readonly pasidLog2: number,
+    ops: Smmuv3Ops,
+    streamId: number,
+    pasidLog2: number,
     /** The device can wait on a stalled transaction: the driver leaves STE.S1STALLD clear. */
     readonly stall = false,
-  ) {}
-
-  get instance(): object {
-    return this.ops.iommu;
+  ) {
+    super(ops, streamId, pasidLog2);
   }
 }
 
@@ -149,25 +147,18 @@ export function encodeVste(cdTableGpa: number, cdLog2: number): Uint8Array {
   return data;
 }
 
-export class Smmuv3Ops implements IommuOps, Stage2Owner {
+export class Smmuv3Ops extends HostIommuDriver implements IommuOps, Stage2Owner {
   readonly name = 'arm-smmu-v3';
   readonly viommuType = IOMMU_VIOMMU_TYPE_ARM_SMMUV3;
   readonly veventqType = IOMMU_VEVENTQ_TYPE_ARM_SMMUV3;
-  /** No direct-access guest queues (that is the Tegra CMDQV extension). */
-  readonly hwQueueType = 0;
   /** Stage 2 of each attached stream (the paging domain, or the nested domain's parent). */
   private readonly stage2Of = new Map<number, PagingDomain>();
-  /** Host-only memory for every stage-2 table of this SMMU. */
-  private readonly pool: TablePool;
   /** The command being invalidated, as words (the caller's bytes may sit at any offset). */
   private readonly command = new Int32Array(CMDQ_ENTRY_WORDS);
   private readonly commandBytes = new Uint8Array(this.command.buffer);
 
-  constructor(
-    readonly iommu: Iommu,
-    tablePages = 1 << 16,
-  ) {
-    this.pool = new TablePool(tablePages);
+  constructor(iommu: Iommu, tablePages = 1 << 16) {
+    super(iommu, tablePages, { flavour: 'SMMUv3', unit: 'SMMU' });
   }
 
   /** A stage-2 mapping changed: combined stage-1+2 entries of its streams are stale (TLBI_S12_VMALL). */
@@ -193,13 +184,6 @@ export class Smmuv3Ops implements IommuOps, Stage2Owner {
       (this.iommu.stalls.abortOnly ? IDR0_TERM_MODEL : 0);
     view.setUint32(8, idr0, true);
     return { type: IOMMU_HW_INFO_TYPE_ARM_SMMUV3, data, capabilities: 0n };
-  }
-
-  allocPaging(_device: IommuDevice, flags: PagingFlags, dataType: number, data: Uint8Array): PagingDomain {
-    if (dataType !== 0 || data.length !== 0)
-      throw new ErrnoError('EOPNOTSUPP', 'SMMUv3 paging domains take no data');
-    if (flags.dirtyTracking) throw new ErrnoError('EOPNOTSUPP', 'no dirty tracking on this SMMU');
-    return new Stage2Domain(this, flags, this.pool);
   }
 
   allocNested(
@@ -281,10 +265,6 @@ export class Smmuv3Ops implements IommuOps, Stage2Owner {
     return new Smmuv3Viommu(events);
   }
 
-  checkHwQueue(): Errno | undefined {
-    return 'EOPNOTSUPP';
-  }
-
   /** Report the stream's stage-1 events as 32-byte SMMUv3 event records on the vIOMMU's vEVENTQ. */
   private reportEventsTo(streamId: number, sink: ViommuEventSink, vsid: number): void {
     const entry = newEvtqEntry();
@@ -302,14 +282,7 @@ export class Smmuv3Ops implements IommuOps, Stage2Owner {
   eventsUnreported = 0;
 
   invalidationFormat(target: NestedDomain | ViommuState): InvalidationFormat | undefined {
-    // Guest invalidations go through the vIOMMU as raw 16-byte commands; nested HWPTs take none.
-    return target instanceof Smmuv3Viommu
-      ? {
-          type: IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
-          minLength: CMDQ_ENTRY_BYTES,
-          maxLength: CMDQ_ENTRY_BYTES,
-        }
-      : undefined;
+    return target instanceof Smmuv3Viommu ? VIOMMU_INVALIDATION : undefined;
   }
 
   /**
@@ -348,17 +321,5 @@ export class Smmuv3Ops implements IommuOps, Stage2Owner {
       default:
         return undefined; // CMD_ATC_INV: no ATS cache modelled yet.
     }
-  }
-
-  setIopfHandler(device: IommuDevice, pasid: number | undefined, handler: IopfHandler | undefined): void {
-    this.iommu.setFaultHandler(device.streamId, pasid, handler);
-  }
-
-  flushFaults(device: IommuDevice, pasid: number | undefined): void {
-    this.iommu.flushFaults(device.streamId, pasid);
-  }
-
-  disablePri(device: IommuDevice): void {
-    this.iommu.disablePri(device.streamId);
   }
 }

@@ -52,6 +52,25 @@ export const ACCESS_WRITE = 2;
 export const ACCESS_EXEC = 4;
 export const ACCESS_PRIV = 8;
 
+/**
+ * An IOTLB entry's permissions (TLB_PERM_*, a walk's leafPerm) allow the access (otherwise the
+ * access walks, and faults there): a write needs WRITE, an unprivileged access UNPRIV, an
+ * instruction fetch EXEC.
+ */
+export function permitsAccess(perm: number, access: number): boolean {
+  const need = PERMS_NEEDED[access & (ACCESS_WRITE | ACCESS_EXEC | ACCESS_PRIV)];
+  return (perm & need) === need;
+}
+
+/** TLB_PERM_* bits an access needs, by its WRITE, EXEC and PRIV bits (the only ones that matter). */
+const PERMS_NEEDED = Uint8Array.from({ length: 16 }, (_, access) => {
+  let need = 0;
+  if ((access & ACCESS_WRITE) !== 0) need |= TLB_PERM_WRITE;
+  if ((access & ACCESS_PRIV) === 0) need |= TLB_PERM_UNPRIV;
+  if ((access & ACCESS_EXEC) !== 0) need |= TLB_PERM_EXEC;
+  return need;
+});
+
 const TWO_32 = 0x1_0000_0000;
 const VA_LIMIT = 2 ** 48;
 

@@ -13,11 +13,10 @@
  * The first-stage tables use the sandbox's one stage-1 format (shared/stage1-format.ts), not the
  * x86 page-table format: the walk and its faults are the same shape.
  */
-import { type Errno, ErrnoError } from './errno.ts';
-import { TablePool } from './io-pagetable.ts';
+import { ErrnoError } from './errno.ts';
+import { HostIommuDriver, PhysicalDevice } from './host-driver.ts';
 import type { Iommu } from './iommu.ts';
 import type {
-  AddressRange,
   Domain,
   HwInfo,
   InvalidateResult,
@@ -26,10 +25,8 @@ import type {
   IommuOps,
   NestedDomain,
   PagingDomain,
-  PagingFlags,
   ViommuState,
 } from './iommu-ops.ts';
-import type { IopfHandler } from './iopf.ts';
 import type { PasidEntry } from './stage1-walker.ts';
 import { Stage2Domain, type Stage2Owner } from './stage2-domain.ts';
 
@@ -59,22 +56,15 @@ const ECAP_FLTS = 1n << 47n;
 /** PASID 0 stands for the RID itself (RID_PASID). */
 export const RID_PASID = 0;
 
+/** Stage-1 invalidations go to the nested HWPT, one struct iommu_hwpt_vtd_s1_invalidate at a time. */
+const NESTED_INVALIDATION: InvalidationFormat = {
+  type: IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
+  minLength: VTD_S1_INVALIDATE_BYTES,
+  maxLength: VTD_S1_INVALIDATE_BYTES,
+};
+
 /** A handle on a PCIe function behind the VT-d unit. Two handles may name one function (shared). */
-export class VtdDevice implements IommuDevice {
-  readonly group = {};
-  readonly dirtyTracking = false;
-  readonly reservedRegions: readonly AddressRange[] = [];
-
-  constructor(
-    readonly ops: VtdOps,
-    readonly streamId: number,
-    readonly pasidLog2: number,
-  ) {}
-
-  get instance(): object {
-    return this.ops.iommu;
-  }
-}
+export class VtdDevice extends PhysicalDevice {}
 
 /** A guest first-stage table (struct iommu_hwpt_vtd_s1) nested over a second stage. */
 export class VtdNestedDomain implements NestedDomain {
@@ -126,20 +116,15 @@ interface StreamState {
 
 const PASID_SPAN = 0x10_0000;
 
-export class VtdOps implements IommuOps, Stage2Owner {
+export class VtdOps extends HostIommuDriver implements IommuOps, Stage2Owner {
   readonly name = 'intel-iommu';
   /** VT-d has no vIOMMU object in iommufd, hence no vEVENTQ and no HW queue. */
   readonly viommuType = -1;
   readonly veventqType = -1;
-  readonly hwQueueType = 0;
   private readonly streams = new Map<number, StreamState>();
-  private readonly pool: TablePool;
 
-  constructor(
-    readonly iommu: Iommu,
-    tablePages = 1 << 16,
-  ) {
-    this.pool = new TablePool(tablePages);
+  constructor(iommu: Iommu, tablePages = 1 << 16) {
+    super(iommu, tablePages, { flavour: 'VT-d', unit: 'VT-d unit' });
   }
 
   device(streamId: number, pasidLog2: number): VtdDevice {
@@ -152,13 +137,6 @@ export class VtdOps implements IommuOps, Stage2Owner {
     const ecap = ECAP_NEST | ECAP_PRS | ECAP_PASID | ECAP_SMTS | ECAP_SLTS | ECAP_FLTS;
     new DataView(data.buffer).setBigUint64(16, ecap, true);
     return { type: IOMMU_HW_INFO_TYPE_INTEL_VTD, data, capabilities: 0n };
-  }
-
-  allocPaging(_device: IommuDevice, flags: PagingFlags, dataType: number, data: Uint8Array): PagingDomain {
-    if (dataType !== 0 || data.length !== 0)
-      throw new ErrnoError('EOPNOTSUPP', 'VT-d paging domains take no data');
-    if (flags.dirtyTracking) throw new ErrnoError('EOPNOTSUPP', 'no dirty tracking on this VT-d unit');
-    return new Stage2Domain(this, flags, this.pool);
   }
 
   allocNested(
@@ -275,18 +253,8 @@ export class VtdOps implements IommuOps, Stage2Owner {
     throw new ErrnoError('EOPNOTSUPP', 'the VT-d driver has no vIOMMU type');
   }
 
-  checkHwQueue(): Errno | undefined {
-    return 'EOPNOTSUPP';
-  }
-
   invalidationFormat(target: NestedDomain | ViommuState): InvalidationFormat | undefined {
-    return target instanceof VtdNestedDomain
-      ? {
-          type: IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
-          minLength: VTD_S1_INVALIDATE_BYTES,
-          maxLength: VTD_S1_INVALIDATE_BYTES,
-        }
-      : undefined;
+    return target instanceof VtdNestedDomain ? NESTED_INVALIDATION : undefined;
   }
 
   /**
@@ -310,17 +278,5 @@ export class VtdOps implements IommuOps, Stage2Owner {
       else this.iommu.invalidateStream(streamId, pasid, Number(addr), Number(npages) * 4096);
     }
     return undefined;
-  }
-
-  setIopfHandler(device: IommuDevice, pasid: number | undefined, handler: IopfHandler | undefined): void {
-    this.iommu.setFaultHandler(device.streamId, pasid, handler);
-  }
-
-  flushFaults(device: IommuDevice, pasid: number | undefined): void {
-    this.iommu.flushFaults(device.streamId, pasid);
-  }
-
-  disablePri(device: IommuDevice): void {
-    this.iommu.disablePri(device.streamId);
   }
 }

@@ -1,122 +1,36 @@
 /**
- * IOAS: an I/O address space (iommufd ioas.c / io_pagetable.c; docs/registry.md). Areas
- * map IOVA ranges onto pinned user pages; reserved ranges (domain apertures, device regions, test
- * reservations) and the optional allowed list steer automatic IOVA choice. Every HWPT_PAGING of
- * the IOAS is a domain that mirrors every area; each page of a backing is pinned once, while some
- * area mapped into some domain covers it.
+ * IOAS: an I/O address space (iommufd ioas.c / io_pagetable.c; docs/registry.md), and its ioctls.
+ * Areas map IOVA ranges onto pinned user pages (backing-pages.ts); reserved ranges and the
+ * optional allowed list steer automatic IOVA choice (iova-allocator.ts). Every HWPT_PAGING of the
+ * IOAS is a domain that mirrors every area; each page of a backing is pinned once, while some area
+ * mapped into some domain covers it.
  */
+import {
+  type Area,
+  BackingPages,
+  lockPages,
+  type PageSlice,
+  pageSpan,
+  type RangeLock,
+  unlockPages,
+} from './backing-pages.ts';
 import type { IommufdCtx } from './context.ts';
 import { IommufdError } from './errors.ts';
 import type { FaultInjector } from './fault-injector.ts';
-import {
-  alignUp,
-  type IovaRange,
-  lowestSetBit,
-  maxOf,
-  minOf,
-  overlaps,
-  roundupPow2,
-  U64_MAX,
-} from './iova.ts';
+import { type IovaRange, maxOf, minOf, overlaps, U64_MAX } from './iova.ts';
+import { IovaAllocator, type Reserved } from './iova-allocator.ts';
 import { IommufdObject } from './object.ts';
 import { PAGE_SIZE, type UserMemory } from './user-memory.ts';
+
+export { type Area, BackingPages, type PageSlice, type RangeLock } from './backing-pages.ts';
 
 export const IOMMU_IOAS_MAP_FIXED_IOVA = 1;
 export const IOMMU_IOAS_MAP_WRITEABLE = 2;
 export const IOMMU_IOAS_MAP_READABLE = 4;
 const MAP_FLAGS = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE;
 
-/** Automatic IOVAs are aligned at most to the transparent-huge-page size (THP built in). */
-const AUTO_ALIGN_CAP = 2n * 1024n * 1024n;
-
 /** The iommu API takes size_t lengths; the kernel refuses longer mappings (iopt_alloc_pages). */
 const MAX_MAP_LENGTH = U64_MAX - PAGE_SIZE;
-
-/**
- * The pages behind one MAP (the kernel's iopt_pages), shared by the area and every copy of it.
- * Offsets into it count from `base`, the start of the page holding `userVa` (the kernel's
- * start_byte). Each (area, domain) pair is a user of the pages the area covers; a page is pinned
- * once while it has at least one user, and pages no area of a domain covers stay unpinned.
- */
-export class BackingPages {
-  /** Page-aligned start of the pages. */
-  readonly base: bigint;
-  /** Frame of each page index while it is pinned (0 when it is not), as domains map them. */
-  readonly frames: number[] = [];
-  private readonly users: number[] = [];
-
-  constructor(
-    readonly userVa: bigint,
-    readonly length: bigint,
-    readonly writable: boolean,
-  ) {
-    this.base = userVa - (userVa % PAGE_SIZE);
-  }
-
-  get pinned(): boolean {
-    return this.users.some((n) => n > 0);
-  }
-
-  /** One more user of page indices [first, last]; pins those that had none. EFAULT pins nothing. */
-  pin(memory: UserMemory, injector: FaultInjector, first: number, last: number): void {
-    const missing: number[] = [];
-    for (let i = first; i <= last; i++) if (!this.users[i]) missing.push(i);
-    if (missing.length > 0) {
-      injector.check('pin');
-      const frames: number[] = [];
-      try {
-        for (const i of missing) frames.push(...memory.pin(this.base + BigInt(i) * PAGE_SIZE, 1n));
-      } catch (error) {
-        memory.unpin(frames);
-        throw error;
-      }
-      missing.forEach((i, k) => {
-        this.frames[i] = frames[k];
-      });
-    }
-    for (let i = first; i <= last; i++) this.users[i] = (this.users[i] ?? 0) + 1;
-  }
-
-  unpin(memory: UserMemory, first: number, last: number): void {
-    for (let i = first; i <= last; i++) {
-      this.users[i]--;
-      if (this.users[i] === 0) {
-        memory.unpin([this.frames[i]]);
-        this.frames[i] = 0;
-      }
-    }
-  }
-}
-
-export interface Area extends IovaRange {
-  pages: BackingPages;
-  /** Byte offset of `start` from `pages.base` (the kernel's start_byte). */
-  offset: bigint;
-  readable: boolean;
-  writable: boolean;
-  /** HW queues that locked this area's pages: IOAS_UNMAP over it is EBUSY while any remains. */
-  locks: number;
-}
-
-/** What `lockRange` took: the areas it locked and the backing page spans it pinned. */
-export interface RangeLock {
-  areas: Area[];
-  spans: { pages: BackingPages; first: number; last: number }[];
-}
-
-/** A run of backing pages to map: what IOAS_COPY takes from each source area. */
-export interface PageSlice {
-  pages: BackingPages;
-  /** Byte offset from `pages.base`. */
-  offset: bigint;
-  length: bigint;
-}
-
-/** Indices of the backing pages an area covers (the kernel's pages_node). */
-function pageSpan(area: Area): [number, number] {
-  const end = area.offset + (area.last - area.start);
-  return [Number(area.offset / PAGE_SIZE), Number(end / PAGE_SIZE)];
-}
 
 /** What an IOAS needs of a HWPT_PAGING's domain. */
 export interface IoasDomain {
@@ -128,25 +42,30 @@ export interface IoasDomain {
   unmapArea(area: Area): void;
 }
 
-interface Reserved extends IovaRange {
-  owner: unknown;
-}
-
 export class Ioas extends IommufdObject {
   readonly type = 'IOAS';
   readonly areas: Area[] = [];
-  readonly reserved: Reserved[] = [];
-  allowed: IovaRange[] = [];
   readonly domains: IoasDomain[] = [];
   /** Alignment demanded by in-kernel accesses and test users beside the domains. */
   readonly accessAlignments: bigint[] = [];
   disableLargePages = false;
+  /** Where an IOVA may go: the reserved ranges and the allowed list. */
+  private readonly iovas: IovaAllocator;
 
   constructor(
     private readonly memory: UserMemory,
     private readonly injector: FaultInjector,
   ) {
     super();
+    this.iovas = new IovaAllocator(injector);
+  }
+
+  get reserved(): readonly Reserved[] {
+    return this.iovas.reserved;
+  }
+
+  get allowed(): readonly IovaRange[] {
+    return this.iovas.allowed;
   }
 
   get iovaAlignment(): bigint {
@@ -187,14 +106,13 @@ export class Ioas extends IommufdObject {
       if (iova % align !== 0n) throw new IommufdError('EINVAL', `iova is not aligned to ${align}`);
       if (iova + length - 1n > U64_MAX) throw new IommufdError('EOVERFLOW', 'iova + length - 1 overflows');
       const last = iova + length - 1n;
-      if (this.reserved.some((r) => overlaps(r, iova, last))) {
+      if (this.iovas.touchesReserved(iova, last))
         throw new IommufdError('EINVAL', 'range touches a reserved IOVA range');
-      }
       if (this.areas.some((a) => overlaps(a, iova, last)))
         throw new IommufdError('EEXIST', 'range touches an existing mapping');
       start = iova;
     } else {
-      start = this.allocateIova(slices[0].pages.base + slices[0].offset, length, align);
+      start = this.iovas.allocate(slices[0].pages.base + slices[0].offset, length, align, this.areas);
     }
     const writable = (flags & IOMMU_IOAS_MAP_WRITEABLE) !== 0;
     const areas: Area[] = [];
@@ -304,88 +222,37 @@ export class Ioas extends IommufdObject {
    * per-page pin with the domains (a page is pinned once). Undo with `unlockRange`.
    */
   lockRange(iova: bigint, length: bigint): RangeLock {
-    const spans = this.slicesOf(iova, length).map((slice) => ({
-      pages: slice.pages,
-      first: Number(slice.offset / PAGE_SIZE),
-      last: Number((slice.offset + slice.length - 1n) / PAGE_SIZE),
-    }));
+    const slices = this.slicesOf(iova, length);
     const areas = this.coveringAreas(iova, iova + length - 1n);
-    const pinned: typeof spans = [];
-    try {
-      for (const span of spans) {
-        span.pages.pin(this.memory, this.injector, span.first, span.last);
-        pinned.push(span);
-      }
-      let previous = -1;
-      for (const span of spans) {
-        for (let i = span.first; i <= span.last; i++) {
-          const frame = span.pages.frames[i];
-          if (previous >= 0 && frame !== previous + 1)
-            throw new IommufdError('EFAULT', 'the range is not physically contiguous');
-          previous = frame;
-        }
-      }
-    } catch (error) {
-      for (const span of pinned) span.pages.unpin(this.memory, span.first, span.last);
-      throw error;
-    }
-    for (const area of areas) area.locks++;
-    return { areas, spans };
+    return lockPages(this.memory, this.injector, slices, areas);
   }
 
   unlockRange(lock: RangeLock): void {
-    for (const area of lock.areas) area.locks--;
-    for (const span of lock.spans) span.pages.unpin(this.memory, span.first, span.last);
+    unlockPages(this.memory, lock);
   }
 
   /** IOAS_IOVA_RANGES: the holes of the reserved set over [0, U64_MAX]. */
   iovaRanges(): IovaRange[] {
-    const holes: IovaRange[] = [];
-    let next = 0n;
-    for (const r of [...this.reserved].sort((a, b) => (a.start < b.start ? -1 : 1))) {
-      if (r.start > next) holes.push({ start: next, last: r.start - 1n });
-      if (r.last >= next) next = r.last + 1n;
-      if (r.last === U64_MAX) return holes;
-    }
-    holes.push({ start: next, last: U64_MAX });
-    return holes;
+    return this.iovas.holes();
   }
 
   /** IOAS_ALLOW_IOVAS: replace the allowed list atomically. */
   allowIovas(ranges: readonly IovaRange[]): void {
-    const sorted = [...ranges].sort((a, b) => (a.start < b.start ? -1 : 1));
-    for (let i = 0; i < sorted.length; i++) {
-      if (sorted[i].start >= sorted[i].last)
-        throw new IommufdError('EINVAL', `allowed range ${i} has start >= last`);
-      if (i > 0 && sorted[i].start <= sorted[i - 1].last)
-        throw new IommufdError('EINVAL', 'allowed ranges overlap');
-    }
-    for (const range of sorted) {
-      if (this.reserved.some((r) => overlaps(r, range.start, range.last))) {
-        throw new IommufdError('EADDRINUSE', 'an allowed range intersects a reserved range');
-      }
-    }
-    this.allowed = sorted.map((r) => ({ start: r.start, last: r.last }));
+    this.iovas.allow(ranges);
   }
 
   /** Reserve [start, last] for `owner`; EADDRINUSE if it meets an area or an allowed range. */
   addReserved(start: bigint, last: bigint, owner: unknown): void {
-    if (
-      this.areas.some((a) => overlaps(a, start, last)) ||
-      this.allowed.some((a) => overlaps(a, start, last))
-    ) {
-      throw new IommufdError(
-        'EADDRINUSE',
-        `reserving 0x${start.toString(16)}-0x${last.toString(16)} meets a mapping or allowed range`,
-      );
-    }
-    this.injector.check('interval-alloc');
-    this.reserved.push({ start, last, owner });
+    this.iovas.reserve(start, last, owner, this.areas);
   }
 
   removeReserved(owner: unknown): void {
-    for (let i = this.reserved.length - 1; i >= 0; i--)
-      if (this.reserved[i].owner === owner) this.reserved.splice(i, 1);
+    this.iovas.unreserve(owner);
+  }
+
+  /** Hand reserved ranges from one owner to another (an attachment replaced in place). */
+  transferReserved(from: unknown, to: unknown): void {
+    this.iovas.transfer(from, to);
   }
 
   /**
@@ -489,69 +356,12 @@ export class Ioas extends IommufdObject {
 
   /** Undo fill(): unmap the area from every domain and drop its pin users. */
   private unfill(area: Area): void {
-    for (const domain of this.domains) {
-      domain.unmapArea(area);
-      area.pages.unpin(this.memory, ...pageSpan(area));
-    }
+    for (const domain of this.domains) this.unmapFrom(area, domain);
   }
 
   private removeArea(area: Area): void {
     this.unfill(area);
     this.areas.splice(this.areas.indexOf(area), 1);
-  }
-
-  /** Hand reserved ranges from one owner to another (an attachment replaced in place). */
-  transferReserved(from: unknown, to: unknown): void {
-    for (const r of this.reserved) if (r.owner === from) r.owner = to;
-  }
-
-  /** The allowed list as the kernel's span walk sees it: ranges that touch or overlap are one span. */
-  private allowedSpans(): IovaRange[] {
-    const spans: IovaRange[] = [];
-    for (const r of [...this.allowed].sort((a, b) => (a.start < b.start ? -1 : 1))) {
-      const prev = spans[spans.length - 1];
-      if (prev && r.start <= prev.last + 1n) prev.last = maxOf(prev.last, r.last);
-      else spans.push({ start: r.start, last: r.last });
-    }
-    return spans;
-  }
-
-  /** First fit at the lowest address (iopt_alloc_iova, 3.2). */
-  private allocateIova(userVa: bigint, length: bigint, iovaAlignment: bigint): bigint {
-    // The kernel protects roundup_pow_of_two() from overflow this way.
-    if (length >= U64_MAX / 2n) throw new IommufdError('EOVERFLOW', 'length is U64_MAX / 2 or more');
-    let align = userVa === 0n ? roundupPow2(length) : minOf(roundupPow2(length), lowestSetBit(userVa));
-    if (align > AUTO_ALIGN_CAP) align = AUTO_ALIGN_CAP;
-    if (align < iovaAlignment)
-      throw new IommufdError(
-        'EINVAL',
-        `natural alignment ${align} is below the IOVA alignment ${iovaAlignment}`,
-      );
-    const inPage = userVa % PAGE_SIZE;
-    // __alloc_iova_check_range: the candidate must start strictly below the last byte of the range.
-    const placeIn = (first: bigint, last: bigint): bigint | undefined => {
-      const start = alignUp(first, align) | inPage;
-      return start < last && last - start >= length - 1n ? start : undefined;
-    };
-    const spans = this.allowed.length > 0 ? this.allowedSpans() : [{ start: 0n, last: U64_MAX }];
-    const busy = [...this.reserved, ...this.areas].sort((a, b) => (a.start < b.start ? -1 : 1));
-    for (const span of spans) {
-      const lo = maxOf(span.start, PAGE_SIZE);
-      const hi = minOf(span.last, U64_MAX - PAGE_SIZE);
-      if (lo > hi || placeIn(lo, hi) === undefined) continue;
-      let holeStart = lo;
-      for (const b of [...busy, { start: hi + 1n, last: hi + 1n }]) {
-        if (b.last < holeStart) continue;
-        const holeLast = minOf(b.start - 1n, hi);
-        if (holeLast >= holeStart) {
-          const start = placeIn(holeStart, holeLast);
-          if (start !== undefined) return start;
-        }
-        if (b.last + 1n > holeStart) holeStart = b.last + 1n;
-        if (holeStart > hi) break;
-      }
-    }
-    throw new IommufdError('ENOSPC', 'no free IOVA range fits the mapping');
   }
 }
 

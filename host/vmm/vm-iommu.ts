@@ -18,11 +18,9 @@ import {
   IOMMU_VIOMMU_TYPE_ARM_SMMUV3,
   type Smmuv3Ops,
 } from '../iommu/smmuv3-ops.ts';
-import { IommufdError } from '../iommufd/errors.ts';
 import { IOMMU_HWPT_FAULT_ID_VALID } from '../iommufd/hwpt.ts';
 import type { VeventqFd } from '../iommufd/veventq.ts';
-import { errnoOutcome } from './viommu-model.ts';
-import { type AttachmentTeardownOp, VmIommufd } from './vm-iommufd.ts';
+import { VmIommufd } from './vm-iommufd.ts';
 import type { VdeviceMap } from './vsmmu.ts';
 
 /** Events the host queues for the VMM before it reads them; more are lost (and say so). */
@@ -102,25 +100,17 @@ export class VmIommu extends VmIommufd implements VdeviceMap {
     }).hwptId;
   }
 
-  protected attachmentOp(op: AttachmentTeardownOp): string {
-    const fd = this.fd;
-    switch (op) {
-      case 'detach':
-        this.detachAll();
-        return 'done';
-      case 'replace':
-        // A fresh nested HWPT with the same vSTE: the device goes on, its faults in flight do not.
-        this.nested.forEach((old, vsid) => {
-          this.nested[vsid] = this.nestedHwpt(vsid);
-          fd.replaceDevice({ devId: this.devIds[vsid], ptId: this.nested[vsid] });
-          fd.destroy({ id: old });
-        });
-        return 'done';
-      case 'hwpt-destroy':
-        return errnoOutcome(() => {
-          for (const id of this.nested) fd.destroy({ id });
-        });
-    }
+  /** A fresh nested HWPT with the same vSTE for each device. */
+  protected replaceAll(): void {
+    this.nested.forEach((old, vsid) => {
+      this.nested[vsid] = this.nestedHwpt(vsid);
+      this.fd.replaceDevice({ devId: this.devIds[vsid], ptId: this.nested[vsid] });
+      this.fd.destroy({ id: old });
+    });
+  }
+
+  protected nestedHwpts(): Iterable<number> {
+    return this.nested;
   }
 
   protected detachAll(): void {
@@ -136,19 +126,12 @@ export class VmIommu extends VmIommufd implements VdeviceMap {
    * done when this returns. False when the driver refused it.
    */
   invalidate(command: Uint8Array): boolean {
-    try {
-      this.fd.hwptInvalidate({
-        hwptId: this.viommuId,
-        dataType: IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
-        entryLen: CMDQ_ENTRY_BYTES,
-        entryNum: 1,
-        data: command,
-      });
-      return true;
-    } catch (error) {
-      if (error instanceof IommufdError) return false;
-      throw error;
-    }
+    return this.invalidateEntry(
+      this.viommuId,
+      IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
+      CMDQ_ENTRY_BYTES,
+      command,
+    );
   }
 
   stalls(devId: number): boolean {

@@ -12,13 +12,14 @@ import type { DeviceContext } from '../../shared/control.ts';
 import type { GuestMemory } from '../../shared/guest-memory.ts';
 import type { HostMemory } from '../iommu/host-memory.ts';
 import type { IommuDevice } from '../iommu/iommu-ops.ts';
+import { IommufdError } from '../iommufd/errors.ts';
 import type { FaultFd, FaultObject } from '../iommufd/fault.ts';
 import { IOMMU_HWPT_ALLOC_NEST_PARENT } from '../iommufd/hwpt.ts';
 import { Iommufd } from '../iommufd/iommufd.ts';
 import { mapGuestRam } from './guest-ram.ts';
-import type { RegistryTeardownOp, VmRegistry } from './viommu-model.ts';
+import { errnoOutcome, type RegistryTeardownOp, type VmRegistry } from './viommu-model.ts';
 
-/** The teardown operations on attachments, which differ by flavour. */
+/** The teardown operations on attachments: carried out here, on the attachments a flavour names. */
 export type AttachmentTeardownOp = Exclude<RegistryTeardownOp, 'fault-fd-close' | 'unbind'>;
 
 export abstract class VmIommufd implements VmRegistry {
@@ -61,11 +62,17 @@ export abstract class VmIommufd implements VmRegistry {
 
   abstract installContexts(contexts: readonly DeviceContext[]): void;
 
-  /** Detach, replace or destroy every attachment of the VM; 'done' or the errno answered. */
-  protected abstract attachmentOp(op: AttachmentTeardownOp): string;
-
   /** Detach every attachment (pending groups are answered INVALID). */
   protected abstract detachAll(): void;
+
+  /**
+   * Move every attachment onto a fresh nested HWPT over the same first-stage table, then destroy
+   * the old one: the device goes on, its faults in flight do not.
+   */
+  protected abstract replaceAll(): void;
+
+  /** Every nested HWPT the VM's attachments use. */
+  protected abstract nestedHwpts(): Iterable<number>;
 
   get devices(): number {
     return this.devIds.length;
@@ -97,6 +104,36 @@ export abstract class VmIommufd implements VmRegistry {
         return 'done';
       default:
         return this.attachmentOp(op);
+    }
+  }
+
+  /** Detach, replace or destroy every attachment of the VM; 'done' or the errno answered. */
+  private attachmentOp(op: AttachmentTeardownOp): string {
+    switch (op) {
+      case 'detach':
+        this.detachAll();
+        return 'done';
+      case 'replace':
+        this.replaceAll();
+        return 'done';
+      case 'hwpt-destroy':
+        return errnoOutcome(() => {
+          for (const id of this.nestedHwpts()) this.fd.destroy({ id });
+        });
+    }
+  }
+
+  /**
+   * One cache-invalidation entry through HWPT_INVALIDATE on `hwptId` (a nested HWPT, or the
+   * vIOMMU): done when this returns. False when the driver refused it.
+   */
+  protected invalidateEntry(hwptId: number, dataType: number, entryLen: number, data: Uint8Array): boolean {
+    try {
+      this.fd.hwptInvalidate({ hwptId, dataType, entryLen, entryNum: 1, data });
+      return true;
+    } catch (error) {
+      if (error instanceof IommufdError) return false;
+      throw error;
     }
   }
 

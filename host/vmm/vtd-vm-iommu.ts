@@ -32,8 +32,7 @@ import {
 } from '../iommu/vtd-ops.ts';
 import { IommufdError } from '../iommufd/errors.ts';
 import { IOMMU_HWPT_ALLOC_PASID, IOMMU_HWPT_FAULT_ID_VALID } from '../iommufd/hwpt.ts';
-import { errnoOutcome } from './viommu-model.ts';
-import { type AttachmentTeardownOp, VmIommufd } from './vm-iommufd.ts';
+import { VmIommufd } from './vm-iommufd.ts';
 
 export interface VtdAssignedDevice {
   /** Physical StreamID (the function's RID). */
@@ -128,30 +127,22 @@ export class VtdVmIommu extends VmIommufd {
     }).hwptId;
   }
 
-  /** Every attached (device, PASID) at once. */
-  protected attachmentOp(op: AttachmentTeardownOp): string {
-    const fd = this.fd;
-    switch (op) {
-      case 'detach':
-        this.detachAll();
-        return 'done';
-      case 'replace':
-        for (const [key, old] of this.hwpts) {
-          const hwptId = this.nestedHwpt(
-            Math.floor(key / 0x10_0000),
-            key % 0x10_0000,
-            this.ttbs.get(key) as number,
-          );
-          fd.replaceDevice({ ...this.attachTarget(key), ptId: hwptId });
-          fd.destroy({ id: old });
-          this.hwpts.set(key, hwptId);
-        }
-        return 'done';
-      case 'hwpt-destroy':
-        return errnoOutcome(() => {
-          for (const id of this.hwpts.values()) fd.destroy({ id });
-        });
+  /** A fresh nested HWPT over the same first-stage table for each attached (device, PASID). */
+  protected replaceAll(): void {
+    for (const [key, old] of this.hwpts) {
+      const hwptId = this.nestedHwpt(
+        Math.floor(key / 0x10_0000),
+        key % 0x10_0000,
+        this.ttbs.get(key) as number,
+      );
+      this.fd.replaceDevice({ ...this.attachTarget(key), ptId: hwptId });
+      this.fd.destroy({ id: old });
+      this.hwpts.set(key, hwptId);
     }
+  }
+
+  protected nestedHwpts(): Iterable<number> {
+    return this.hwpts.values();
   }
 
   protected detachAll(): void {
@@ -176,19 +167,9 @@ export class VtdVmIommu extends VmIommufd {
       const hwptId = this.hwpts.get(index * 0x10_0000 + pasid);
       if (hwptId === undefined) continue;
       this.invalidation.set(encodeVtdS1Invalidate(address, pages));
-      try {
-        this.fd.hwptInvalidate({
-          hwptId,
-          dataType: IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
-          entryLen: 24,
-          entryNum: 1,
-          data: this.invalidation,
-        });
-        done = true;
-      } catch (error) {
-        if (!(error instanceof IommufdError)) throw error;
+      if (!this.invalidateEntry(hwptId, IOMMU_HWPT_INVALIDATE_DATA_VTD_S1, 24, this.invalidation))
         return false;
-      }
+      done = true;
     }
     return done;
   }
