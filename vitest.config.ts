@@ -4,7 +4,7 @@ export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
     pool: 'forks',
-    reporters: ['default', './test/summary-reporter.ts'],
+    reporters: ['default', './test/support/summary-reporter.ts'],
     // Workers log straight to fd 2, past vitest's console capture.
     env: { LOG_LEVEL: 'silent' },
     testTimeout: 60_000,
