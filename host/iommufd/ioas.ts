@@ -3,7 +3,8 @@
  * Areas map IOVA ranges onto pinned user pages (backing-pages.ts); reserved ranges and the
  * optional allowed list steer automatic IOVA choice (iova-allocator.ts). Every HWPT_PAGING of the
  * IOAS is a domain that mirrors every area; each page of a backing is pinned once, while some area
- * mapped into some domain covers it.
+ * mapped into some domain covers it. One concept, the IOAS object with its ioctl bodies, as every
+ * object file of the registry holds its own.
  */
 import {
   type Area,

@@ -1,9 +1,10 @@
 /**
  * The host's side of one VM: its guest RAM and data-plane channel (SharedArrayBuffers shared with
- * this VM only), its worker thread and comlink control plane, its vSMMU model, fault queue and
+ * this VM only), its worker thread and comlink control plane, its vIOMMU model, fault queue and
  * devices, and `pump()`, the pass over all of it that the host's reactor runs whenever the VM's
  * pending bit is set (reactor.ts). The control plane's calls (control-plane.ts), the response
  * watchdog (response-watchdog.ts) and the injectors (injector.ts) have files of their own.
+ * One concept, the VM's host side, a little over 450 lines: its wiring and its lifecycle.
  */
 import type { Worker } from 'node:worker_threads';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
