@@ -32,7 +32,8 @@ export interface IommuInstanceOptions {
 export interface IommuInstanceWiring {
   /** Entries the IRQ thread handles per turn (default: one queue's worth). */
   weight?: number;
-  report(r: PageRequest): void;
+  /** The IOPF layer (the PRI thread reports into it). */
+  iopf: { report(r: PageRequest): void };
   /** Drop the IOPF layer's partial groups of the streams behind `instance`. */
   discardPartial(instance: IommuInstance): number;
   autoRespond: AutoResponder;
@@ -40,7 +41,8 @@ export interface IommuInstanceWiring {
   handleEvent(e: Readonly<EvtqEntry>): void;
   /** Stall records that can wait at once for room in the event queue (the stall model's STAGs). */
   stallCapacity: number;
-  wake(requester: number): void;
+  /** The host loops the PRI thread wakes. */
+  requesters: { wake(requester: number): void };
   onError?(error: unknown): void;
   /** How an IRQ thread gets its next turn (default: setImmediate). */
   schedule?(turn: () => void): void;
@@ -66,9 +68,9 @@ export class IommuInstance {
     this.priq = new PhysicalPriQueue(options.priqLog2, wiring.autoRespond);
     this.thread = new PriqThread(this.priq, {
       weight: wiring.weight ?? this.priq.size,
-      report: wiring.report,
+      iopf: wiring.iopf,
       discardPartial: () => wiring.discardPartial(this),
-      wake: wiring.wake,
+      requesters: wiring.requesters,
       onError: wiring.onError,
       schedule: wiring.schedule,
     });

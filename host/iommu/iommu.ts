@@ -106,16 +106,17 @@ export class Iommu {
   constructor(options: IommuOptions = {}) {
     this.stalls = new StallModel({ abortOnly: options.termModel === 1 });
     this.router = new FaultRouter(options.routePasidsToRid);
+    this.iopf = new IopfQueue(this.router);
     const wiring = {
       weight: options.priqWeight,
-      report: (r: PageRequest) => this.iopf.report(r),
+      iopf: this.iopf,
       discardPartial: (instance: IommuInstance) =>
         this.iopf.discardPartialWhere((streamId) => this.instanceOf(streamId) === instance),
       autoRespond: (streamId: number, pasid: number, ssv: boolean, prgIndex: number) =>
         this.router.endpointOf(streamId)?.prgResponse(pasid, ssv, prgIndex, PRG_SUCCESS),
       handleEvent: (event: Readonly<EventRecordFields>) => this.handleEvent(event),
       stallCapacity: this.stalls.capacity,
-      wake: (requester: number) => this.requesters.wake(requester),
+      requesters: this.requesters,
       onError: options.onThreadError,
       schedule: options.scheduleTurn,
     };
@@ -135,7 +136,6 @@ export class Iommu {
         ),
     );
     this.iotlb = this.instances[0].iotlb;
-    this.iopf = new IopfQueue(this.router);
     this.stallIopf = new StallIopfBridge(this.stalls, this.router);
     const requesters = this.requesters;
     this.iopf.observer = (streamId, pasid, address) => requesters.faulted(streamId, pasid, address);

@@ -12,12 +12,12 @@ import { newPageRequest, type PageRequest } from './page-request.ts';
 import type { PhysicalPriQueue } from './physical-queue.ts';
 
 export interface PriqThreadOptions extends IrqThreadOptions {
-  /** Hand one page request to the IOPF layer (iommu_report_device_fault). */
-  report(r: PageRequest): void;
+  /** The IOPF layer the thread hands each page request to (iommu_report_device_fault). */
+  iopf: { report(r: PageRequest): void };
   /** iopf_queue_discard_partial for the devices behind this IOMMU; returns the groups dropped. */
   discardPartial(): number;
-  /** Wake the host loop of a requester whose entries the thread handed on. */
-  wake?(requester: number): void;
+  /** The host loops of the requesters whose entries the thread handed on, woken once a pass. */
+  requesters?: { wake(requester: number): void };
 }
 
 export interface PriqThreadStats extends IrqThreadStats {
@@ -75,7 +75,7 @@ export class PriqThread extends IrqThread {
   }
 
   protected handOn(): void {
-    this.options.report(this.request);
+    this.options.iopf.report(this.request);
   }
 
   protected override recoverOverflow(): void {
@@ -83,11 +83,11 @@ export class PriqThread extends IrqThread {
   }
 
   protected override endPass(): void {
-    const wake = this.options.wake;
+    const requesters = this.options.requesters;
     for (let i = 0; i < this.touchedCount; i++) {
       const requester = this.touchedList[i];
       this.touched[requester] = 0;
-      wake?.(requester);
+      requesters?.wake(requester);
     }
     this.touchedCount = 0;
   }

@@ -175,7 +175,7 @@ describe('who loses to an overflow of a shared PRI queue (its IRQ thread masked:
     const handed: number[] = [];
     const thread = new PriqThread(q, {
       weight: q.size,
-      report: (r) => handed.push(r.streamId - 0x100),
+      iopf: { report: (r) => handed.push(r.streamId - 0x100) },
       discardPartial: () => 0,
     });
     thread.setRequesters(3);

@@ -150,7 +150,7 @@ describe('the IRQ thread', () => {
     let partial = 0;
     const thread = new PriqThread(q, {
       weight,
-      report: (r) => reported.push(r.prgIndex),
+      iopf: { report: (r) => reported.push(r.prgIndex) },
       discardPartial: () => {
         partial++;
         return 0;
