@@ -33,6 +33,7 @@ import {
   RESUME_RETRY,
 } from '../shared/records/cmdq-entry.ts';
 import { decodeEvtqEntry, newEvtqEntry } from '../shared/records/evtq-entry.ts';
+import { RID_PASID } from '../shared/records/page-request.ts';
 import { decodePriqEntry, isStopMarker, newPriqEntry } from '../shared/records/priq-entry.ts';
 import type { RingConsumer, RingProducer } from '../shared/ring.ts';
 import { IDR0_TERM_MODEL, termModelOf } from '../shared/smmuv3-idr.ts';
@@ -45,9 +46,6 @@ import {
 } from './fault-groups.ts';
 import type { Misbehaviour } from './misbehave.ts';
 import { type DemandPager, PAGE_IN_OK } from './mm/demand-pager.ts';
-
-/** PASID used for requests without one (SSV=0): the RID's own address space. */
-const RID_PASID = 0;
 
 /** CMD_SYNC with an MSI write of the sequence number: the SMMUv3 completion wait. */
 const SYNC_ENCODER: CompletionWaitEncoder = { encodeWait: encodeSync };

@@ -16,6 +16,7 @@
 import type { GuestStats } from '../shared/control.ts';
 import type { GuestMemory } from '../shared/guest-memory.ts';
 import type { RegisterMirror } from '../shared/posted-link.ts';
+import { RID_PASID } from '../shared/records/page-request.ts';
 import {
   encodeVtdInvWait,
   encodeVtdPasidIotlb,
@@ -42,9 +43,6 @@ import {
 import type { Misbehaviour } from './misbehave.ts';
 import type { DemandPager } from './mm/demand-pager.ts';
 import { VtdPrqDriver } from './vtd-prq.ts';
-
-/** Requests without a PASID translate in the RID's own address space (RID_PASID). */
-const RID_PASID = 0;
 
 /** An invalidation wait with a status write of the sequence number: VT-d's completion wait. */
 const WAIT_ENCODER: CompletionWaitEncoder = { encodeWait: encodeVtdInvWait };

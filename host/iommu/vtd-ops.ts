@@ -13,6 +13,7 @@
  * The first-stage tables use the sandbox's one stage-1 format (shared/stage1-format.ts), not the
  * x86 page-table format: the walk and its faults are the same shape.
  */
+import { RID_PASID } from '../../shared/records/page-request.ts';
 import { ErrnoError } from './errno.ts';
 import { HostIommuDriver, PhysicalDevice } from './host-driver.ts';
 import type { Iommu } from './iommu.ts';
@@ -53,8 +54,7 @@ const ECAP_SMTS = 1n << 43n;
 const ECAP_SLTS = 1n << 46n;
 const ECAP_FLTS = 1n << 47n;
 
-/** PASID 0 stands for the RID itself (RID_PASID). */
-export const RID_PASID = 0;
+export { RID_PASID };
 
 /** Stage-1 invalidations go to the nested HWPT, one struct iommu_hwpt_vtd_s1_invalidate at a time. */
 const NESTED_INVALIDATION: InvalidationFormat = {

@@ -11,6 +11,12 @@
 export const PRG_INDICES = 512;
 export const PRG_INDEX_MASK = PRG_INDICES - 1;
 
+/**
+ * The PASID a request without one translates in: the RID's own address space (SMMUv3 SSV=0 reads
+ * CD 0; VT-d scalable mode's RID_PASID).
+ */
+export const RID_PASID = 0;
+
 /** The fields of a page request the Stop Marker rule reads (a PriqEntry or a PageRequest). */
 export interface StopMarkerFields {
   last: boolean;
